@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install geoalign into it. Idempotent: a second run with an
+# unchanged pyproject.toml does nothing.
+#   bash scripts/setup.sh          # runtime install
+#   bash scripts/setup.sh --dev    # plus test and lint tools
+# TORCH_SPEC overrides the torch/torchvision pins (default: the builds this project is tested with).
+# On a machine without them on local disk, e.g. a CPU-only box:
+#   TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu" bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="train"
+[[ "${1:-}" == "--dev" ]] && extras="dev"
+py="${PYTHON:-python3}"
+torch_spec="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+
+if [[ ! -x .venv/bin/python ]]; then
+    echo "[setup] creating .venv with $($py --version)"
+    "$py" -m venv .venv
+fi
+stamp=".venv/.geoalign-installed-$extras"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $torch_spec"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    echo "[setup] .venv is up to date"
+    exit 0
+fi
+pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+    echo "[setup] installing $torch_spec (large: a few minutes)"
+    # shellcheck disable=SC2086
+    "${pip[@]}" $torch_spec
+fi
+echo "[setup] installing geoalign[$extras]"
+"${pip[@]}" -e ".[$extras]"
+echo "$want" > "$stamp"
+echo "[setup] done: .venv/bin/geoalign is ready"

@@ -1,0 +1,1 @@
+"""Geography: coordinates, distances, metrics, projections, cells, galleries, priors, places."""

@@ -1,0 +1,1 @@
+"""Neural building blocks: Fourier features, location encoder, image head, backbones."""
