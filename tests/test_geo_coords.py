@@ -56,3 +56,8 @@ def test_array_and_tensor_forms():
         as_latlon_array(np.zeros((3, 3)))
     with pytest.raises(CoordinateError, match="2 latitudes but 3 longitudes"):
         validate_latlon([1, 2], [1, 2, 3])
+
+
+@given(st.floats(-180, 180, allow_nan=False, exclude_max=True))
+def test_in_range_longitudes_are_untouched(lon):
+    assert wrap_longitude(np.array([lon]))[0] == lon

@@ -8,8 +8,28 @@ import importlib
 import pkgutil
 
 import typer
+from typer.core import TyperGroup
+
+
+class _GeoalignGroup(TyperGroup):
+    """Turns user-caused errors (GeoalignError) into a one-line message and exit code 2."""
+
+    def invoke(self, ctx):
+        from geoalign.errors import GeoalignError
+
+        try:
+            return super().invoke(ctx)
+        except GeoalignError as err:
+            from rich.markup import escape
+
+            from geoalign.cli.common import console
+
+            console.print(f"[bold red]error:[/] {escape(str(err))}")
+            ctx.exit(2)
+
 
 app = typer.Typer(
+    cls=_GeoalignGroup,
     name="geoalign",
     help="Worldwide image geo-localization: predict, explain, train and evaluate.",
     no_args_is_help=True,
@@ -47,12 +67,4 @@ _register_command_modules()
 
 
 def main() -> None:
-    from geoalign.errors import GeoalignError
-
-    try:
-        app()
-    except GeoalignError as err:  # user-caused: say what is wrong, no traceback
-        from geoalign.cli.common import console
-
-        console.print(f"[bold red]error:[/] {err}")
-        raise SystemExit(2) from None
+    app()

@@ -27,6 +27,7 @@ def embed_locations(
     import pandas as pd
     import torch
 
+    from geoalign.geo.coords import wrap_longitude
     from geoalign.geo.gallery import (
         NAMED_GALLERIES,
         coordinate_errors,
@@ -49,7 +50,7 @@ def embed_locations(
     good[[r - 1 for r in errors]] = False
     lat = pd.to_numeric(table[lat_col], errors="coerce").to_numpy(dtype=np.float64)
     lon = pd.to_numeric(table[lon_col], errors="coerce").to_numpy(dtype=np.float64)
-    lon = (lon + 180.0) % 360.0 - 180.0
+    lon = wrap_longitude(lon)
 
     encoder = load_location_encoder(model, device=device)
     coords = torch.tensor(np.stack([lat[good], lon[good]], axis=1), dtype=torch.float32)

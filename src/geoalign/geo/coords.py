@@ -6,17 +6,26 @@ its index, instead of surfacing later as a NaN embedding or a wrong distance.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from geoalign.errors import CoordinateError
 
+if TYPE_CHECKING:  # torch is imported lazily: CLI commands that only need numpy start fast
+    import torch
+
 
 def wrap_longitude(lon: np.ndarray) -> np.ndarray:
-    """Wrap longitudes to [-180, 180); 180 becomes -180 (the same meridian)."""
-    return (np.asarray(lon, dtype=np.float64) + 180.0) % 360.0 - 180.0
+    """Wrap longitudes to [-180, 180); 180 becomes -180 (the same meridian).
+
+    In-range values are returned untouched: (x + 180) % 360 - 180 would perturb their last bit.
+    """
+    lon = np.asarray(lon, dtype=np.float64)
+    out = lon.copy()
+    outside = (lon < -180.0) | (lon >= 180.0)
+    out[outside] = (lon[outside] + 180.0) % 360.0 - 180.0
+    return out
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -50,8 +59,8 @@ def validate_latlon(
 
 def as_latlon_array(x: Any, *, source: str = "input", wrap: bool = True) -> np.ndarray:
     """Validate an (N, 2) lat/lon array-like (numpy, torch, list) into a float64 numpy array."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().double().numpy()
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim == 1 and arr.shape[0] == 2:
         arr = arr[None, :]
@@ -66,11 +75,15 @@ def as_latlon_array(x: Any, *, source: str = "input", wrap: bool = True) -> np.n
 def as_latlon_tensor(
     x: Any,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     source: str = "input",
 ) -> torch.Tensor:
     """Validate (N, 2) lat/lon into a tensor; validation runs in float64 on the CPU copy."""
+    import torch
+
+    if dtype is None:
+        dtype = torch.float32
     if isinstance(x, torch.Tensor):
         device = device if device is not None else x.device
     return torch.as_tensor(as_latlon_array(x, source=source), dtype=dtype, device=device)

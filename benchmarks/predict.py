@@ -1,0 +1,186 @@
+"""Per-photo prediction latency, peak memory and gallery search: ours vs the geoclip package.
+
+    .venv/bin/python benchmarks/predict.py [--part latency|rss|search|all] [--quick]
+
+The backbone is CLIP ViT-L/14's vision tower built from its config with random weights: the cost
+is the same as with the real weights, which this machine cannot download. Writes the "Predict"
+sections of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import best_time, peak_rss_mb, write_section  # noqa: E402
+
+warnings.filterwarnings("ignore")
+VIT_L14 = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    patch_size=14,
+    image_size=224,
+    projection_dim=768,
+)
+
+
+def _photo(path: Path, seed: int = 0) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+def _ours():
+    from transformers import CLIPVisionConfig
+
+    from geoalign.geo.gallery import load_gallery
+    from geoalign.geolocator import Geolocator
+    from geoalign.nn.backbones import ClipBackbone
+    from geoalign.zoo import load_image_head, load_location_encoder, load_logit_scale
+
+    backbone = ClipBackbone.from_config(CLIPVisionConfig(**VIT_L14))
+    return Geolocator(
+        backbone,
+        load_image_head(),
+        load_location_encoder(),
+        load_logit_scale(),
+        load_gallery("geoclip-100k"),
+    )
+
+
+def _reference():
+    from geoclip import GeoCLIP
+
+    return GeoCLIP(from_pretrained=True, clip_pretrained=False).eval()
+
+
+def rss_child(which: str, photo: str) -> None:
+    """Run one warm-free, one-photo predict in this (fresh) process and print its peak RSS."""
+    if which == "ours":
+        g = _ours()
+        g.predict([photo], top_k=5)
+    else:
+        with torch.inference_mode():
+            _reference().predict(photo, 5)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+
+
+def latency(tmp: Path, quick: bool) -> str:
+    photo = _photo(tmp / "photo.jpg")
+    batch = [str(_photo(tmp / f"p{i}.jpg", i)) for i in range(8 if quick else 64)]
+    t0 = time.perf_counter()
+    ours = _ours()
+    build = time.perf_counter() - t0
+    one = best_time(lambda: ours.predict([str(photo)], top_k=5), repeats=3)
+    many = best_time(lambda: ours.predict(batch, top_k=5, batch_size=len(batch)), repeats=1)
+    from PIL import Image
+
+    emb = ours.embed_pixels(ours.backbone.transform(Image.open(photo))[None])
+    gallery_stage = best_time(lambda: ours.rank(emb, top_k=5), repeats=20)
+    ref = _reference()
+    with torch.inference_mode():
+        ref_one = best_time(lambda: ref.predict(str(photo), 5), repeats=1)
+    rows = [
+        "| | geoclip package | geoalign | ratio |",
+        "|---|---:|---:|---:|",
+        f"| one photo, warm (s) | {ref_one:.2f} | {one:.3f} | {ref_one / one:.1f}× |",
+        f"| per photo in a batch of {len(batch)} (s) | {ref_one:.2f} | {many / len(batch):.3f} | "
+        f"{ref_one / (many / len(batch)):.1f}× |",
+        f"| gallery stage, one query, 100K (ms) | — | {1e3 * gallery_stage:.2f} | |",
+    ]
+    note = (
+        f"\nFirst Geolocator build (gallery embedded and cached, or read from the cache): "
+        f"{build:.1f} s. The reference re-encodes the 100K gallery inside every predict call."
+    )
+    return "\n".join(rows) + note
+
+
+def rss(tmp: Path) -> str:
+    photo = str(_photo(tmp / "photo.jpg"))
+    out = {}
+    for which in ("reference", "ours"):
+        res = subprocess.run(
+            [sys.executable, __file__, "--rss-child", which, photo],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[which] = json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return (
+        "| peak RSS of a one-photo predict, fresh process | MB |\n|---|---:|\n"
+        f"| geoclip package | {out['reference']:,.0f} |\n| geoalign | {out['ours']:,.0f} |\n"
+        f"| ratio (ours / reference) | {out['ours'] / out['reference']:.2f} |"
+    )
+
+
+def search(quick: bool) -> str:
+    from geoalign.gallery_cache import gallery_embeddings
+    from geoalign.geo.gallery import load_gallery
+    from geoalign.search import GallerySearch
+    from geoalign.zoo import load_location_encoder, load_logit_scale
+
+    base = gallery_embeddings(
+        load_location_encoder(), load_gallery("geoclip-100k")[["lat", "lon"]].to_numpy()
+    )
+    scale = float(load_logit_scale().exp())
+    gen = torch.Generator().manual_seed(0)
+    queries = base[torch.randint(0, len(base), (64,), generator=gen)]
+    queries = queries + 0.02 * torch.randn(queries.shape, generator=gen)
+    rows = [
+        "| gallery | backend | ms / query (batch 64) | recall@1 vs exact |",
+        "|---|---|---:|---:|",
+    ]
+    for size in (100_000,) if quick else (100_000, 1_000_000):
+        reps = size // len(base)
+        # Larger galleries: the real embeddings plus small jitter (a denser sampling of the globe).
+        emb = base.repeat(reps, 1)
+        if reps > 1:
+            emb[len(base) :] += 0.01 * torch.randn(emb[len(base) :].shape, generator=gen)
+        exact = GallerySearch(emb, scale, backend="exact")
+        t_exact = best_time(lambda exact=exact: exact.topk(queries, 5), repeats=3)
+        truth = exact.topk(queries, 1).indices[:, 0]
+        rows.append(f"| {size:,} | exact matmul | {1e3 * t_exact / 64:.2f} | 1.000 |")
+        approx = GallerySearch(emb, scale, backend="faiss")
+        approx.topk(queries[:1], 1)  # builds the index
+        t_f = best_time(lambda approx=approx: approx.topk(queries, 5), repeats=3)
+        recall = (approx.topk(queries, 1).indices[:, 0] == truth).float().mean().item()
+        rows.append(f"| {size:,} | FAISS IVF-Flat | {1e3 * t_f / 64:.2f} | {recall:.3f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", default="all", choices=["latency", "rss", "search", "all"])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rss-child", nargs=2, metavar=("WHICH", "PHOTO"))
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(*args.rss_child)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.part in ("latency", "all"):
+            write_section("Predict: latency (ViT-L/14, 100K gallery)", latency(tmp, args.quick))
+        if args.part in ("rss", "all"):
+            write_section("Predict: peak memory", rss(tmp))
+        if args.part in ("search", "all"):
+            write_section("Predict: gallery search", search(args.quick))
+
+
+if __name__ == "__main__":
+    main()

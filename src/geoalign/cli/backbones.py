@@ -1,0 +1,52 @@
+"""`geoalign backbone`: which image backbones exist, and does this machine have their weights."""
+
+from __future__ import annotations
+
+import typer
+
+from geoalign.cli.common import console, fail
+
+backbone_app = typer.Typer(help="Image backbones: list specs, check weights.", no_args_is_help=True)
+
+
+@backbone_app.command("list")
+def list_specs() -> None:
+    """Print the accepted backbone spec forms."""
+    from geoalign.nn.backbones import ALIASES, DEFAULT_BACKBONE, SPEC_FORMS
+
+    for form in SPEC_FORMS:
+        note = f"  = {ALIASES[form]}" if form in ALIASES else ""
+        default = "  (default)" if form == DEFAULT_BACKBONE else ""
+        console.print(f"{form}{note}{default}", highlight=False, markup=False)
+
+
+@backbone_app.command("check")
+def check(
+    spec: str = typer.Argument("clip-vit-l14", help="Backbone spec, e.g. clip-vit-l14."),
+    offline: bool = typer.Option(False, "--offline", help="Never download, even if online."),
+) -> None:
+    """Load a backbone (downloading only when online) and print what it produces."""
+    from rich.markup import escape
+
+    from geoalign.errors import GeoalignError
+    from geoalign.nn.backbones import load_backbone
+
+    try:
+        with console.status(f"loading {spec} ..."):
+            backbone = load_backbone(spec, local_files_only=True if offline else None)
+    except GeoalignError as err:
+        fail(str(err))
+    n_params = sum(p.numel() for p in backbone.parameters())
+    cfg = backbone.preprocess
+    console.print(f"[bold]{escape(backbone.name)}[/]: {n_params / 1e6:.1f} M parameters")
+    console.print(f"pooled embedding: {backbone.embed_dim}; token dim: {backbone.token_dim}")
+    console.print(
+        f"input: {cfg.image_size}x{cfg.image_size}, shortest side resized to {cfg.shortest_side} "
+        f"({cfg.interpolation}), mean {cfg.mean}, std {cfg.std}",
+        highlight=False,
+        markup=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(backbone_app, name="backbone")

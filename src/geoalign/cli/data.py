@@ -1,0 +1,127 @@
+"""`geoalign data`: check manifests and benchmark folders before spending hours on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from geoalign.cli.common import console, fail
+
+data_app = typer.Typer(
+    help="Check image manifests and benchmark folders.",
+    no_args_is_help=True,
+)
+
+
+def _columns(image_col: str | None, lat_col: str | None, lon_col: str | None) -> dict[str, str]:
+    given = {"image": image_col, "lat": lat_col, "lon": lon_col}
+    return {k: v for k, v in given.items() if v}
+
+
+@data_app.command("check")
+def check(
+    manifest: Path = typer.Argument(..., help="CSV, TSV or Parquet manifest: image, lat, lon."),
+    image_root: Path | None = typer.Option(
+        None, "--image-root", help="Folder image paths are relative to (default: the manifest's)."
+    ),
+    no_files: bool = typer.Option(False, "--no-files", help="Do not check that images exist."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the full report here."),
+    max_rows: int = typer.Option(20, "--max-rows", help="How many bad rows to list."),
+    image_col: str | None = typer.Option(None, "--image-col", help="Image path/id column."),
+    lat_col: str | None = typer.Option(None, "--lat-col", help="Latitude column."),
+    lon_col: str | None = typer.Option(None, "--lon-col", help="Longitude column."),
+) -> None:
+    """Report every bad row of a manifest. Exit code 0 when clean, 1 when rows have errors."""
+    from rich.table import Table
+
+    from geoalign.data.manifest import ROW_CONVENTION, check_manifest
+    from geoalign.errors import GeoalignError
+
+    try:
+        with console.status(f"checking {manifest} ..."):
+            report = check_manifest(
+                manifest,
+                image_root=image_root,
+                check_files=not no_files,
+                columns=_columns(image_col, lat_col, lon_col),
+            )
+    except GeoalignError as err:
+        fail(str(err))
+    if json_out is not None:
+        report.write_json(json_out)
+    cols = ", ".join(f"{k}={v!r}" for k, v in report.columns.items())
+    console.print(f"[bold]{manifest}[/]: {report.n_rows} rows; columns {cols}")
+    if report.checked_files:
+        console.print(f"image files checked under {report.image_root}")
+    else:
+        console.print("image files not checked (--no-files)")
+    if report.issues:
+        counts = Table(title="problems by reason")
+        counts.add_column("reason")
+        counts.add_column("severity")
+        counts.add_column("rows", justify="right")
+        for severity in ("error", "warning"):
+            for reason, n in report.counts(severity).items():
+                style = "red" if severity == "error" else "yellow"
+                counts.add_row(reason, f"[{style}]{severity}[/]", str(n))
+        console.print(counts)
+        rows = Table(title=f"first {min(max_rows, len(report.issues))} problems ({ROW_CONVENTION})")
+        rows.add_column("row", justify="right")
+        rows.add_column("reason")
+        rows.add_column("detail", overflow="fold")
+        for issue in report.issues[:max_rows]:
+            rows.add_row(str(issue.row), issue.reason, issue.message)
+        console.print(rows)
+        if len(report.issues) > max_rows:
+            more = len(report.issues) - max_rows
+            hint = f" (all in {json_out})" if json_out else " (--json FILE lists all)"
+            console.print(f"... {more} more{hint}")
+    if report.ok:
+        console.print(f"[green]OK[/]: no errors in {report.n_rows} rows")
+        raise typer.Exit(0)
+    console.print(
+        f"[red]{len(report.bad_rows)} of {report.n_rows} rows have errors[/]; training refuses "
+        "this manifest unless bad rows are skipped (they are then written to a .skipped.csv)"
+    )
+    raise typer.Exit(1)
+
+
+@data_app.command("benchmarks")
+def benchmarks() -> None:
+    """List the known benchmarks, their label files and image naming."""
+    from rich.table import Table
+
+    from geoalign.data.benchmarks import list_benchmarks
+
+    table = Table(title="benchmarks")
+    for col in ("name", "rows", "label files", "images"):
+        table.add_column(col, overflow="fold")
+    for b in list_benchmarks():
+        table.add_row(b.name, f"{b.expected_rows:,}", ", ".join(b.label_files), b.naming)
+    console.print(table)
+
+
+@data_app.command("benchmark")
+def benchmark(
+    name: str = typer.Argument(..., help="Benchmark name, e.g. im2gps3k (see `data benchmarks`)."),
+    folder: Path = typer.Argument(..., help="Folder with the photos (labels next to it or in it)."),
+    labels: Path | None = typer.Option(None, "--labels", help="The label file, if not found."),
+) -> None:
+    """Say what is present and what is missing for a benchmark. Exit 0 when complete, else 1."""
+    from geoalign.data.benchmarks import get_benchmark
+    from geoalign.errors import GeoalignError
+
+    try:
+        bench = get_benchmark(name)
+        with console.status(f"looking for {bench.title} under {folder} ..."):
+            status = bench.verify(folder, labels)
+    except GeoalignError as err:
+        fail(str(err))
+    console.print(status.describe())
+    console.print(f"label format: {bench.label_format}")
+    raise typer.Exit(0 if status.ok else 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")

@@ -1,0 +1,148 @@
+"""`geoalign features`: precompute backbone features, import a .npy, inspect a store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from geoalign.cli.common import console, fail
+
+features_app = typer.Typer(
+    help="Precomputed image features: extract, import a .npy, inspect a feature store.",
+    no_args_is_help=True,
+)
+
+
+@features_app.command("extract")
+def extract_cmd(
+    manifest: Path = typer.Argument(..., help="CSV/Parquet manifest: image path, lat, lon."),
+    out: Path = typer.Option(..., "--out", help="Feature store folder (rerun to resume)."),
+    backbone: str = typer.Option(
+        "clip-vit-l14", help="Backbone spec (see `geoalign backbone list`)."
+    ),
+    image_root: Path | None = typer.Option(
+        None, help="Folder that relative image paths start from."
+    ),
+    batch_size: int = typer.Option(64, min=1),
+    dtype: str = typer.Option("float16", help="Stored feature dtype: float16 or float32."),
+    device: str = typer.Option("cpu"),
+    workers: int = typer.Option(0, help="Image decoding worker processes."),
+    skip_bad_rows: bool = typer.Option(
+        False, "--skip-bad-rows", help="Skip manifest rows with errors (written to a file)."
+    ),
+) -> None:
+    """Encode every image of a manifest into a sharded, resumable feature store."""
+    from geoalign.data.feature_store import encode_with, extract_features
+    from geoalign.data.manifest import load_manifest
+    from geoalign.nn.backbones import load_backbone
+
+    table = load_manifest(manifest, image_root=image_root, check_files=True)
+    table = table.clean(on_error="skip" if skip_bad_rows else "raise")
+    model = load_backbone(backbone, device=device)
+    store = extract_features(
+        table,
+        encode_with(model),
+        out,
+        batch_size=batch_size,
+        dtype=dtype,
+        num_workers=workers,
+        backbone={"spec": backbone, "embed_dim": model.embed_dim},
+    )
+    console.print(f"[green]feature store[/] {out}: {len(store)} rows of dim {model.embed_dim}")
+
+
+@features_app.command("import")
+def import_cmd(
+    features: Path = typer.Argument(..., help="N x D feature array (.npy)."),
+    coords: Path = typer.Argument(..., help="CSV/Parquet with lat, lon (and optional image/id)."),
+    out: Path = typer.Option(..., "--out", help="Feature store folder to create."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="float16 or float32 (default: the array's, else float32)."
+    ),
+    shard_size: int = typer.Option(16384, "--shard-size", help="Rows per shard."),
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="Name of the model the features came from (recorded)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
+    image_col: str | None = typer.Option(None, "--image-col", help="Image path/id column."),
+    lat_col: str | None = typer.Option(None, "--lat-col", help="Latitude column."),
+    lon_col: str | None = typer.Option(None, "--lon-col", help="Longitude column."),
+) -> None:
+    """Turn a plain feature file plus coordinates (same row order) into a feature store."""
+    from geoalign.data.feature_store import import_features
+    from geoalign.errors import GeoalignError
+
+    columns = {k: v for k, v in {"image": image_col, "lat": lat_col, "lon": lon_col}.items() if v}
+    try:
+        store = import_features(
+            features,
+            coords,
+            out,
+            columns=columns or None,
+            dtype=dtype,
+            shard_size=shard_size,
+            backbone=backbone,
+            overwrite=overwrite,
+            progress=True,
+        )
+    except GeoalignError as err:
+        fail(str(err))
+    except ValueError as err:  # e.g. an unsupported dtype name
+        fail(str(err))
+    console.print(
+        f"[green]wrote[/] {out}: {len(store)} rows x {store.dim} ({store.dtype}), "
+        f"{store.num_shards} shards"
+    )
+
+
+@features_app.command("info")
+def info(
+    store_dir: Path = typer.Argument(..., help="Feature store folder."),
+    failures: int = typer.Option(10, "--failures", help="How many failed rows to list."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash every shard against the index."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Summarise a feature store: rows, dim, dtype, shards, backbone, failures."""
+    import warnings
+
+    from rich.table import Table
+
+    from geoalign.data.feature_store import FeatureStore
+    from geoalign.errors import GeoalignError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an incomplete store is reported below instead
+            store = FeatureStore(store_dir)
+        summary = store.info()
+        if verify:
+            with console.status("verifying shards ..."):
+                store.verify()
+            summary["verified"] = True
+        failed = store.failures if store.n_failed else None
+    except GeoalignError as err:
+        fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    table = Table(title=str(store_dir), show_header=False)
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    if not store.complete:
+        console.print("[yellow]incomplete[/]: rerun the extraction to finish it")
+    if failed is not None and failures > 0:
+        rows = Table(title=f"{len(failed)} rows failed (first {min(failures, len(failed))})")
+        for col in ("row", "image", "error"):
+            rows.add_column(col, overflow="fold")
+        for rec in failed.head(failures).itertuples():
+            rows.add_row(str(rec.row), str(rec.image), str(rec.error))
+        console.print(rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(features_app, name="features")

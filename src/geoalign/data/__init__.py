@@ -1,0 +1,1 @@
+"""Data: manifests, image loading, transforms, feature store and the benchmark registry."""

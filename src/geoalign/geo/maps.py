@@ -1,0 +1,297 @@
+"""Maps of predictions: a static PNG drawn offline, and an interactive folium HTML page.
+
+The PNG needs no tiles and no network: country borders come from the Natural Earth polygons shipped
+with geoalign's dependencies. The HTML map is generated offline too; its base tiles and scripts are
+fetched by the browser that opens it.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from geoalign.geo.coords import as_latlon_array
+from geoalign.geo.distance import haversine_km
+
+LAND = "#f2efe9"
+SEA = "#d6e6f4"
+BORDER = "#7a7a7a"
+TRUTH = "#d62728"
+ERROR_LINE = "#d62728"
+
+
+def great_circle(a: Sequence[float], b: Sequence[float], n: int = 64) -> list[np.ndarray]:
+    """Points along the shorter great-circle arc from a to b (lat, lon), split at the date line so
+    that each returned (M, 2) piece can be drawn as a straight polyline in lat/lon."""
+    p, q = (np.radians(np.asarray(x, dtype=np.float64)) for x in (a, b))
+    u = np.array([np.cos(p[0]) * np.cos(p[1]), np.cos(p[0]) * np.sin(p[1]), np.sin(p[0])])
+    v = np.array([np.cos(q[0]) * np.cos(q[1]), np.cos(q[0]) * np.sin(q[1]), np.sin(q[0])])
+    omega = np.arctan2(np.linalg.norm(np.cross(u, v)), u @ v)
+    # w: unit vector along the arc's start, orthogonal to u (Gram-Schmidt); for antipodes every
+    # great circle is shortest, so take one through a pole (or the equator, from a pole).
+    w = v - (u @ v) * u
+    if np.linalg.norm(w) < 1e-9:
+        w = np.cross(u, [0.0, 0.0, 1.0]) if abs(u[2]) < 0.9 else np.cross(u, [1.0, 0.0, 0.0])
+        w = np.cross(w, u)
+    w = w / max(np.linalg.norm(w), 1e-300)
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    pts = np.cos(t * omega) * u + np.sin(t * omega) * w
+    lat = np.degrees(np.arcsin(np.clip(pts[:, 2], -1, 1)))
+    lon = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
+    breaks = np.flatnonzero(np.abs(np.diff(lon)) > 180) + 1
+    return [
+        np.stack(seg, axis=1)
+        for seg in zip(np.split(lat, breaks), np.split(lon, breaks), strict=True)
+    ]
+
+
+def auto_extent(latlon: np.ndarray, aspect: float, min_span_deg: float = 4.0) -> tuple[float, ...]:
+    """(min_lon, max_lon, min_lat, max_lat) around the points, padded, matching the picture's
+    width/height `aspect` (a degree of longitude drawn cos(latitude) times as wide as one of
+    latitude). Falls back to the whole world when the points span more than half of it."""
+    lat, lon = latlon[:, 0], latlon[:, 1]
+    lon_span, lat_span = np.ptp(lon), np.ptp(lat)
+    if lon_span > 180 or lat_span > 90:
+        return (-180.0, 180.0, -90.0, 90.0)
+    pad = 0.25
+    lat_half = max(lat_span * (1 + pad), min_span_deg) / 2
+    lat_c = float((lat.max() + lat.min()) / 2)
+    lon_c = float((lon.max() + lon.min()) / 2)
+    cos = max(np.cos(np.radians(np.clip(lat_c, -80, 80))), 0.1)
+    lon_half = max(lon_span * (1 + pad), min_span_deg) / 2
+    # grow the shorter side so that the box has the picture's aspect on the ground
+    if lon_half * cos / lat_half < aspect:
+        lon_half = lat_half * aspect / cos
+    else:
+        lat_half = lon_half * cos / aspect
+    lat_half = min(lat_half, 90.0)
+    lon_half = min(lon_half, 180.0)
+    lat_c = float(np.clip(lat_c, -90 + lat_half, 90 - lat_half))
+    lon_c = float(np.clip(lon_c, -180 + lon_half, 180 - lon_half))
+    return (lon_c - lon_half, lon_c + lon_half, lat_c - lat_half, lat_c + lat_half)
+
+
+def _border_artists(extent: tuple[float, ...], linewidth: float):
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    from geoalign.geo.regions import load_countries
+
+    min_lon, max_lon, min_lat, max_lat = extent
+    span = max(max_lon - min_lon, max_lat - min_lat)
+    window = shapely.box(min_lon - 1, min_lat - 1, max_lon + 1, max_lat + 1)
+    geoms = load_countries().geometries
+    geoms = geoms[shapely.intersects(geoms, window)]
+    # simplify to about a pixel at a 2000 px wide picture: drawing 550K vertices is slow
+    geoms = shapely.simplify(geoms, tolerance=span / 2000, preserve_topology=True)
+    polygons = shapely.get_parts(geoms)
+    shells = [np.asarray(shapely.get_coordinates(shapely.get_exterior_ring(p))) for p in polygons]
+    rings = shapely.get_parts(shapely.boundary(polygons))
+    lines = [np.asarray(shapely.get_coordinates(r)) for r in rings]
+    fill = PolyCollection(shells, facecolors=LAND, edgecolors="none", zorder=1)
+    edges = LineCollection(lines, colors=BORDER, linewidths=linewidth, zorder=2)
+    return fill, edges
+
+
+def render_static_map(
+    predictions,
+    probs: Sequence[float] | None = None,
+    truth=None,
+    *,
+    extent: tuple[float, float, float, float] | str | None = None,
+    size_px: tuple[int, int] = (1200, 600),
+    dpi: int = 100,
+    title: str | None = None,
+    borders: bool = True,
+    label_top: int = 5,
+):
+    """Draw predictions (K, 2) over country borders; returns a matplotlib Figure (not shown).
+
+    probs colour and size the points; truth (lat, lon) adds a star and a great-circle error line
+    to the top-1 prediction labelled with its length. extent is (min_lon, max_lon, min_lat,
+    max_lat), "world", or None for a box around the points.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pred = as_latlon_array(predictions, source="predictions")
+    truth_arr = None if truth is None else as_latlon_array(truth, source="truth")[:1]
+    p = None if probs is None else np.asarray(probs, dtype=np.float64).reshape(-1)
+    if p is not None and len(p) != len(pred):
+        from geoalign.errors import GeoalignError
+
+        raise GeoalignError(f"{len(p)} probabilities for {len(pred)} predictions")
+    width, height = size_px
+    if extent is None:
+        everything = pred if truth_arr is None else np.vstack([pred, truth_arr])
+        extent = auto_extent(everything, aspect=width / height)
+    elif extent == "world":
+        extent = (-180.0, 180.0, -90.0, 90.0)
+    min_lon, max_lon, min_lat, max_lat = (float(v) for v in extent)
+
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor=SEA)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_facecolor(SEA)
+    ax.set_xlim(min_lon, max_lon)
+    ax.set_ylim(min_lat, max_lat)
+    ax.set_aspect("auto")
+    ax.set_axis_off()
+    if borders:
+        fill, edges = _border_artists((min_lon, max_lon, min_lat, max_lat), linewidth=0.6)
+        ax.add_collection(fill)
+        ax.add_collection(edges)
+
+    size = 40.0 if p is None else 30.0 + 400.0 * p / max(float(p.max()), 1e-12)
+    order = np.arange(len(pred))[::-1]  # draw rank 1 last, on top
+    colour = (
+        {"c": "#1f77b4"}
+        if p is None
+        else {"c": p[order], "cmap": "viridis", "vmin": 0.0, "vmax": max(float(p.max()), 1e-12)}
+    )
+    points = ax.scatter(
+        pred[order, 1],
+        pred[order, 0],
+        s=size if p is None else size[order],
+        **colour,
+        edgecolors="black",
+        linewidths=0.6,
+        zorder=4,
+        label="predictions",
+    )
+    for rank in range(min(label_top, len(pred))):
+        text = f"{rank + 1}" + ("" if p is None else f"  {p[rank]:.2f}")
+        ax.annotate(
+            text,
+            (pred[rank, 1], pred[rank, 0]),
+            xytext=(6, 6),
+            textcoords="offset points",
+            fontsize=9,
+            zorder=6,
+        )
+    if truth_arr is not None:
+        t = truth_arr[0]
+        for seg in great_circle(t, pred[0]):
+            ax.plot(seg[:, 1], seg[:, 0], color=ERROR_LINE, linewidth=1.5, linestyle="--", zorder=3)
+        err = float(haversine_km(t[0], t[1], pred[0, 0], pred[0, 1]))
+        ax.scatter(
+            [t[1]],
+            [t[0]],
+            marker="*",
+            s=260,
+            c=TRUTH,
+            edgecolors="black",
+            linewidths=0.7,
+            zorder=5,
+            label=f"truth (top-1 error {err:,.0f} km)",
+        )
+    if p is not None:
+        # an inset bar, so that the map keeps filling the picture (pixel <-> degree stays linear)
+        cax = ax.inset_axes((0.93, 0.06, 0.012, 0.3))
+        bar = fig.colorbar(points, cax=cax)
+        bar.ax.tick_params(labelsize=8)
+        bar.ax.set_title("p", fontsize=9)
+    ax.legend(loc="lower left", fontsize=9, framealpha=0.85)
+    if title:
+        ax.set_title(title, y=0.95, fontsize=12, backgroundcolor=(1, 1, 1, 0.7))
+    return fig
+
+
+def save_static_map(path: str | Path, predictions, probs=None, truth=None, **kwargs) -> Path:
+    """Render `render_static_map` to a PNG of exactly size_px pixels; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = render_static_map(predictions, probs, truth, **kwargs)
+    fig.savefig(path, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor())
+    return path
+
+
+def interactive_map(
+    predictions,
+    probs: Sequence[float] | None = None,
+    truth=None,
+    *,
+    places: Sequence | bool = True,
+    tiles: str = "OpenStreetMap",
+    title: str | None = None,
+):
+    """A folium Map of the top-k predictions with popups (rank, probability, place, coordinates).
+
+    places: True looks names up offline (`geoalign.geo.places`), False omits them, or a list of
+    `Place`/strings (one per prediction).
+    """
+    import folium
+
+    pred = as_latlon_array(predictions, source="predictions")
+    truth_arr = None if truth is None else as_latlon_array(truth, source="truth")[0]
+    p = None if probs is None else np.asarray(probs, dtype=np.float64).reshape(-1)
+    if places is True:
+        from geoalign.geo.places import nearest_places
+
+        names = [str(pl) for pl in nearest_places(pred)]
+    elif places is False:
+        names = [""] * len(pred)
+    else:
+        names = [str(pl) for pl in places]
+
+    fmap = folium.Map(location=[float(pred[0, 0]), float(pred[0, 1])], zoom_start=4, tiles=tiles)
+    if title:
+        fmap.get_root().html.add_child(
+            folium.Element(f"<h3 style='text-align:center;margin:4px'>{html.escape(title)}</h3>")
+        )
+    pmax = 1.0 if p is None else max(float(p.max()), 1e-12)
+    for rank in range(len(pred))[::-1]:
+        lat, lon = float(pred[rank, 0]), float(pred[rank, 1])
+        prob = "" if p is None else f"p = {p[rank]:.4f}<br>"
+        popup = (
+            f"<b>#{rank + 1}</b><br>{prob}{html.escape(names[rank])}"
+            f"{'<br>' if names[rank] else ''}{lat:.5f}, {lon:.5f}"
+        )
+        radius = 6 if p is None else 5 + 15 * p[rank] / pmax
+        folium.CircleMarker(
+            location=[lat, lon],
+            radius=float(radius),
+            color="black",
+            weight=1,
+            fill=True,
+            fill_color="#2c7fb8" if rank else "#f03b20",
+            fill_opacity=0.8,
+            popup=folium.Popup(popup, max_width=300),
+            tooltip=f"#{rank + 1}" + ("" if p is None else f" p={p[rank]:.3f}"),
+        ).add_to(fmap)
+    bounds = pred
+    if truth_arr is not None:
+        err = float(haversine_km(truth_arr[0], truth_arr[1], pred[0, 0], pred[0, 1]))
+        folium.Marker(
+            location=[float(truth_arr[0]), float(truth_arr[1])],
+            popup=folium.Popup(
+                f"<b>truth</b><br>{truth_arr[0]:.5f}, {truth_arr[1]:.5f}<br>"
+                f"top-1 error {err:,.1f} km",
+                max_width=300,
+            ),
+            tooltip="truth",
+            icon=folium.Icon(color="red", icon="star"),
+        ).add_to(fmap)
+        for seg in great_circle(truth_arr, pred[0]):
+            folium.PolyLine(seg.tolist(), color=ERROR_LINE, weight=2, dash_array="6").add_to(fmap)
+        bounds = np.vstack([pred, truth_arr[None]])
+    if len(bounds) > 1:
+        fmap.fit_bounds(
+            [
+                [float(bounds[:, 0].min()), float(bounds[:, 1].min())],
+                [float(bounds[:, 0].max()), float(bounds[:, 1].max())],
+            ],
+            padding=(30, 30),
+        )
+    return fmap
+
+
+def save_interactive_map(path: str | Path, predictions, probs=None, truth=None, **kwargs) -> Path:
+    """Write `interactive_map` as a standalone HTML file; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    interactive_map(predictions, probs, truth, **kwargs).save(str(path))
+    return path

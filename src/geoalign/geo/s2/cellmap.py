@@ -1,0 +1,80 @@
+"""A folium (Leaflet) HTML map of one partition level: cell outlines coloured by sample count.
+
+The HTML is written without network access; viewing it loads Leaflet and, unless tiles=None, the
+OpenStreetMap background from the web.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from geoalign.geo.s2 import ids as s2ids
+from geoalign.geo.s2.partition import Partition
+
+
+def _points_per_edge(levels: np.ndarray) -> np.ndarray:
+    # Big cells have visibly curved edges in lat/lon; small ones are drawn by their corners.
+    return np.select([levels <= 4, levels <= 8], [16, 4], default=1)
+
+
+def cell_features(partition: Partition) -> list[dict]:
+    """GeoJSON features (lon/lat rings) with class_index, token, level, count as properties."""
+    features: list[dict] = []
+    levels = partition.levels
+    tokens = partition.tokens
+    per_edge = _points_per_edge(levels)
+    for n in np.unique(per_edge):
+        idx = np.flatnonzero(per_edge == n)
+        rings = s2ids.cell_polygons(partition.cell_ids[idx], points_per_edge=int(n))
+        for k, ring in zip(idx, rings, strict=True):
+            coords = np.round(ring[:, ::-1], 5).tolist()
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [coords]},
+                    "properties": {
+                        "class_index": int(k),
+                        "token": tokens[k],
+                        "level": int(levels[k]),
+                        "count": int(partition.counts[k]),
+                    },
+                }
+            )
+    features.sort(key=lambda f: f["properties"]["class_index"])
+    return features
+
+
+def write_cell_map(
+    partition: Partition, path: str | Path, *, tiles: str | None = "OpenStreetMap"
+) -> Path:
+    """Write an HTML map of the partition's cells, coloured by log sample count."""
+    import branca.colormap as cm
+    import folium
+
+    path = Path(path)
+    counts = np.maximum(partition.counts, 1)
+    lo, hi = float(np.log10(counts.min(initial=1))), float(np.log10(counts.max(initial=10)))
+    colors = cm.LinearColormap(
+        ["#2c7bb6", "#ffffbf", "#d7191c"], vmin=lo, vmax=max(hi, lo + 1e-6)
+    ).to_step(8)
+    colors.caption = "log10(samples per cell)"
+    fmap = folium.Map(location=[20.0, 0.0], zoom_start=2, tiles=tiles, world_copy_jump=True)
+    features = cell_features(partition)
+    for f in features:
+        f["properties"]["color"] = colors(float(np.log10(max(f["properties"]["count"], 1))))
+    folium.GeoJson(
+        {"type": "FeatureCollection", "features": features},
+        name=partition.name,
+        style_function=lambda f: {
+            "color": "#333333",
+            "weight": 0.5,
+            "fillColor": f["properties"]["color"],
+            "fillOpacity": 0.45,
+        },
+        tooltip=folium.GeoJsonTooltip(fields=["class_index", "token", "level", "count"]),
+    ).add_to(fmap)
+    colors.add_to(fmap)
+    fmap.save(str(path))
+    return path

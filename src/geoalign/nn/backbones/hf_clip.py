@@ -1,0 +1,216 @@
+"""CLIP vision tower from transformers: the image half of CLIP only, never the text tower.
+
+`CLIPVisionModelWithProjection` loads just the vision weights and the visual projection out of a
+full CLIP checkpoint (safetensors are read lazily, the text weights are never materialised), so
+ViT-L/14 costs 0.3 B parameters instead of 0.43 B.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from geoalign.data.transforms import CLIP_MEAN, CLIP_STD, PreprocessConfig
+from geoalign.nn.backbones.base import BackboneOutput, ImageBackbone
+from geoalign.nn.backbones.hub import (
+    hf_hub_cache_dir,
+    hf_repo_cache_folder,
+    looks_like_path,
+    missing_weights,
+    offline_mode,
+    quiet_transformers,
+)
+
+# env var that points a named checkpoint at a local folder (takes precedence over the HF cache)
+CLIP_PATH_ENV: dict[str, str] = {
+    "openai/clip-vit-large-patch14": "GEOALIGN_CLIP_PATH",
+    "openai/clip-vit-large-patch14-336": "GEOALIGN_CLIP336_PATH",
+}
+
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+class ClipBackbone(ImageBackbone):
+    """OpenAI-style CLIP vision transformer.
+
+    pooled = projected image embedding (``image_embeds``, 768-d for ViT-L/14) as used by GeoCLIP;
+    tokens = last encoder layer's hidden states [B, 1 + patches, hidden] with CLS first, before the
+    final layer norm and projection, which is what GeoSURGE's semantic fusion consumes.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        name: str = "clip",
+        preprocess: PreprocessConfig | None = None,
+        frozen: bool = True,
+    ) -> None:
+        config = model.config
+        super().__init__(
+            name=name,
+            embed_dim=int(config.projection_dim),
+            preprocess=preprocess or PreprocessConfig(image_size=int(config.image_size)),
+        )
+        self.model = model
+        self.num_prefix_tokens = 1
+        if frozen:
+            self.freeze()
+
+    @property
+    def token_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        *,
+        projection_dim: int | None = None,
+        name: str = "clip-random",
+        frozen: bool = True,
+    ) -> ClipBackbone:
+        """Randomly initialised tower from a `CLIPVisionConfig` (tests, training from scratch)."""
+        from transformers import CLIPVisionModelWithProjection
+
+        if projection_dim is not None:
+            config.projection_dim = projection_dim
+        return cls(CLIPVisionModelWithProjection(config).eval(), name=name, frozen=frozen)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        name: str | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        frozen: bool = True,
+        local_files_only: bool | None = None,
+    ) -> ClipBackbone:
+        """Load from a local folder or a hub repo id (download allowed unless offline).
+
+        For known repo ids, a folder named by an environment variable (GEOALIGN_CLIP_PATH for
+        openai/clip-vit-large-patch14) is used instead of the hub cache when set.
+        """
+        from transformers import CLIPVisionModelWithProjection
+
+        source = str(name_or_path)
+        env_var = CLIP_PATH_ENV.get(source)
+        if env_var and os.environ.get(env_var):
+            source = os.environ[env_var]
+            if not Path(source).expanduser().is_dir():
+                raise missing_weights(
+                    f"CLIP weights for {name_or_path} from ${env_var}",
+                    [f"{env_var}={source} (no such folder)"],
+                    [
+                        f"point {env_var} at a folder holding config.json and model.safetensors "
+                        "(from `save_pretrained` or a hub snapshot)",
+                        f"or unset {env_var} to use the Hugging Face cache",
+                    ],
+                )
+        is_local = looks_like_path(source)
+        offline = offline_mode(local_files_only)
+        cache_dir = hf_hub_cache_dir()
+        if is_local:
+            source = str(Path(source).expanduser())
+            if not Path(source).is_dir():
+                raise missing_weights(
+                    f"CLIP weights from local path {source}",
+                    [f"{source} (no such folder)"],
+                    _fixes(str(name_or_path), env_var),
+                )
+        try:
+            with quiet_transformers():
+                model = CLIPVisionModelWithProjection.from_pretrained(
+                    source, dtype=dtype, local_files_only=offline, cache_dir=cache_dir
+                )
+        except (OSError, ValueError) as err:
+            looked = (
+                [f"local folder {source}"]
+                if is_local
+                else [
+                    f"Hugging Face cache {cache_dir} (folder {hf_repo_cache_folder(source).name})"
+                    + (" — offline (HF_HUB_OFFLINE), no download tried" if offline else ""),
+                    *(["the hub (download failed)"] if not offline else []),
+                ]
+            )
+            if env_var:
+                looked.append(f"${env_var} (not set)")
+            raise missing_weights(
+                f"CLIP weights {source!r}", looked, _fixes(source, env_var), err
+            ) from err
+        preprocess = _read_preprocess(source, is_local, offline, cache_dir, model.config)
+        backbone = cls(
+            model.eval(), name=name or str(name_or_path), preprocess=preprocess, frozen=frozen
+        )
+        return backbone.to(device)
+
+    def _encode(self, pixel_values: Tensor, with_tokens: bool) -> BackboneOutput:
+        out = self.model(pixel_values=pixel_values)
+        return BackboneOutput(
+            pooled=out.image_embeds, tokens=out.last_hidden_state if with_tokens else None
+        )
+
+    def blocks(self) -> Sequence[nn.Module]:
+        return list(self.model.vision_model.encoder.layers)
+
+    def head_modules(self) -> Sequence[nn.Module]:
+        return [self.model.vision_model.post_layernorm, self.model.visual_projection]
+
+
+def _fixes(repo_or_path: str, env_var: str | None) -> list[str]:
+    repo = repo_or_path if not looks_like_path(repo_or_path) else "openai/clip-vit-large-patch14"
+    fixes = [
+        f"on a machine with internet: `huggingface-cli download {repo}` (or `hf download {repo}`), "
+        "then copy the cache folder here and set HF_HUB_CACHE (or HF_HOME) to it",
+        "pass a local folder holding config.json + model.safetensors: backbone spec "
+        f"`hf:/path/to/{repo.split('/')[-1]}`",
+    ]
+    if env_var:
+        fixes.append(f"set {env_var}=/path/to/{repo.split('/')[-1]}")
+    fixes.append("if this machine has internet, unset HF_HUB_OFFLINE so the weights download")
+    return fixes
+
+
+def _read_preprocess(
+    source: str, is_local: bool, offline: bool, cache_dir: Path, config: Any
+) -> PreprocessConfig:
+    """The checkpoint's preprocessor_config.json, else CLIP's defaults at the model's image size."""
+    default = PreprocessConfig(image_size=int(config.image_size), mean=CLIP_MEAN, std=CLIP_STD)
+    try:
+        if is_local:
+            path = Path(source) / "preprocessor_config.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(
+                hf_hub_download(
+                    source,
+                    "preprocessor_config.json",
+                    cache_dir=cache_dir,
+                    local_files_only=offline,
+                )
+            )
+        raw = json.loads(path.read_text())
+    except Exception:  # absent or unreachable: the defaults are OpenAI CLIP's own values
+        return default
+    size = raw.get("size", default.image_size)
+    crop = raw.get("crop_size", size)
+    shortest = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else size
+    crop_side = crop.get("height", crop.get("shortest_edge")) if isinstance(crop, dict) else crop
+    if not raw.get("do_center_crop", True):
+        crop_side = shortest
+    return PreprocessConfig(
+        image_size=int(crop_side or default.image_size),
+        resize_size=int(shortest) if shortest and int(shortest) != int(crop_side) else None,
+        interpolation=_PIL_RESAMPLE.get(int(raw.get("resample", 3)), "bicubic"),
+        mean=tuple(raw.get("image_mean", CLIP_MEAN)),
+        std=tuple(raw.get("image_std", CLIP_STD)),
+    )

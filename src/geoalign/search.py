@@ -1,0 +1,126 @@
+"""Top-k search of query embeddings against a gallery, with GeoCLIP's probabilities.
+
+One component serves every model: exact batched matrix products for galleries up to
+`EXACT_MAX` entries (the exact answer, and fastest there), FAISS beyond. Probabilities are the softmax
+of logit_scale · cosine over the (prior-masked) gallery, as GeoCLIP defines them. FAISS does not score
+every entry, so there the softmax denominator is the exact sum over the retrieved candidates plus an
+unbiased estimate of the rest from a fixed random sample of the gallery.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EXACT_MAX = 2_000_000
+_DENOM_SAMPLE = 16_384
+
+
+@dataclass
+class SearchResult:
+    indices: torch.Tensor  # [B, k] gallery row numbers
+    probs: torch.Tensor  # [B, k] softmax probabilities over the searched gallery
+    logits: torch.Tensor  # [B, k] logit_scale · cosine
+
+
+class GallerySearch:
+    """Searchable gallery embeddings. Embeddings are L2-normalised here once."""
+
+    def __init__(
+        self,
+        embeddings: torch.Tensor,
+        logit_scale: float,
+        *,
+        backend: str = "auto",
+        faiss_nlist: int | None = None,
+        faiss_nprobe: int = 32,
+    ) -> None:
+        self.embeddings = F.normalize(embeddings.float(), dim=-1).contiguous()
+        self.scale = float(logit_scale)
+        n = self.embeddings.shape[0]
+        self.backend = ("exact" if n <= EXACT_MAX else "faiss") if backend == "auto" else backend
+        if self.backend not in {"exact", "faiss"}:
+            raise ValueError(f"backend must be auto, exact or faiss, got {backend!r}")
+        self._faiss = None
+        self._nlist = faiss_nlist or max(1, int(4 * math.sqrt(n)))
+        self._nprobe = faiss_nprobe
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    # -- exact -----------------------------------------------------------------------------------
+    def _exact(self, q: torch.Tensor, k: int, mask: torch.Tensor | None) -> SearchResult:
+        logits = self.scale * (q @ self.embeddings.to(q.device).T)
+        if mask is not None:
+            logits = logits.masked_fill(~mask.to(logits.device), float("-inf"))
+        log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
+        top, idx = torch.topk(logits, k, dim=-1)
+        return SearchResult(idx, torch.exp(top - log_z), top)
+
+    # -- FAISS -----------------------------------------------------------------------------------
+    def _build_faiss(self):
+        import faiss
+
+        d = self.embeddings.shape[1]
+        x = self.embeddings.numpy()
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, self._nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        train = x[rng.choice(len(x), size=min(len(x), 64 * self._nlist), replace=False)]
+        index.train(train)
+        index.add(x)
+        index.nprobe = self._nprobe
+        self._faiss = index
+        sample = rng.choice(len(x), size=min(len(x), _DENOM_SAMPLE), replace=False)
+        self._sample = torch.from_numpy(np.sort(sample))
+
+    def _approx(self, q: torch.Tensor, k: int, mask: torch.Tensor | None) -> SearchResult:
+        if mask is not None:
+            raise ValueError(
+                "priors with a FAISS gallery: subset the gallery first (Gallery.subset)"
+            )
+        if self._faiss is None:
+            self._build_faiss()
+        n_cand = max(k, 64)
+        sims, idx = self._faiss.search(q.float().cpu().numpy(), n_cand)
+        sims_t, idx_t = torch.from_numpy(sims), torch.from_numpy(idx)
+        logits = self.scale * sims_t
+        # Partition function: exact over the candidates + sample estimate of everything else.
+        sample_logits = self.scale * (q.float().cpu() @ self.embeddings[self._sample].T)
+        in_cand = (self._sample[None, :, None] == idx_t[:, None, :]).any(-1)
+        sample_logits = sample_logits.masked_fill(in_cand, float("-inf"))
+        rest = len(self) - n_cand
+        n_sample = (~in_cand).sum(-1, keepdim=True).clamp(min=1)
+        log_rest = torch.logsumexp(sample_logits, -1, keepdim=True) + torch.log(rest / n_sample)
+        log_z = torch.logaddexp(torch.logsumexp(logits, -1, keepdim=True), log_rest)
+        top = logits[:, :k]
+        return SearchResult(idx_t[:, :k], torch.exp(top - log_z), top)
+
+    @torch.inference_mode()
+    def topk(
+        self,
+        queries: torch.Tensor,
+        k: int = 5,
+        mask: torch.Tensor | None = None,
+        *,
+        normalized_queries: bool = False,
+    ) -> SearchResult:
+        """Top-k gallery entries per query; `mask` (bool [M]) restricts the gallery (a prior).
+
+        `normalized_queries=True` uses the queries as given: for the mean of normalised crop
+        embeddings this makes the logits the mean of the crops' logits (ten-crop).
+        """
+        if queries.ndim == 1:
+            queries = queries[None]
+        n_allowed = len(self) if mask is None else int(mask.sum())
+        if n_allowed == 0:
+            raise ValueError("the prior leaves no gallery entry to search")
+        k = min(k, n_allowed)
+        q = queries.float() if normalized_queries else F.normalize(queries.float(), dim=-1)
+        if self.backend == "exact":
+            return self._exact(q, k, mask)
+        return self._approx(q, k, mask)
