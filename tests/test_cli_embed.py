@@ -39,6 +39,6 @@ def test_unknown_columns_and_suffix(tmp_path):
     src = tmp_path / "c.csv"
     src.write_text("a,b\n1,2\n")
     res = runner.invoke(app, ["embed-locations", str(src), "--out", str(tmp_path / "x.npy")])
-    assert res.exit_code == 2 and "latitude/longitude columns" in res.output
+    assert res.exit_code == 2 and "cannot find the lat, lon column" in res.output
     res = runner.invoke(app, ["embed-locations", str(src), "--out", str(tmp_path / "x.txt")])
     assert res.exit_code == 2 and ".npy or .parquet" in res.output

@@ -27,21 +27,21 @@ def embed_locations(
     import pandas as pd
     import torch
 
+    from geoalign.data.manifest import read_table
     from geoalign.geo.coords import wrap_longitude
     from geoalign.geo.gallery import (
-        NAMED_GALLERIES,
         coordinate_errors,
         find_latlon_columns,
         format_row_errors,
-        read_table,
+        gallery_path,
     )
     from geoalign.zoo import load_location_encoder
 
     suffix = out.suffix.lower()
     if suffix not in {".npy", ".parquet"}:
         fail(f"--out must end in .npy or .parquet, got {out.name}")
-    path = NAMED_GALLERIES[source]() if source in NAMED_GALLERIES else Path(source)
-    table = read_table(path)
+    path = gallery_path(source)
+    table = read_table(path, string_columns=())
     lat_col, lon_col = find_latlon_columns(table.columns, source=str(path))
     errors = coordinate_errors(table[lat_col], table[lon_col])
     if errors and not skip_bad_rows:

@@ -7,11 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from geoalign.data.manifest import read_table, resolve_columns
 from geoalign.errors import DataError
 from geoalign.geo.coords import validate_latlon
-
-_LAT_NAMES = ("lat", "latitude", "gps_lat", "y")
-_LON_NAMES = ("lon", "lng", "long", "longitude", "gps_lon", "x")
 
 
 def _geoclip_100k() -> Path:
@@ -26,30 +24,15 @@ NAMED_GALLERIES = {
 }
 
 
+def gallery_path(name_or_path: str | Path) -> Path:
+    key = str(name_or_path)
+    return NAMED_GALLERIES[key]() if key in NAMED_GALLERIES else Path(name_or_path)
+
+
 def find_latlon_columns(columns, *, source: str) -> tuple[str, str]:
-    """Pick the latitude/longitude columns by common names, case-insensitively."""
-    lower = {str(c).lower(): c for c in columns}
-    lat = next((lower[n] for n in _LAT_NAMES if n in lower), None)
-    lon = next((lower[n] for n in _LON_NAMES if n in lower), None)
-    if lat is None or lon is None:
-        raise DataError(
-            f"{source}: cannot find latitude/longitude columns among {list(columns)} "
-            f"(expected one of {_LAT_NAMES} and one of {_LON_NAMES})"
-        )
-    return lat, lon
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    suffix = "".join(path.suffixes[-2:]).lower()
-    try:
-        if suffix.endswith(".parquet"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
-    except Exception as err:  # pandas raises many types for a malformed file
-        raise DataError(f"{path}: cannot be read as a table: {err}") from err
+    """The latitude/longitude columns by common names (any case), via the manifest rules."""
+    mapping = resolve_columns(columns, source=source, require_image=False)
+    return mapping["lat"], mapping["lon"]
 
 
 def coordinate_errors(lat_raw: pd.Series, lon_raw: pd.Series) -> dict[int, str]:
@@ -74,10 +57,12 @@ def format_row_errors(source: str, errors: dict[int, str], limit: int = 10) -> s
 
 
 def load_gallery(name_or_path: str | Path) -> pd.DataFrame:
-    """A gallery as a DataFrame with float64 `lat`, `lon` (and any other columns, e.g. `name`)."""
-    key = str(name_or_path)
-    path = NAMED_GALLERIES[key]() if key in NAMED_GALLERIES else Path(name_or_path)
-    table = read_table(path)
+    """A gallery as a DataFrame with float64 `lat`, `lon` (and any other columns, e.g. `name`).
+
+    `name_or_path`: a name from NAMED_GALLERIES or a CSV/TSV/Parquet file.
+    """
+    path = gallery_path(name_or_path)
+    table = read_table(path, string_columns=())
     lat_col, lon_col = find_latlon_columns(table.columns, source=str(path))
     errors = coordinate_errors(table[lat_col], table[lon_col])
     if errors:
@@ -88,3 +73,22 @@ def load_gallery(name_or_path: str | Path) -> pd.DataFrame:
     out.insert(0, "lat", lat)
     out.attrs["source"] = str(path)
     return out.reset_index(drop=True)
+
+
+def sample_gallery(
+    latlon: np.ndarray, size: int, *, seed: int = 0, dedupe_decimals: int | None = 4
+) -> np.ndarray:
+    """A GPS gallery drawn from training coordinates, as GeoCLIP built its 100K gallery.
+
+    A uniform sample follows the training distribution (dense where photos are dense), which is
+    what top-1 retrieval needs. `dedupe_decimals` first merges coordinates equal to that many
+    decimals (4 ≈ 11 m), so heavily repeated landmarks do not take many gallery slots.
+    """
+    latlon = np.asarray(latlon, dtype=np.float64)
+    if dedupe_decimals is not None:
+        _, keep = np.unique(np.round(latlon, dedupe_decimals), axis=0, return_index=True)
+        latlon = latlon[np.sort(keep)]
+    if size >= len(latlon):
+        return latlon
+    rng = np.random.default_rng(seed)
+    return latlon[np.sort(rng.choice(len(latlon), size=size, replace=False))]

@@ -1,0 +1,94 @@
+"""`geoalign gallery`: build GPS galleries from training coordinates and inspect them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from geoalign.cli.common import console, fail
+
+gallery_app = typer.Typer(
+    help="GPS galleries: build one from training data, inspect one.", no_args_is_help=True
+)
+
+
+@gallery_app.command("build")
+def build(
+    source: Path = typer.Option(..., "--from", help="Training manifest or coordinate table."),
+    size: int = typer.Option(100_000, help="Number of gallery points.", min=1),
+    out: Path = typer.Option(..., "--out", help="Output .parquet or .csv."),
+    seed: int = typer.Option(0),
+    dedupe_decimals: int = typer.Option(
+        4, help="Merge coordinates equal to this many decimals first (-1: keep duplicates)."
+    ),
+    skip_bad_rows: bool = typer.Option(
+        False, "--skip-bad-rows", help="Ignore rows with bad coordinates."
+    ),
+) -> None:
+    """Sample a gallery from training coordinates (GeoCLIP's 100K gallery was built this way)."""
+    import numpy as np
+    import pandas as pd
+
+    from geoalign.data.manifest import read_table
+    from geoalign.geo.coords import wrap_longitude
+    from geoalign.geo.gallery import (
+        coordinate_errors,
+        find_latlon_columns,
+        format_row_errors,
+        sample_gallery,
+    )
+
+    if out.suffix.lower() not in {".parquet", ".csv"}:
+        fail(f"--out must end in .parquet or .csv, got {out.name}")
+    table = read_table(source, string_columns=())
+    lat_col, lon_col = find_latlon_columns(table.columns, source=str(source))
+    errors = coordinate_errors(table[lat_col], table[lon_col])
+    if errors and not skip_bad_rows:
+        fail(format_row_errors(str(source), errors) + " (use --skip-bad-rows to ignore them)")
+    good = np.ones(len(table), dtype=bool)
+    good[[r - 1 for r in errors]] = False
+    lat = pd.to_numeric(table[lat_col], errors="coerce").to_numpy(dtype=np.float64)[good]
+    lon = wrap_longitude(
+        pd.to_numeric(table[lon_col], errors="coerce").to_numpy(dtype=np.float64)[good]
+    )
+    points = sample_gallery(
+        np.c_[lat, lon],
+        size,
+        seed=seed,
+        dedupe_decimals=None if dedupe_decimals < 0 else dedupe_decimals,
+    )
+    frame = pd.DataFrame({"lat": points[:, 0], "lon": points[:, 1]})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out, index=False) if out.suffix.lower() == ".parquet" else frame.to_csv(
+        out, index=False
+    )
+    note = f" (only {len(frame):,} distinct coordinates available)" if len(frame) < size else ""
+    console.print(
+        f"[green]gallery[/] {out}: {len(frame):,} points from {int(good.sum()):,} training rows{note}"
+    )
+    if errors:
+        console.print(f"[yellow]{len(errors)} rows with bad coordinates were ignored[/]")
+
+
+@gallery_app.command("info")
+def info(gallery: str = typer.Argument(..., help="Gallery name (geoclip-100k) or file.")) -> None:
+    """Size, extent and the countries a gallery covers."""
+    import numpy as np
+
+    from geoalign.geo.gallery import load_gallery
+    from geoalign.geo.places import default as places
+
+    g = load_gallery(gallery)
+    latlon = g[["lat", "lon"]].to_numpy()
+    codes = places().columns(latlon)["country_code"]
+    values, counts = np.unique(codes.astype(str), return_counts=True)
+    top = sorted(zip(counts, values, strict=True), reverse=True)[:10]
+    console.print(
+        f"{gallery}: {len(g):,} points; lat {latlon[:, 0].min():.2f}…{latlon[:, 0].max():.2f}"
+    )
+    console.print("most common countries: " + ", ".join(f"{c or 'sea'} {n:,}" for n, c in top))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(gallery_app, name="gallery")
