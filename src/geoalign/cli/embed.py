@@ -27,33 +27,19 @@ def embed_locations(
     import pandas as pd
     import torch
 
-    from geoalign.data.manifest import read_table
-    from geoalign.geo.coords import wrap_longitude
-    from geoalign.geo.gallery import (
-        coordinate_errors,
-        find_latlon_columns,
-        format_row_errors,
-        gallery_path,
-    )
+    from geoalign.geo.gallery import format_row_errors, read_coordinate_table
     from geoalign.zoo import load_location_encoder
 
     suffix = out.suffix.lower()
     if suffix not in {".npy", ".parquet"}:
         fail(f"--out must end in .npy or .parquet, got {out.name}")
-    path = gallery_path(source)
-    table = read_table(path, string_columns=())
-    lat_col, lon_col = find_latlon_columns(table.columns, source=str(path))
-    errors = coordinate_errors(table[lat_col], table[lon_col])
-    if errors and not skip_bad_rows:
-        fail(format_row_errors(str(path), errors) + "\n(use --skip-bad-rows to embed the rest)")
-    good = np.ones(len(table), dtype=bool)
-    good[[r - 1 for r in errors]] = False
-    lat = pd.to_numeric(table[lat_col], errors="coerce").to_numpy(dtype=np.float64)
-    lon = pd.to_numeric(table[lon_col], errors="coerce").to_numpy(dtype=np.float64)
-    lon = wrap_longitude(lon)
+    coords_table = read_coordinate_table(source, skip_bad_rows=skip_bad_rows)
+    good, errors = coords_table.good, coords_table.errors
+    lat, lon = coords_table.lat, coords_table.lon
+    n_rows = len(coords_table.table)
 
     encoder = load_location_encoder(model, device=device)
-    coords = torch.tensor(np.stack([lat[good], lon[good]], axis=1), dtype=torch.float32)
+    coords = torch.tensor(coords_table.latlon, dtype=torch.float32)
     with progress_bar() as progress:
         task = progress.add_task("embedding", total=len(coords))
         emb = encoder.encode(
@@ -61,7 +47,7 @@ def embed_locations(
         )
     if normalize:
         emb = torch.nn.functional.normalize(emb, dim=-1)
-    full = np.full((len(table), encoder.embed_dim), np.nan, dtype=np.float32)
+    full = np.full((n_rows, encoder.embed_dim), np.nan, dtype=np.float32)
     full[good] = emb.float().cpu().numpy()
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +56,7 @@ def embed_locations(
     else:
         frame = pd.DataFrame({"lat": lat, "lon": lon})
         frame["embedding"] = [row if ok else None for row, ok in zip(full, good, strict=True)]
-        frame["error"] = [errors.get(i + 1) for i in range(len(table))]
+        frame["error"] = [errors.get(i + 1) for i in range(n_rows)]
         frame.to_parquet(out, index=False)
     norms = np.linalg.norm(full[good], axis=1)
     console.print(
@@ -78,7 +64,7 @@ def embed_locations(
         f"(model {model}); norm min/mean/max {norms.min():.4f}/{norms.mean():.4f}/{norms.max():.4f}"
     )
     if errors:
-        console.print(format_row_errors(str(path), errors, limit=20), style="yellow")
+        console.print(format_row_errors(str(source), errors, limit=20), style="yellow")
         raise typer.Exit(1)
 
 

@@ -27,33 +27,16 @@ def build(
     ),
 ) -> None:
     """Sample a gallery from training coordinates (GeoCLIP's 100K gallery was built this way)."""
-    import numpy as np
     import pandas as pd
 
-    from geoalign.data.manifest import read_table
-    from geoalign.geo.coords import wrap_longitude
-    from geoalign.geo.gallery import (
-        coordinate_errors,
-        find_latlon_columns,
-        format_row_errors,
-        sample_gallery,
-    )
+    from geoalign.geo.gallery import read_coordinate_table, sample_gallery
 
     if out.suffix.lower() not in {".parquet", ".csv"}:
         fail(f"--out must end in .parquet or .csv, got {out.name}")
-    table = read_table(source, string_columns=())
-    lat_col, lon_col = find_latlon_columns(table.columns, source=str(source))
-    errors = coordinate_errors(table[lat_col], table[lon_col])
-    if errors and not skip_bad_rows:
-        fail(format_row_errors(str(source), errors) + " (use --skip-bad-rows to ignore them)")
-    good = np.ones(len(table), dtype=bool)
-    good[[r - 1 for r in errors]] = False
-    lat = pd.to_numeric(table[lat_col], errors="coerce").to_numpy(dtype=np.float64)[good]
-    lon = wrap_longitude(
-        pd.to_numeric(table[lon_col], errors="coerce").to_numpy(dtype=np.float64)[good]
-    )
+    coords = read_coordinate_table(source, skip_bad_rows=skip_bad_rows)
+    good, errors = coords.good, coords.errors
     points = sample_gallery(
-        np.c_[lat, lon],
+        coords.latlon,
         size,
         seed=seed,
         dedupe_decimals=None if dedupe_decimals < 0 else dedupe_decimals,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 
 from geoalign.data.manifest import read_table, resolve_columns
 from geoalign.errors import DataError
-from geoalign.geo.coords import validate_latlon
+from geoalign.geo.coords import validate_latlon, wrap_longitude
 
 
 def _geoclip_100k() -> Path:
@@ -54,6 +55,40 @@ def format_row_errors(source: str, errors: dict[int, str], limit: int = 10) -> s
     shown = "; ".join(f"row {r}: {why}" for r, why in list(errors.items())[:limit])
     more = f"; and {len(errors) - limit} more" if len(errors) > limit else ""
     return f"{source}: {len(errors)} bad rows (data rows, 1-based): {shown}{more}"
+
+
+@dataclass
+class CoordinateTable:
+    """A table's coordinates, row-aligned: bad rows are NaN in lat/lon, False in `good`."""
+
+    table: pd.DataFrame
+    lat: np.ndarray
+    lon: np.ndarray  # wrapped to [-180, 180)
+    good: np.ndarray
+    errors: dict[int, str]  # 1-based data row -> reason
+
+    @property
+    def latlon(self) -> np.ndarray:
+        """(n_good, 2) coordinates of the valid rows."""
+        return np.c_[self.lat[self.good], self.lon[self.good]]
+
+
+def read_coordinate_table(
+    source: str | Path, *, skip_bad_rows: bool = False, hint: str = "--skip-bad-rows"
+) -> CoordinateTable:
+    """Read lat/lon from a gallery name or table; bad rows raise (naming them) unless skipped."""
+    path = gallery_path(source)
+    table = read_table(path, string_columns=())
+    lat_col, lon_col = find_latlon_columns(table.columns, source=str(path))
+    errors = coordinate_errors(table[lat_col], table[lon_col])
+    if errors and not skip_bad_rows:
+        raise DataError(format_row_errors(str(path), errors) + f" (use {hint} to skip them)")
+    good = np.ones(len(table), dtype=bool)
+    good[[r - 1 for r in errors]] = False
+    lat = pd.to_numeric(table[lat_col], errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    lon = pd.to_numeric(table[lon_col], errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    lat[~good], lon[~good] = np.nan, np.nan
+    return CoordinateTable(table, lat, wrap_longitude(lon), good, errors)
 
 
 def load_gallery(name_or_path: str | Path) -> pd.DataFrame:
