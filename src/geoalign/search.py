@@ -5,11 +5,16 @@ One component serves every model: exact batched matrix products for galleries up
 of logit_scale · cosine over the (prior-masked) gallery, as GeoCLIP defines them. FAISS does not score
 every entry, so there the softmax denominator is the exact sum over the retrieved candidates plus an
 unbiased estimate of the rest from a fixed random sample of the gallery.
+
+Very large galleries (10M points: 20 GB as float32) are built with `GallerySearch.from_chunks`, which
+streams embeddings into an IVF index with 8-bit scalar quantisation (1 byte per dimension) and keeps
+only the denominator sample in float32.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +46,7 @@ class GallerySearch:
     ) -> None:
         self.embeddings = F.normalize(embeddings.float(), dim=-1).contiguous()
         self.scale = float(logit_scale)
-        n = self.embeddings.shape[0]
+        self._size = n = self.embeddings.shape[0]
         self.backend = ("exact" if n <= EXACT_MAX else "faiss") if backend == "auto" else backend
         if self.backend not in {"exact", "faiss"}:
             raise ValueError(f"backend must be auto, exact or faiss, got {backend!r}")
@@ -50,7 +55,59 @@ class GallerySearch:
         self._nprobe = faiss_nprobe
 
     def __len__(self) -> int:
-        return self.embeddings.shape[0]
+        return self._size
+
+    @classmethod
+    def from_chunks(
+        cls,
+        chunks: Iterable[torch.Tensor],
+        logit_scale: float,
+        *,
+        total: int,
+        nlist: int | None = None,
+        nprobe: int = 16,
+        quantizer: str = "SQ8",
+        seed: int = 0,
+    ) -> GallerySearch:
+        """A FAISS gallery streamed from embedding chunks (the first trains the coarse quantiser).
+
+        `quantizer`: "SQ8" (1 byte/dim), "SQfp16" (2 bytes/dim) or "Flat" (4 bytes/dim).
+        """
+        import faiss
+
+        self = cls.__new__(cls)
+        self.scale = float(logit_scale)
+        self.backend = "faiss"
+        self._size = 0
+        self._nprobe = nprobe
+        self._nlist = nlist or max(1, int(math.sqrt(total) / 3))
+        rng = np.random.default_rng(seed)
+        sample_rate = min(1.0, _DENOM_SAMPLE / max(total, 1))
+        samples: list[torch.Tensor] = []
+        sample_idx: list[np.ndarray] = []
+        index = None
+        for chunk in chunks:
+            x = F.normalize(chunk.float(), dim=-1).contiguous().numpy()
+            if index is None:
+                d = x.shape[1]
+                index = faiss.index_factory(
+                    d, f"IVF{self._nlist},{quantizer}", faiss.METRIC_INNER_PRODUCT
+                )
+                train = x[rng.choice(len(x), size=min(len(x), 50 * self._nlist), replace=False)]
+                index.train(train)
+            index.add(x)
+            pick = np.flatnonzero(rng.random(len(x)) < sample_rate)
+            samples.append(torch.from_numpy(x[pick]))
+            sample_idx.append(pick + self._size)
+            self._size += len(x)
+        if index is None:
+            raise ValueError("from_chunks: no embeddings given")
+        index.nprobe = nprobe
+        self._faiss = index
+        self._sample = torch.from_numpy(np.concatenate(sample_idx))
+        self._sample_emb = torch.cat(samples)
+        self.embeddings = None  # not kept: that is the point of streaming
+        return self
 
     # -- exact -----------------------------------------------------------------------------------
     def _exact(self, q: torch.Tensor, k: int, mask: torch.Tensor | None) -> SearchResult:
@@ -77,6 +134,7 @@ class GallerySearch:
         self._faiss = index
         sample = rng.choice(len(x), size=min(len(x), _DENOM_SAMPLE), replace=False)
         self._sample = torch.from_numpy(np.sort(sample))
+        self._sample_emb = self.embeddings[self._sample]
 
     def _approx(self, q: torch.Tensor, k: int, mask: torch.Tensor | None) -> SearchResult:
         if mask is not None:
@@ -85,12 +143,12 @@ class GallerySearch:
             )
         if self._faiss is None:
             self._build_faiss()
-        n_cand = max(k, 64)
+        n_cand = max(k, 256)  # the local mass is summed exactly; only the far tail is estimated
         sims, idx = self._faiss.search(q.float().cpu().numpy(), n_cand)
         sims_t, idx_t = torch.from_numpy(sims), torch.from_numpy(idx)
         logits = self.scale * sims_t
         # Partition function: exact over the candidates + sample estimate of everything else.
-        sample_logits = self.scale * (q.float().cpu() @ self.embeddings[self._sample].T)
+        sample_logits = self.scale * (q.float().cpu() @ self._sample_emb.T)
         in_cand = (self._sample[None, :, None] == idx_t[:, None, :]).any(-1)
         sample_logits = sample_logits.masked_fill(in_cand, float("-inf"))
         rest = len(self) - n_cand
