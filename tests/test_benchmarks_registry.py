@@ -11,6 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from _shared import SHARED_DATA as SHARED  # noqa: E402
 from geoalign.cli.data import register
 from geoalign.data.benchmarks import (
     BENCHMARKS,
@@ -21,8 +22,6 @@ from geoalign.data.benchmarks import (
 )
 from geoalign.data.manifest import Manifest
 from geoalign.errors import DataError
-
-SHARED = Path("/work/shared/data")
 
 
 def _touch(folder: Path, names: list[str]) -> None:

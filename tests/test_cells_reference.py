@@ -1,13 +1,13 @@
 """The published MP-16 partitions (cells_50_{5000,2000,1000}): token repair, rules, nesting, and
 our builder on a synthetic sample drawn from them."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import s2geometry as s2
 
+from _shared import SHARED_DATA as DATA  # noqa: E402
 from geoalign.errors import DataError
 from geoalign.geo.cells import (
     CellHierarchy,
@@ -19,7 +19,6 @@ from geoalign.geo.cells import (
 )
 from geoalign.geo.s2.reference import spreadsheet_token_candidates
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FILES = [DATA / f"cells_50_{t}_copy.csv" for t in (5000, 2000, 1000)]
 needs_data = pytest.mark.skipif(
     not all(f.is_file() for f in FILES), reason="MP-16 cell files absent"

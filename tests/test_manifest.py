@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from _shared import SHARED_DATA as SHARED  # noqa: E402
 from geoalign.cli.data import register
 from geoalign.data.manifest import (
     DUPLICATE_IMAGE,
@@ -31,8 +32,6 @@ from geoalign.data.manifest import (
     load_manifest,
 )
 from geoalign.errors import DataError
-
-SHARED = Path("/work/shared/data")
 
 BAD_CSV = """IMG_ID,LAT,LON,note
 a.jpg,10,20,ok
