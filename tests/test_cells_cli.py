@@ -1,6 +1,5 @@
 """`geoalign cells build/show/assign/import` on small files."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,7 @@ def _text(res) -> str:
     return " ".join(res.output.split())
 
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _shared import SHARED_DATA as DATA  # noqa: E402
 
 
 def _points(n=3000, seed=0):
