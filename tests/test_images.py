@@ -4,6 +4,7 @@ reason while the rest of the batch goes on; every odd pixel format must come out
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -84,7 +85,8 @@ def test_decompression_bomb_header(tmp_path):
     path.write_bytes(png_bytes(30000, 30000, 8, 0, b"\x00" * 64))
     with pytest.raises(ImageLoadError, match="decompression-bomb") as info:
         load_image(path)
-    assert "900000000 pixels" in info.value.reason
+    # Pillow's own guard or ours, depending on Image.MAX_IMAGE_PIXELS, which other code may raise
+    assert re.search(r"900,?000,?000 pixels", info.value.reason)
 
 
 def test_custom_pixel_limit(tmp_path):

@@ -95,10 +95,22 @@ class Geolocator:
         dtype: torch.dtype = torch.float32,
         cache: bool = True,
     ) -> Geolocator:
-        """Official or trained weights; the backbone from the HF cache, a local path, or a module."""
+        """Official or trained weights; the backbone from the HF cache, a local path, or a module.
+
+        backbone="auto": the backbone the checkpoint records. A GeoSURGE checkpoint (config.json
+        "method": "geosurge") returns a `GeoSurgeLocator` (same prediction API, ranks geocells).
+        """
         from geoalign.zoo import load_checkpoint, load_image_head, load_location_encoder
 
         ckpt = load_checkpoint(model)
+        if ckpt.config.get("method") == "geosurge":
+            from geoalign.models.geosurge import GeoSurgeLocator
+
+            return GeoSurgeLocator.from_pretrained(
+                model, backbone=backbone, gallery=gallery, device=device, dtype=dtype
+            )
+        if isinstance(backbone, str) and backbone == "auto":
+            backbone = ckpt.config.get("backbone") or "clip-vit-l14"
         if isinstance(backbone, str):
             from geoalign.nn.backbones import load_backbone
 

@@ -49,7 +49,8 @@ def predict(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1),
     model: str = typer.Option("geoclip", help="Checkpoint name or folder."),
     backbone: str = typer.Option(
-        "clip-vit-l14", help="Backbone spec (clip-vit-l14, hf:<dir>, torchvision:..., ...)."
+        "auto",
+        help="Backbone spec (clip-vit-l14, hf:<dir>, torchvision:..., ...); auto = the model's.",
     ),
     gallery: str = typer.Option("geoclip-100k", help="Gallery name or CSV/Parquet file."),
     within: str | None = typer.Option(None, help="Countries/regions, e.g. FR or US-CA,MX."),

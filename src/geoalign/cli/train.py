@@ -1,0 +1,74 @@
+"""`geoalign train CONFIG`: train GeoCLIP from a YAML config (see configs/geoclip/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from geoalign.cli.common import console, fail
+
+
+def train(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/geoclip/main.yaml."),
+    set_: list[str] = typer.Option(
+        [], "--set", "-s", help="Override a config value: --set optim.lr=1e-4 (repeatable)."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (overrides trainer.out_dir)."),
+    resume: bool = typer.Option(
+        True, help="Resume from <out>/checkpoints/last.ckpt when it exists."
+    ),
+) -> None:
+    """Train (or resume) a run. Several processes: torchrun --nproc_per_node N $(which geoalign)
+    train CONFIG (CPU processes use gloo, GPUs NCCL; nodes via torchrun's --nnodes)."""
+    try:
+        import lightning  # noqa: F401
+    except ImportError:
+        fail("training needs lightning: pip install 'geoalign[train]'")
+    from geoalign.training.config import load_config
+    from geoalign.training.run import train as run
+
+    overrides = list(set_)
+    if out is not None:
+        overrides.append(f"trainer.out_dir={out}")
+    if not resume:
+        overrides.append("trainer.resume=null")
+    from geoalign.training.geosurge import is_geosurge_config
+
+    if is_geosurge_config(config):  # `method: geosurge` in the YAML
+        from geoalign.training.geosurge import load_geosurge_config, train_geosurge
+
+        gs = load_geosurge_config(config, overrides)
+        console.print(f"[cyan]•[/] {gs.name}: reproduces {gs.reproduces}")
+        done = train_geosurge(gs)
+        console.print(
+            f"[green]done[/]: {done.global_step} steps, {done.epochs} epochs in "
+            f"{done.seconds:.0f} s; best {gs.optim.monitor} = {done.best}; model: "
+            f"[bold]{done.last_dir}[/] (best: {done.best_dir})"
+        )
+        return
+    from geoalign.training.concept import is_concept_config
+
+    if is_concept_config(config):  # `method: concept`: GeoCLIP's harness + the concept module
+        from geoalign.training.concept import load_concept_config, train_concept
+
+        crun = load_concept_config(config, overrides)
+        console.print(f"[cyan]•[/] {crun.train.name}: reproduces {crun.train.reproduces}")
+        result = train_concept(crun)
+        console.print(
+            f"[green]done[/]: {result.global_step} steps in {result.seconds:.0f} s; model: "
+            f"[bold]{result.export_dir}[/] (concept bottleneck in {result.export_dir / 'cbm'})"
+        )
+        return
+    cfg = load_config(config, overrides)
+    console.print(f"[cyan]•[/] {cfg.name}: reproduces {cfg.reproduces}")
+    result = run(cfg)
+    rate = f"{result.samples_per_s:,.0f} samples/s" if result.samples_per_s else "n/a"
+    console.print(
+        f"[green]done[/]: {result.global_step} steps in {result.seconds:.0f} s ({rate}); "
+        f"model: [bold]{result.export_dir}[/]"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

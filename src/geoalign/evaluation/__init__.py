@@ -1,0 +1,1 @@
+"""Evaluation: run a model (or a baseline) over a benchmark against a gallery, then report."""

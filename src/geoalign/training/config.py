@@ -1,0 +1,205 @@
+"""Typed training configs, loaded from YAML.
+
+A config file has the sections `model`, `data`, `optim`, `trainer` and `eval`, plus `name` and
+`reproduces` (the paper table it reproduces, or "none"). Unknown keys are errors that name the file
+and the key, so a typo never silently falls back to a default. `key.path=value` overrides (the CLI's
+`--set`) are applied before validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from geoalign.errors import DataError
+
+
+@dataclass
+class ModelSection:
+    init: str = "official"  # "official", "scratch", or a geoalign checkpoint folder
+    architecture: Literal["released", "paper"] = "released"  # 3 or 4 hidden layers per scale
+    location_encoder: dict[str, Any] = field(default_factory=dict)  # LocationEncoderConfig fields
+    image_head: dict[str, Any] = field(default_factory=dict)  # ImageHeadConfig fields
+    queue_size: int = 4096
+    queue_init: Literal["sphere", "latlon"] = "sphere"
+    temperature_init: float = 0.07
+    learn_temperature: bool = True
+    train_location_encoder: bool = True
+    train_image_head: bool = True
+    # How queue embeddings are made each step. "published": the queue's (noisy) coordinates go
+    # through the location encoder with gradients, as in GeoCLIP. "detached": the same without
+    # gradients (about 2x less location-encoder work). "cached": each coordinate's embedding is
+    # kept from the step it entered the queue (a memory bank, MoCo-style: no re-encoding, no
+    # gradient, embeddings up to queue/batch steps old) -- fastest, and a deviation from the paper.
+    queue_mode: Literal["published", "detached", "cached"] = "published"
+    features: str | None = None  # the features the image head reads (backbone spec)
+
+
+@dataclass
+class DataSection:
+    source: Literal["arrays", "store", "images", "scene-labels"] = "store"
+    path: str | None = None  # feature store folder, manifest, or scene-label CSV / benchmark name
+    images_root: str | None = None  # for source=images: folder the manifest's paths are under
+    backbone: str = "clip-vit-l14"  # for source=images
+    fraction: float = 1.0  # limited-data training: this share of the rows, fixed by fraction_seed
+    fraction_seed: int = 0
+    views: int = 1  # P augmented views per image (source=images); features have one view
+    gps_noise_m: float = 150.0  # σ_η on batch coordinates
+    queue_noise_m: float = 1000.0  # σ_η' on queue coordinates
+    num_workers: int = 2
+    read_rows: int = 65536  # store streaming: rows read per chunk (memory ~ 2 shards + this)
+
+
+@dataclass
+class OptimSection:
+    lr: float = 3e-5
+    weight_decay: float = 1e-6
+    gamma: float = 0.87  # StepLR, one step per epoch
+    batch_size: int = 512  # global batch (split across processes under DDP)
+    epochs: int = 10
+    max_steps: int = -1
+
+
+@dataclass
+class TrainerSection:
+    out_dir: str = "runs/geoclip"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    precision: str = "32-true"
+    seed: int = 0
+    checkpoint_every_n_steps: int = 500
+    log_every_n_steps: int = 20
+    resume: str | None = "auto"  # "auto": last.ckpt in out_dir if present; a path; or null
+    progress: bool = True
+
+
+@dataclass
+class EvalSection:
+    benchmark: str | None = "im2gps3k"
+    gallery: str = "geoclip-100k"  # a named gallery, a file, or "train:N" (N training coords)
+    modes: list[str] = field(default_factory=lambda: ["top1", "mode"])
+    radius_km: float = 750.0  # mode-seeking radius
+    ten_crop: bool = False
+
+
+@dataclass
+class TrainConfig:
+    name: str = "geoclip"
+    reproduces: str = "none"  # e.g. "GeoCLIP (NeurIPS 2023) Table 1(a), Im2GPS3k"
+    notes: str = ""
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    """Validate (and lightly coerce) a YAML value against a type hint; returns the value."""
+    origin = get_origin(hint)
+    if hint is Any:
+        return value
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise DataError(f"{where}: {value!r} is not one of {list(get_args(hint))}")
+        return value
+    if origin in (list, dict):
+        expected = origin
+        if not isinstance(value, expected):
+            raise DataError(f"{where}: expected a {expected.__name__}, got {value!r}")
+        return value
+    args = get_args(hint)
+    if args:  # a union such as `str | None` or `int | str`
+        if value is None and type(None) in args:
+            return None
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _check_value(value, option, where)
+            except DataError:
+                continue
+        raise DataError(f"{where}: {value!r} does not fit {hint}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML reads 3e-5 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool) and not (
+        isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    ):
+        raise DataError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise DataError(f"{where}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, f"{where}.{key}")
+        else:
+            kwargs[key] = _check_value(value, hint, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise DataError(f"override {item!r}: expected key.path=value")
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    for item in overrides or []:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DataError(f"override {item!r}: {part} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(
+    data: dict[str, Any], *, source: str = "config", overrides: list[str] | None = None
+) -> TrainConfig:
+    data = apply_overrides(dict(data or {}), overrides)
+    return _build(TrainConfig, data, source)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (see configs/geoclip/) and apply `key.path=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DataError(f"{path}: not valid YAML: {err}") from err
+    return config_from_dict(data, source=str(path), overrides=overrides)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path

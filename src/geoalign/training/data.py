@@ -1,0 +1,292 @@
+"""Training data: (features or images, coordinates) in global batches that are reproducible and
+resumable.
+
+Every epoch's batch order is a pure function of (seed, epoch). Under DDP each process takes its
+contiguous slice of each global batch, so N processes see exactly the rows one process would, and
+the loss (gathered over processes) is the single-process loss. On resume, the first `skip` global
+batches of the interrupted epoch are passed over, so a killed-and-resumed run sees the same data in
+the same order as an uninterrupted one. Incomplete last batches are dropped (fixed batch shapes).
+
+Sources:
+- `ArraySource`: features and coordinates in memory (small data, the quickstart, tests);
+- `StoreSource`: a `geoalign.data.feature_store.FeatureStore`, streamed a few shards at a time
+  (bounded memory whatever the store size: MP-16's 4.7M rows included);
+- `ImageSource`: a manifest of photos, decoded in DataLoader workers into P SimCLR views each.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Batch = dict[str, Tensor]
+
+
+def fraction_mask(n: int, fraction: float, seed: int) -> np.ndarray:
+    """A fixed uniform subset of rows for limited-data training (the paper's 20/10/5 %)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return np.ones(n, dtype=bool)
+    keep = int(round(n * fraction))
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(seed).choice(n, size=keep, replace=False)] = True
+    return mask
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**63 - 1)
+
+
+class BatchSource(Protocol):
+    n_rows: int
+
+    def iter_local_batches(
+        self, epoch: int, batch_size: int, seed: int, rank: int, world: int, skip: int
+    ) -> Iterator[Batch]: ...
+
+
+def _local(rows: Any, batch_size: int, rank: int, world: int) -> Any:
+    b = batch_size // world
+    return rows[rank * b : (rank + 1) * b]
+
+
+class ArraySource:
+    """In-memory features [N, D] (or [N, P, D]) and coordinates [N, 2]."""
+
+    def __init__(
+        self,
+        features: Tensor | np.ndarray,
+        coords: Tensor | np.ndarray,
+        *,
+        fraction: float = 1.0,
+        fraction_seed: int = 0,
+    ) -> None:
+        features = torch.as_tensor(
+            np.asarray(features) if not torch.is_tensor(features) else features
+        )
+        coords = torch.as_tensor(coords, dtype=torch.float32)
+        if len(features) != len(coords):
+            raise ValueError(f"{len(features)} feature rows but {len(coords)} coordinates")
+        keep = torch.from_numpy(np.flatnonzero(fraction_mask(len(coords), fraction, fraction_seed)))
+        self.features = features.float()[keep]
+        self.coords = coords[keep]
+        self.n_rows = len(keep)
+
+    def iter_local_batches(
+        self, epoch: int, batch_size: int, seed: int, rank: int, world: int, skip: int
+    ) -> Iterator[Batch]:
+        gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        perm = torch.randperm(self.n_rows, generator=gen)
+        for k in range(skip, self.n_rows // batch_size):
+            rows = _local(perm[k * batch_size : (k + 1) * batch_size], batch_size, rank, world)
+            yield {"features": self.features[rows], "coords": self.coords[rows]}
+
+
+def _prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Run a (IO-bound) iterator in a thread, `depth` items ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    error: list[BaseException] = []
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as err:  # re-raised in the consumer
+            error.append(err)
+        finally:
+            q.put(done)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                if error:
+                    raise error[0]
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+class StoreSource:
+    """Stream a feature store: memory is a couple of shards plus one read chunk, not the store."""
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        fraction: float = 1.0,
+        fraction_seed: int = 0,
+        read_rows: int = 65536,
+        buffer_shards: int = 2,
+    ) -> None:
+        from geoalign.data.feature_store import FeatureStore
+
+        self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+        self.mask = fraction_mask(len(self.store), fraction, fraction_seed)
+        self.n_rows = int(self.mask.sum())
+        self.read_rows = read_rows
+        self.buffer_shards = buffer_shards
+
+    def _rows(self, epoch: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for part in self.store.iter_batches(
+            self.read_rows,
+            shuffle=True,
+            seed=epoch_seed(seed, epoch),
+            buffer_shards=self.buffer_shards,
+        ):
+            keep = self.mask[part["index"]]
+            yield part["features"][keep], part["coords"][keep]
+
+    def _global_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[tuple]:
+        feats: list[np.ndarray] = []
+        coords: list[np.ndarray] = []
+        held = 0
+        for f, c in self._rows(epoch, seed):
+            feats.append(f)
+            coords.append(c)
+            held += len(f)
+            if held < batch_size:
+                continue
+            f_all, c_all = np.concatenate(feats), np.concatenate(coords)
+            n_full = len(f_all) // batch_size * batch_size
+            for start in range(0, n_full, batch_size):
+                yield f_all[start : start + batch_size], c_all[start : start + batch_size]
+            feats, coords = [f_all[n_full:]], [c_all[n_full:]]
+            held = len(feats[0])
+
+    def iter_local_batches(
+        self, epoch: int, batch_size: int, seed: int, rank: int, world: int, skip: int
+    ) -> Iterator[Batch]:
+        def produce() -> Iterator[Batch]:
+            for k, (f, c) in enumerate(self._global_batches(epoch, batch_size, seed)):
+                if k < skip:
+                    continue
+                yield {
+                    "features": torch.from_numpy(
+                        np.ascontiguousarray(_local(f, batch_size, rank, world), dtype=np.float32)
+                    ),
+                    "coords": torch.from_numpy(
+                        np.ascontiguousarray(_local(c, batch_size, rank, world), dtype=np.float32)
+                    ),
+                }
+
+        n_batches = self.n_rows // batch_size
+        for k, batch in enumerate(_prefetch(produce())):
+            if k + skip >= n_batches:  # filtering by fraction can leave one spare batch
+                return
+            yield batch
+
+
+class _ViewsDataset(torch.utils.data.Dataset):
+    def __init__(self, manifest: Any, transform: Callable[[Any], Tensor], max_pixels: Any) -> None:
+        self.paths = manifest.paths() if callable(manifest.paths) else manifest.paths
+        coords = manifest.coords() if callable(manifest.coords) else manifest.coords
+        self.coords = torch.tensor(np.array(coords, dtype=np.float32))
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        from geoalign.data.images import load_image
+
+        image = load_image(self.paths[int(i)], max_pixels=self.max_pixels)
+        return self.transform(image), self.coords[int(i)]
+
+
+class ImageSource:
+    """Photos from a manifest, each as P augmented views [P, 3, S, S] (SimCLR augmentations)."""
+
+    def __init__(
+        self,
+        manifest: Any,
+        transform: Callable[[Any], Tensor],
+        *,
+        fraction: float = 1.0,
+        fraction_seed: int = 0,
+        num_workers: int = 2,
+    ) -> None:
+        from geoalign.data.images import DEFAULT_MAX_PIXELS
+
+        self.dataset = _ViewsDataset(manifest, transform, DEFAULT_MAX_PIXELS)
+        self.rows = np.flatnonzero(fraction_mask(len(self.dataset), fraction, fraction_seed))
+        self.n_rows = len(self.rows)
+        self.num_workers = num_workers
+
+    def iter_local_batches(
+        self, epoch: int, batch_size: int, seed: int, rank: int, world: int, skip: int
+    ) -> Iterator[Batch]:
+        rng = np.random.default_rng(epoch_seed(seed, epoch))
+        perm = self.rows[rng.permutation(self.n_rows)]
+        batches = [
+            _local(perm[k * batch_size : (k + 1) * batch_size], batch_size, rank, world).tolist()
+            for k in range(skip, self.n_rows // batch_size)
+        ]
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
+        for pixels, coords in loader:
+            yield {"pixels": pixels, "coords": coords}
+
+
+class EpochLoader:
+    """What Lightning iterates: one epoch of this process's batches, resumable mid-epoch.
+
+    `position()` returns (epoch, batches already done in it), read when iteration starts.
+    """
+
+    def __init__(
+        self,
+        source: BatchSource,
+        batch_size: int,
+        seed: int,
+        position: Callable[[], tuple[int, int]],
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if batch_size % world:
+            raise ValueError(f"global batch {batch_size} is not divisible by {world} processes")
+        if source.n_rows < batch_size:
+            raise ValueError(
+                f"only {source.n_rows} training rows for a batch of {batch_size}: lower the batch"
+            )
+        self.source = source
+        self.batch_size = batch_size
+        self.seed = seed
+        self.position = position
+        self.rank = rank
+        self.world = world
+
+    def __len__(self) -> int:
+        return self.source.n_rows // self.batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        # A generator: the position is read at the first batch, not when iter() is called
+        # (Lightning calls iter() once just to check the loader is iterable).
+        epoch, skip = self.position()
+        yield from self.source.iter_local_batches(
+            epoch, self.batch_size, self.seed, self.rank, self.world, skip
+        )

@@ -1,0 +1,275 @@
+"""Build model, data and trainer from a `TrainConfig` and run training.
+
+Single process, several GPUs on one machine, or several nodes: under `torchrun` the world size
+comes from its environment (Lightning reads it); otherwise `trainer.devices` processes are started.
+On CPUs the process group uses gloo, on GPUs NCCL. Training resumes from `<out_dir>/checkpoints/
+last.ckpt` when `trainer.resume` is "auto" and that file exists.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geoalign.errors import DataError, GeoalignError
+from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
+from geoalign.nn.image_head import ImageHeadConfig
+from geoalign.nn.location_encoder import LocationEncoderConfig
+from geoalign.training.config import TrainConfig, save_config
+from geoalign.training.data import ArraySource, BatchSource, ImageSource, StoreSource
+
+
+@dataclass
+class TrainResult:
+    model: GeoCLIP
+    out_dir: Path
+    export_dir: Path
+    global_step: int
+    seconds: float
+    samples_per_s: float | None
+    n_rows: int
+
+
+# --- model ------------------------------------------------------------------------------------------
+
+
+def _location_config(cfg: TrainConfig) -> LocationEncoderConfig:
+    base = (
+        LocationEncoderConfig.paper()
+        if cfg.model.architecture == "paper"
+        else LocationEncoderConfig()
+    )
+    overrides = dict(cfg.model.location_encoder)
+    if overrides.get("sigmas") is not None:
+        overrides["sigmas"] = tuple(overrides["sigmas"])
+    try:
+        return replace(base, **overrides)
+    except TypeError as err:
+        raise DataError(f"model.location_encoder: {err}") from err
+
+
+def build_model(cfg: TrainConfig, feature_dim: int | None = None) -> GeoCLIP:
+    """The model the config asks for: official weights, a checkpoint, or from scratch.
+
+    Starting from official weights with features of another width (or explicit image_head
+    settings) keeps the official location encoder and temperature and builds a fresh image head:
+    the released head reads 768-d CLIP ViT-L/14 embeddings only.
+    """
+    m = cfg.model
+    common = dict(
+        queue_size=m.queue_size,
+        queue_init=m.queue_init,
+        seed=cfg.trainer.seed,
+        learn_temperature=m.learn_temperature,
+    )
+    head_overrides = dict(m.image_head)
+    if feature_dim is not None:
+        head_overrides.setdefault("in_dim", feature_dim)
+    if m.init == "scratch":
+        config = GeoCLIPConfig(
+            location_encoder=_location_config(cfg),
+            image_head=ImageHeadConfig(**head_overrides),
+            temperature_init=m.temperature_init,
+            features=m.features,
+            **common,
+        )
+        return GeoCLIP(config)
+    if m.location_encoder or m.architecture != "released":
+        raise DataError(
+            "model.location_encoder / model.architecture change the architecture: they need "
+            "model.init: scratch (the official weights have the released architecture)"
+        )
+    name = "geoclip" if m.init == "official" else m.init
+    model = GeoCLIP.load(name, **common)
+    wanted = replace(model.config.image_head, **head_overrides)
+    if wanted != model.config.image_head:
+        fresh = GeoCLIP(replace(model.config, image_head=wanted, features=m.features))
+        fresh.location_encoder.load_state_dict(model.location_encoder.state_dict())
+        with torch.no_grad():
+            fresh.logit_scale.copy_(model.logit_scale)
+        model = fresh
+    elif m.features is not None:
+        model.config = replace(model.config, features=m.features)
+    return model
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+
+def build_source(
+    cfg: TrainConfig, arrays: tuple[Any, Any] | None = None
+) -> tuple[BatchSource, int | None, Any]:
+    """(source, feature width or None for images, frozen backbone or None)."""
+    d = cfg.data
+    if d.source == "arrays":
+        if arrays is None:
+            raise GeoalignError("data.source 'arrays' needs features and coordinates passed in")
+        src = ArraySource(*arrays, fraction=d.fraction, fraction_seed=d.fraction_seed)
+        return src, int(src.features.shape[-1]), None
+    if d.source == "scene-labels":
+        from geoalign.evaluation.descriptors import load_scene_label_set
+
+        feats, coords, _ = load_scene_label_set(d.path or "yfcc26k")
+        src = ArraySource(feats, coords, fraction=d.fraction, fraction_seed=d.fraction_seed)
+        return src, feats.shape[1], None
+    if d.source == "store":
+        if not d.path:
+            raise DataError("data.path: the feature store folder is required for source 'store'")
+        src = StoreSource(
+            d.path, fraction=d.fraction, fraction_seed=d.fraction_seed, read_rows=d.read_rows
+        )
+        return src, src.store.dim, None
+    # images: a manifest of photos and a frozen backbone
+    from geoalign.data.manifest import load_manifest
+    from geoalign.data.transforms import simclr_views_for
+    from geoalign.nn.backbones import load_backbone
+
+    if not d.path:
+        raise DataError("data.path: the manifest is required for source 'images'")
+    manifest = load_manifest(d.path, image_root=d.images_root, check_files=True).clean()
+    backbone = load_backbone(d.backbone, frozen=True)
+    transform = simclr_views_for(backbone.preprocess, d.views)
+    src = ImageSource(
+        manifest,
+        transform,
+        fraction=d.fraction,
+        fraction_seed=d.fraction_seed,
+        num_workers=d.num_workers,
+    )
+    return src, backbone.embed_dim, backbone
+
+
+# --- trainer ------------------------------------------------------------------------------------------
+
+
+def _world_from_env() -> tuple[int | None, int | None]:
+    """(processes per node, nodes) under torchrun, else (None, None)."""
+    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
+        local = int(os.environ["LOCAL_WORLD_SIZE"])
+        return local, max(1, int(os.environ["WORLD_SIZE"]) // max(local, 1))
+    return None, None
+
+
+def resume_path(cfg: TrainConfig) -> str | None:
+    r = cfg.trainer.resume
+    if r is None or r == "none":
+        return None
+    if r == "auto":
+        last = Path(cfg.trainer.out_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(r).is_file():
+        raise DataError(f"trainer.resume: checkpoint {r} not found")
+    return r
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    arrays: tuple[Any, Any] | None = None,
+    model: GeoCLIP | None = None,
+    source: tuple[BatchSource, int | None, Any] | None = None,
+    extra_callbacks: list[Any] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train (or resume) the run `cfg` describes; returns the trained model and where it went.
+
+    `arrays` = (features, coords) for data.source "arrays"; `source` = (BatchSource, feature
+    width, frozen backbone or None) replaces the data the config describes (e.g. photos with a
+    backbone built elsewhere)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from geoalign.training.callbacks import AtomicCheckpointIO, ExportModel, Throughput
+    from geoalign.training.module import GeoCLIPModule, GeoDataModule
+
+    t = cfg.trainer
+    out = Path(t.out_dir)
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    source, feature_dim, backbone = source if source is not None else build_source(cfg, arrays)
+    if model is None:
+        model = build_model(cfg, feature_dim)
+    module = GeoCLIPModule(model, cfg, backbone=backbone)
+    data = GeoDataModule(source, cfg.optim.batch_size, t.seed)
+
+    local, nodes = _world_from_env()
+    devices: int | str = local if local is not None else t.devices
+    num_nodes = nodes if nodes is not None else t.num_nodes
+    n_proc = (devices if isinstance(devices, int) else 1) * num_nodes
+    accelerator = t.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    strategy: Any = "auto"
+    if n_proc > 1 or devices == "auto":
+        strategy = DDPStrategy(
+            process_group_backend="nccl" if accelerator == "gpu" else "gloo",
+            find_unused_parameters=False,
+        )
+    throughput = Throughput(cfg.optim.batch_size)
+    provenance = {
+        "config": cfg.to_dict(),
+        "training_rows": source.n_rows,
+        "init": cfg.model.init,
+        "reproduces": cfg.reproduces,
+    }
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=out / "checkpoints",
+            every_n_train_steps=t.checkpoint_every_n_steps,
+            save_top_k=0,
+            save_last=True,
+            save_on_train_epoch_end=False,
+        ),
+        ExportModel(out / "model", provenance),
+        throughput,
+        *(extra_callbacks or []),
+    ]
+    show = t.progress if progress is None else progress
+    trainer = L.Trainer(
+        default_root_dir=out,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=t.precision,
+        max_epochs=cfg.optim.epochs,
+        max_steps=cfg.optim.max_steps,
+        use_distributed_sampler=False,
+        logger=CSVLogger(out, name="logs", version=""),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=show,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    if trainer.global_rank == 0:
+        save_config(cfg, out / "config.yaml")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg), weights_only=True)
+    return TrainResult(
+        model=module.model,
+        out_dir=out,
+        export_dir=out / "model",
+        global_step=int(trainer.global_step),
+        seconds=time.perf_counter() - start,
+        samples_per_s=throughput.samples_per_s,
+        n_rows=source.n_rows,
+    )
+
+
+def features_and_coords(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Load an .npz with `features` and `coords` arrays (the simplest in-memory training input)."""
+    with np.load(path) as data:
+        missing = {"features", "coords"} - set(data.files)
+        if missing:
+            raise DataError(f"{path}: arrays {sorted(missing)} missing (have {data.files})")
+        return data["features"], data["coords"]

@@ -1,0 +1,67 @@
+"""`geoalign evaluate` end to end on the packaged scene labels (tiny model, small gallery)."""
+
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from geoalign.cli import app
+from geoalign.evaluation.descriptors import SCENE_DIM, SCENE_LABELS
+from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
+from geoalign.nn.image_head import ImageHeadConfig
+from geoalign.nn.location_encoder import LocationEncoderConfig
+
+
+def _tiny_scene_model(path):
+    torch.manual_seed(0)
+    model = GeoCLIP(
+        GeoCLIPConfig(
+            location_encoder=LocationEncoderConfig(
+                n_frequencies=16, hidden_dim=32, n_hidden=1, embed_dim=16
+            ),
+            image_head=ImageHeadConfig(in_dim=SCENE_DIM, hidden_dim=16, out_dim=16),
+            queue_size=0,
+            features=SCENE_LABELS,
+        )
+    )
+    return model.save(path)
+
+
+def test_evaluate_scene_label_model_with_baselines(tmp_path):
+    ckpt = _tiny_scene_model(tmp_path / "model")
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(ckpt),
+            "--benchmark",
+            "im2gps",
+            "--train",
+            "scene-labels:im2gps",
+            "--gallery",
+            "train:200",
+            "--radius-km",
+            "1000",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    names = [r["method"] for r in report["results"]]
+    assert names[:2] == ["model (top-1)", "model (mode, 1000 km)"]
+    assert "1-NN" in names and any(n.startswith("prior") for n in names)
+    assert report["n_queries"] == 237 and report["gallery_size"] == 200
+    assert any(p["method"].startswith("GeoSURGE") for p in report["published"])  # Im2GPS, Table I
+    assert "1-NN" in result.output
+
+
+def test_evaluate_without_queries_says_what_to_give(tmp_path):
+    ckpt = _tiny_scene_model(tmp_path / "model")
+    result = CliRunner().invoke(
+        app, ["evaluate", "--model", str(ckpt), "--out", str(tmp_path / "e")]
+    )
+    assert result.exit_code != 0
+    assert "--queries" in result.output

@@ -1,0 +1,308 @@
+"""GeoSURGE model: checkpoints, the prediction API (priors, places, ten-crop), gallery refinement,
+the backbone/fusion paths with tiny models, and learning a known mapping."""
+
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from geoalign.errors import GeoalignError
+from geoalign.geo.cells import CellHierarchy, PartitionRules
+from geoalign.geo.distance import haversine_km
+from geoalign.geolocator import Geolocator
+from geoalign.models.geosurge import (
+    CellGallery,
+    GeoSurge,
+    GeoSurgeConfig,
+    GeoSurgeLocator,
+)
+from geoalign.nn.semantic_fusion import SemanticFusionConfig
+
+N_CLUSTERS = 30
+
+
+def tiny_segformer():
+    """A SegFormer with 150 ADE20K classes and tiny widths (random weights)."""
+    from transformers import SegformerConfig
+
+    from geoalign.nn.segmenters import Segmenter
+
+    cfg = SegformerConfig(
+        num_labels=150,
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 1, 1],
+        decoder_hidden_size=32,
+    )
+    return Segmenter.from_config(cfg, input_size=32)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Points around 30 centres; features = noisy one-hot of the centre (a known mapping)."""
+    rng = np.random.default_rng(0)
+    centers = rng.uniform([-55, -170], [65, 170], size=(N_CLUSTERS, 2))
+    which = rng.integers(0, N_CLUSTERS, 5000)
+    pts = centers[which] + rng.normal(0, 1.0, (5000, 2))
+    feats = np.eye(N_CLUSTERS)[which] + rng.normal(0, 0.1, (5000, N_CLUSTERS))
+    hierarchy = CellHierarchy.build(
+        pts[:4000, 0], pts[:4000, 1], tau_max=(1200, 400, 120), rules=PartitionRules(tau_min=15)
+    )
+    return hierarchy, torch.tensor(feats, dtype=torch.float32), pts
+
+
+def _model(hierarchy, **kw) -> GeoSurge:
+    cfg = GeoSurgeConfig(
+        level_sizes=tuple(hierarchy.sizes),
+        embed_dim=16,
+        feature_dim=N_CLUSTERS,
+        feature_head="linear",
+        **kw,
+    )
+    return GeoSurge(cfg, hierarchy)
+
+
+@contextmanager
+def one_thread():
+    """Tiny models: thread start-up and contention cost more than they gain (2-4x on this CI)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _fit(model: GeoSurge, feats, pts, steps=200) -> GeoSurge:
+    torch.manual_seed(0)
+    labels = model.assign(pts[:4000])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    with one_thread():
+        for _ in range(steps):
+            idx = torch.randint(0, 4000, (256,))
+            loss = model.loss(model.encode_features(feats[idx]), labels[idx]).total
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    hierarchy, feats, pts = world
+    model = _fit(_model(hierarchy), feats, pts)
+    path = model.save(tmp_path_factory.mktemp("geosurge") / "last")
+    return model, path
+
+
+def _errors(locator, feats, pts, **kw):
+    cands = locator.predict_features(feats[4000:], top_k=1, **kw)
+    pred = np.array([[c[0].lat, c[0].lon] for c in cands])
+    return haversine_km(pred[:, 0], pred[:, 1], pts[4000:, 0], pts[4000:, 1])
+
+
+def test_learns_a_known_mapping_beyond_the_prior(world, trained):
+    hierarchy, feats, pts = world
+    model, _ = trained
+    err = _errors(GeoSurgeLocator(model), feats, pts)
+    # The prior: always the mean of the most populated finest cell.
+    fine = hierarchy.partitions[-1]
+    top = int(np.argmax(fine.counts))
+    prior = haversine_km(fine.lat_mean[top], fine.lon_mean[top], pts[4000:, 0], pts[4000:, 1])
+    assert (err < 750).mean() > 0.9 > (prior < 750).mean() + 0.5
+    assert np.median(err) < 0.2 * np.median(prior)
+    for objective in ("classifier",):  # the Table VI ablation learns the same mapping
+        other = _fit(_model(hierarchy, objective=objective), feats, pts)
+        assert (_errors(GeoSurgeLocator(other), feats, pts) < 750).mean() > 0.9
+
+
+def test_checkpoint_roundtrip_and_predict_hook(world, trained):
+    hierarchy, feats, pts = world
+    model, path = trained
+    assert {p.name for p in path.iterdir()} >= {"model.safetensors", "config.json", "cells"}
+    loaded = GeoSurge.load(path)
+    q0 = model.queries(model.encode_features(feats[:8]))
+    q1 = loaded.queries(loaded.encode_features(feats[:8]))
+    torch.testing.assert_close(loaded.cell_log_scores(q1), model.cell_log_scores(q0).detach())
+    assert np.array_equal(loaded.cell_latlon, model.cell_latlon)
+    # Geolocator.from_pretrained dispatches on config.json's "method"
+    locator = Geolocator.from_pretrained(str(path), backbone=None)
+    assert isinstance(locator, GeoSurgeLocator) and locator.backbone is None
+    with pytest.raises(ValueError, match="no backbone"):
+        next(locator.iter_predict([np.zeros((8, 8, 3), np.uint8)]))
+
+
+def test_predictions_probabilities_priors_and_places(world, trained):
+    from geoalign.geo.priors import Radius
+
+    hierarchy, feats, pts = world
+    locator = GeoSurgeLocator(trained[0])
+    n = hierarchy.sizes[-1]
+    cands = locator.predict_features(feats[4000:4002], top_k=n)
+    for row in cands:
+        probs = [c.prob for c in row]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, rel=1e-4)
+        assert sorted(c.gallery_index for c in row) == list(range(n))
+    centre = pts[4000]
+    prior = Radius(centre[0], centre[1], 1500)
+    inside = prior.mask(locator.model.cell_latlon)
+    cands = locator.predict_features(feats[4000:4010], top_k=3, prior=prior, places=True)
+    for row in cands:
+        assert all(inside[c.gallery_index] for c in row)
+        assert all(haversine_km(c.lat, c.lon, *centre) <= 1500 for c in row)
+        assert len(row[0].place["country_code"]) == 2 and row[0].place["city"]
+    with pytest.raises(ValueError, match="contains no gallery location"):
+        locator.predict_features(feats[:1], prior=Radius(-89, 0, 10))
+
+
+def test_gallery_refinement_matches_brute_force(world, trained):
+    hierarchy, feats, pts = world
+    rng = np.random.default_rng(1)
+    gallery = pts[:4000][rng.choice(4000, 300, replace=False)]
+    gallery = np.concatenate([gallery, [[-85.0, 0.0]]])  # outside every cell
+    ref = CellGallery(gallery, hierarchy)
+    cells_of = hierarchy.assign(gallery[:, 0], gallery[:, 1])[:, -1]
+    assert ref.point_cell[-1] == -1
+    fine = hierarchy.partitions[-1]
+    cells = np.arange(len(fine)).reshape(1, -1)
+    scores = torch.from_numpy(rng.normal(size=(1, len(gallery))))
+    for use_scores in (False, True):
+        coords, idx = ref.refine(cells, scores if use_scores else None)
+        for c in range(len(fine)):
+            members = np.flatnonzero(cells_of == c)
+            if members.size == 0:
+                assert idx[0, c] == -1
+                assert coords[0, c].tolist() == [fine.lat_mean[c], fine.lon_mean[c]]
+                continue
+            if use_scores:
+                best = members[np.argmax(scores[0, members].numpy())]
+            else:
+                d = haversine_km(
+                    gallery[members, 0], gallery[members, 1], fine.lat_mean[c], fine.lon_mean[c]
+                )
+                best = members[np.argmin(d)]
+            assert idx[0, c] == best and coords[0, c].tolist() == gallery[best].tolist()
+    locator = GeoSurgeLocator(trained[0], gallery=gallery, coordinates="gallery")
+    row = locator.predict_features(feats[4000:4001], top_k=1)[0][0]
+    assert [row.lat, row.lon] in gallery.tolist() or ref.nearest[row.gallery_index] == -1
+    with pytest.raises(GeoalignError, match="needs a GPS gallery"):
+        GeoSurgeLocator(trained[0], coordinates="gallery")
+
+
+# --- backbone and fusion paths with tiny models ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+        projection_dim=16,
+    )
+    path = tmp_path_factory.mktemp("tiny-clip")
+    CLIPVisionModelWithProjection(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_segmenter():
+    torch.manual_seed(0)
+    return tiny_segformer()
+
+
+TINY_FUSION = dict(
+    image_size=28,
+    patch_size=14,
+    token_dim=8,
+    visual_dim=16,
+    attention_dim=16,
+    num_heads=2,
+    latent_dim=4,
+    mlp_dim=16,
+    num_blocks=2,
+    out_dim=16,
+)
+
+
+@pytest.mark.parametrize("visual", ["backbone", "fusion"])
+def test_trained_backbone_block_roundtrip(world, tiny_clip_dir, tiny_segmenter, visual, tmp_path):
+    from geoalign.nn.backbones import load_backbone
+    from geoalign.training.geosurge import set_trainable
+
+    hierarchy = world[0]
+    backbone = load_backbone(f"hf:{tiny_clip_dir}")
+    cfg = GeoSurgeConfig(
+        level_sizes=tuple(hierarchy.sizes),
+        embed_dim=16,
+        visual=visual,
+        backbone=f"hf:{tiny_clip_dir}",
+        image_size=28,
+        fusion=SemanticFusionConfig(**TINY_FUSION) if visual == "fusion" else None,
+        segmenter="tiny" if visual == "fusion" else None,
+    )
+    model = GeoSurge(cfg, hierarchy, backbone=backbone)
+    set_trainable(model)
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable and all("encoder.layers.1." in n or visual == "backbone" for n in trainable)
+    assert not any("encoder.layers.0." in n for n in trainable)
+    assert any("visual_projection" in n for n in trainable) == (visual == "backbone")
+    with torch.no_grad():  # perturb the trainable block so a load that skipped it would show
+        for p in model.backbone.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    pixels = torch.randn(3, 3, 28, 28)
+    seg = torch.randint(0, 150, (3, 28, 28)) if visual == "fusion" else None
+    out = model.encode_images(pixels, seg)
+    assert out.shape == (3, 16)
+    path = model.save(tmp_path / "m")
+    from safetensors.torch import load_file
+
+    saved = {
+        k[len("backbone.") :]
+        for k in load_file(path / "model.safetensors")
+        if k.startswith("backbone.")
+    }
+    assert saved == trainable
+    loaded = GeoSurge.load(path)
+    torch.testing.assert_close(loaded.encode_images(pixels, seg), out.detach())
+    # Prediction from pixels, incl. the ten-crop rule (mean of the crops' queries).
+    locator = GeoSurgeLocator(loaded, segmenter=tiny_segmenter if visual == "fusion" else None)
+    crops = torch.randn(2, 4, 3, 28, 28)
+    q = locator.embed_pixels(crops)
+    q_each = locator.embed_pixels(crops.flatten(0, 1)).view(2, 4, -1).mean(1)
+    torch.testing.assert_close(q, q_each)
+    preds = locator.predict(
+        list(np.random.default_rng(0).integers(0, 255, (2, 40, 50, 3), dtype=np.uint8))
+    )
+    assert [p.ok for p in preds] == [True, True] and len(preds[0].candidates) == 5
+    from geoalign.models.geosurge import evaluate_geosurge
+
+    photos = list(np.random.default_rng(1).integers(0, 255, (3, 40, 50, 3), dtype=np.uint8))
+    res = evaluate_geosurge(locator, np.array([[10.0, 20.0]] * 3), images=photos, ten_crop=True)
+    assert res.latlon.shape == (3, 2) and res.metrics["n"] == 3
+    if visual == "fusion":
+        with pytest.raises(GeoalignError, match="segmenter"):
+            GeoSurgeLocator(loaded)
+        with pytest.raises(GeoalignError, match="not precomputed features"):
+            loaded.encode_features(torch.randn(1, 16))
+
+
+def test_evaluation_result_and_ten_crop_features(world, trained):
+    from geoalign.models.geosurge import evaluate_geosurge
+
+    hierarchy, feats, pts = world
+    locator = GeoSurgeLocator(trained[0])
+    res = evaluate_geosurge(locator, pts[4000:], features=feats[4000:], name="gs")
+    assert res.name == "gs (top-1 cell)" and res.metrics["n"] == 1000
+    assert np.allclose(res.dist_km, _errors(locator, feats, pts))
+    crops = feats[4000:4010, None].expand(-1, 3, -1)  # identical crops: same as one
+    ten = evaluate_geosurge(locator, pts[4000:4010], features=crops)
+    assert np.allclose(ten.latlon, res.latlon[:10])
