@@ -21,7 +21,6 @@ Nothing is downloaded at import; `load_segmenter` downloads only when online and
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +37,7 @@ from geoalign.nn.backbones.hub import (
     missing_weights,
     offline_mode,
     quiet_transformers,
+    read_preprocessor_config,
 )
 
 Kind = Literal["segformer", "oneformer"]
@@ -274,22 +274,8 @@ def _read_preprocess(
 ) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
     """(input size, mean, std) from preprocessor_config.json, else the published defaults."""
     default = (DEFAULT_INPUT_SIZE[kind], IMAGENET_MEAN, IMAGENET_STD)
-    try:
-        if is_local:
-            path = Path(source) / "preprocessor_config.json"
-        else:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(
-                hf_hub_download(
-                    source,
-                    "preprocessor_config.json",
-                    cache_dir=cache_dir,
-                    local_files_only=offline,
-                )
-            )
-        raw = json.loads(path.read_text())
-    except Exception:  # absent or unreachable: the defaults are the checkpoints' documented values
+    raw = read_preprocessor_config(source, is_local, offline, cache_dir)
+    if raw is None:  # absent or unreachable: the defaults are the checkpoints' documented values
         return default
     size = raw.get("size", default[0])
     if isinstance(size, dict):

@@ -7,7 +7,6 @@ ViT-L/14 costs 0.3 B parameters instead of 0.43 B.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from geoalign.nn.backbones.hub import (
     missing_weights,
     offline_mode,
     quiet_transformers,
+    read_preprocessor_config,
 )
 
 # env var that points a named checkpoint at a local folder (takes precedence over the HF cache)
@@ -184,22 +184,8 @@ def _read_preprocess(
 ) -> PreprocessConfig:
     """The checkpoint's preprocessor_config.json, else CLIP's defaults at the model's image size."""
     default = PreprocessConfig(image_size=int(config.image_size), mean=CLIP_MEAN, std=CLIP_STD)
-    try:
-        if is_local:
-            path = Path(source) / "preprocessor_config.json"
-        else:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(
-                hf_hub_download(
-                    source,
-                    "preprocessor_config.json",
-                    cache_dir=cache_dir,
-                    local_files_only=offline,
-                )
-            )
-        raw = json.loads(path.read_text())
-    except Exception:  # absent or unreachable: the defaults are OpenAI CLIP's own values
+    raw = read_preprocessor_config(source, is_local, offline, cache_dir)
+    if raw is None:  # absent or unreachable: the defaults are OpenAI CLIP's own values
         return default
     size = raw.get("size", default.image_size)
     crop = raw.get("crop_size", size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -87,3 +88,26 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def read_preprocessor_config(
+    source: str, is_local: bool, offline: bool, cache_dir: Path
+) -> dict | None:
+    """A checkpoint's preprocessor_config.json as a dict, or None when absent or unreachable."""
+    try:
+        if is_local:
+            path = Path(source) / "preprocessor_config.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(
+                hf_hub_download(
+                    source,
+                    "preprocessor_config.json",
+                    cache_dir=cache_dir,
+                    local_files_only=offline,
+                )
+            )
+        return json.loads(path.read_text())
+    except Exception:  # absent or unreachable: callers fall back to published defaults
+        return None
