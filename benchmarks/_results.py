@@ -44,6 +44,17 @@ def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> fl
 
 
 def peak_rss_mb() -> float:
+    """Peak RSS of this process's own address space.
+
+    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over an exec, so a child started
+    from a large benchmark process would report the parent's peak instead of its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -122,3 +122,35 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     assert not torch.equal(
         init["queue.coords"], a["queue.coords"]
     )  # the queue took batch coordinates
+
+
+def _metrics(out: Path):
+    import pandas as pd
+
+    return pd.read_csv(out / "logs" / "metrics.csv").dropna(subset=["train/loss"])
+
+
+def test_resumed_run_continues_one_metrics_file(tmp_path):
+    """Lightning's CSVLogger would delete metrics.csv on resume; ours keeps the rows before the
+    checkpoint, drops the ones after it (those steps run again) and logs each step once."""
+    from dataclasses import replace
+
+    from geoalign.training.run import train
+
+    def run(out: Path, max_steps: int, every: int, resume: str | None = "auto"):
+        cfg, arrays = tiny_run(str(out), max_steps)
+        cfg.trainer = replace(
+            cfg.trainer, log_every_n_steps=1, checkpoint_every_n_steps=every, resume=resume
+        )
+        train(cfg, arrays=arrays, progress=False)
+
+    run(tmp_path / "whole", 12, 4)
+    run(tmp_path / "split", 6, 4)  # last.ckpt at step 4: rows for steps 4 and 5 are redone
+    assert sorted(_metrics(tmp_path / "split")["step"]) == list(range(6))
+    run(tmp_path / "split", 12, 4)
+    whole, split = _metrics(tmp_path / "whole"), _metrics(tmp_path / "split")
+    assert list(split["step"]) == list(range(12))
+    assert np.allclose(whole["train/loss"], split["train/loss"], atol=1e-6)
+
+    run(tmp_path / "split", 3, 4, resume=None)  # a fresh run in the same folder starts anew
+    assert list(_metrics(tmp_path / "split")["step"]) == [0, 1, 2]

@@ -184,10 +184,10 @@ def train(
     backbone built elsewhere)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.strategies import DDPStrategy
 
     from geoalign.training.callbacks import AtomicCheckpointIO, ExportModel, Throughput
+    from geoalign.training.metrics_log import ResumableCSVLogger, TrimMetricsOnStart
     from geoalign.training.module import GeoCLIPModule, GeoDataModule
 
     t = cfg.trainer
@@ -229,6 +229,7 @@ def train(
         ),
         ExportModel(out / "model", provenance),
         throughput,
+        TrimMetricsOnStart(),
         *(extra_callbacks or []),
     ]
     show = t.progress if progress is None else progress
@@ -242,7 +243,7 @@ def train(
         max_epochs=cfg.optim.epochs,
         max_steps=cfg.optim.max_steps,
         use_distributed_sampler=False,
-        logger=CSVLogger(out, name="logs", version=""),
+        logger=ResumableCSVLogger(out, name="logs", version=""),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=t.log_every_n_steps,
