@@ -26,6 +26,7 @@ def test_train_command_runs_a_config(tmp_path):
         "data": {"source": "scene-labels", "path": "im2gps"},
         "optim": {"batch_size": 32, "epochs": 1},
         "trainer": {"progress": False},
+        "eval": {"benchmark": "im2gps", "gallery": "train:200", "modes": ["top1"]},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -42,6 +43,28 @@ def test_train_command_runs_a_config(tmp_path):
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "config.yaml").is_file()
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["optim"]["max_steps"] == 3 and saved["trainer"]["out_dir"] == str(out)
+    # training ends with the config's evaluation: the model beside the baselines, as a report
+    report = (out / "eval" / "report.md").read_text()
+    assert "tiny-scene-labels" in report and "1-NN" in report
+    assert "tiny-scene-labels" in result.output  # the accuracy table, printed
+
+
+def test_train_command_no_eval_skips_the_evaluation(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"init": "scratch", "queue_size": 0, "features": "x"},
+                "data": {"source": "scene-labels", "path": "im2gps"},
+                "optim": {"batch_size": 64, "max_steps": 1},
+                "trainer": {"progress": False},
+            }
+        )
+    )
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(path), "--out", str(out), "--no-eval"])
+    assert result.exit_code == 0, result.output
+    assert (out / "model").is_dir() and not (out / "eval").exists()
 
 
 def test_train_command_reports_config_errors_without_traceback(tmp_path):

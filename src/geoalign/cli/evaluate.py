@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from geoalign.cli.common import console, fail, progress_bar
+from geoalign.evaluation.run import BASELINE_ROWS
 
 
 def evaluate(
@@ -39,7 +40,7 @@ def evaluate(
         "or scene-labels:<name>).",
     ),
     train_sample: int = typer.Option(
-        200_000, help="At most this many training rows for the baselines."
+        BASELINE_ROWS, help="At most this many training rows for the baselines."
     ),
     mode: list[str] = typer.Option(["top1", "mode"], help="Prediction modes: top1, mode."),
     radius_km: float = typer.Option(750.0, help="Radius of the mode-seeking prediction."),
@@ -51,19 +52,14 @@ def evaluate(
     out: Path = typer.Option(Path("geoalign-eval"), "--out", "-o", help="Report folder."),
     seed: int = typer.Option(0, help="Seed for sampled galleries and baselines."),
 ) -> None:
-    """Evaluate a model (top-1 and mode-seeking) and baselines; write a report with figures."""
-    from geoalign.evaluation import queries as Q
-    from geoalign.evaluation.harness import (
-        Evaluation,
-        evaluate_baselines,
-        evaluate_model,
-        make_gallery,
-    )
-    from geoalign.evaluation.report import table, write_report
-    from geoalign.models.geoclip import GeoCLIP
+    """Evaluate a model (top-1 and mode-seeking) and baselines; write a report with figures.
 
-    net = GeoCLIP.load(model).to(device).eval()
-    features_spec = net.config.features
+    Works for GeoCLIP, concept-aware and GeoSURGE checkpoints (the checkpoint says which)."""
+    from geoalign.evaluation import queries as Q
+    from geoalign.evaluation.report import table
+    from geoalign.evaluation.run import evaluate_checkpoint, model_features
+
+    features_spec = model_features(model)
     if queries is not None:
         q = Q.resolve(queries, seed=seed)
     elif images is not None or manifest is not None:
@@ -92,42 +88,29 @@ def evaluate(
     else:
         fail("give the queries: --queries, --benchmark with --images, or --manifest")
     train = Q.resolve(train_features, max_rows=train_sample, seed=seed) if train_features else None
-    g, g_name = make_gallery(gallery, None if train is None else train.truth, seed=seed)
     name = benchmark or (str(manifest) if manifest else queries)
-    ev = Evaluation(name, q.ids, q.truth, g_name, len(g))
-    ev.meta.update(model=f"{model} ({getattr(net, 'source', model)})", features=q.description)
-    ev.meta["ten_crop"] = ten_crop if q.features.dim() == 3 else False
     with progress_bar() as bar:
         task = bar.add_task("retrieval", total=len(q.truth))
-        ev.results += evaluate_model(
-            net,
-            q.features,
-            q.truth,
-            g,
-            name=Path(model).name if model != "geoclip" else "GeoCLIP (official)",
+        run = evaluate_checkpoint(
+            model,
+            q,
+            benchmark=name,
+            out=out,
+            gallery=gallery,
+            train=train,
             modes=mode,
             radius_km=radius_km,
-            cache_gallery=True,
+            baselines=baselines,
+            seed=seed,
+            device=device,
             progress=lambda n: bar.advance(task, n),
+            say=lambda m: console.print(f"[cyan]•[/] {m}"),
         )
-    if baselines and train is not None:
-        from geoalign.baselines import default_baselines
-
-        ev.results += evaluate_baselines(
-            default_baselines(radius_km),
-            train.features,
-            train.truth,
-            q.features,
-            q.truth,
-            progress=lambda n: console.print(f"[cyan]•[/] baseline: {n}"),
-        )
-    elif baselines:
-        console.print("[yellow]no --train features: baselines skipped[/]")
-    paths = write_report(ev, out)
     from geoalign.cli.quickstart import print_table
 
-    print_table(table(ev), f"{name}: {len(q.truth):,} queries, gallery {g_name}")
-    console.print(f"report: [bold]{paths['markdown']}[/]")
+    ev = run.evaluation
+    print_table(table(ev), f"{name}: {len(q.truth):,} queries, gallery {ev.gallery}")
+    console.print(f"report: [bold]{run.paths['markdown']}[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,11 @@ def train(
     resume: bool = typer.Option(
         True, help="Resume from <out>/checkpoints/last.ckpt when it exists."
     ),
+    evaluate: bool = typer.Option(
+        True,
+        "--eval/--no-eval",
+        help="Evaluate the trained model as the config's eval section says (report in <out>/eval).",
+    ),
 ) -> None:
     """Train (or resume) a run. Several processes: torchrun --nproc_per_node N $(which geoalign)
     train CONFIG (CPU processes use gloo, GPUs NCCL; nodes via torchrun's --nnodes)."""
@@ -33,6 +38,8 @@ def train(
         overrides.append(f"trainer.out_dir={out}")
     if not resume:
         overrides.append("trainer.resume=null")
+    if not evaluate:
+        overrides.append("eval.after_training=false")
     from geoalign.training.geosurge import is_geosurge_config
 
     if is_geosurge_config(config):  # `method: geosurge` in the YAML
@@ -46,6 +53,7 @@ def train(
             f"{done.seconds:.0f} s; best {gs.optim.monitor} = {done.best}; model: "
             f"[bold]{done.last_dir}[/] (best: {done.best_dir})"
         )
+        _evaluate(gs, done.best_dir if done.best_dir.is_dir() else done.last_dir)
         return
     from geoalign.training.concept import is_concept_config
 
@@ -59,6 +67,7 @@ def train(
             f"[green]done[/]: {result.global_step} steps in {result.seconds:.0f} s; model: "
             f"[bold]{result.export_dir}[/] (concept bottleneck in {result.export_dir / 'cbm'})"
         )
+        _evaluate(crun.train, result.export_dir)
         return
     cfg = load_config(config, overrides)
     console.print(f"[cyan]•[/] {cfg.name}: reproduces {cfg.reproduces}")
@@ -68,6 +77,24 @@ def train(
         f"[green]done[/]: {result.global_step} steps in {result.seconds:.0f} s ({rate}); "
         f"model: [bold]{result.export_dir}[/]"
     )
+    _evaluate(cfg, result.export_dir)
+
+
+def _evaluate(cfg, model_dir: Path) -> None:
+    """The config's after-training evaluation, in the rank-0 process only."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    from geoalign.cli.quickstart import print_table
+    from geoalign.evaluation.report import table
+    from geoalign.evaluation.run import evaluate_after_training
+
+    run = evaluate_after_training(cfg, model_dir, say=lambda m: console.print(f"[cyan]•[/] {m}"))
+    if run is not None:
+        ev = run.evaluation
+        print_table(table(ev), f"{ev.benchmark}: {len(ev.truth):,} queries, gallery {ev.gallery}")
+        console.print(f"report: [bold]{run.paths['markdown']}[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -85,6 +85,12 @@ class EvalSection:
     modes: list[str] = field(default_factory=lambda: ["top1", "mode"])
     radius_km: float = 750.0  # mode-seeking radius
     ten_crop: bool = False
+    # Test features for the evaluation `geoalign train` runs when training ends: a feature store
+    # folder or scene-labels:<benchmark or CSV>. None: scene labels of `benchmark` when training
+    # on scene labels, otherwise no evaluation (run `geoalign evaluate` on the photos instead).
+    queries: str | None = None
+    after_training: bool = True
+    baselines: bool = True  # beside the model, on the training features (at most 200,000 rows)
 
 
 @dataclass

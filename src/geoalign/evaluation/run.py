@@ -1,0 +1,198 @@
+"""One evaluation run: a trained model x queries x a gallery, beside baselines, written as a report.
+
+Shared by `geoalign evaluate` and by the evaluation `geoalign train` runs when training ends, so
+both give the same numbers for the same model and data. The checkpoint's config.json says which
+method made it; each method is loaded by its own class (a concept-aware checkpoint read as plain
+GeoCLIP would silently lose its concept projection).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geoalign.errors import DataError
+
+if TYPE_CHECKING:  # the CLI imports this module at start-up: torch only when evaluating
+    from geoalign.evaluation.harness import Evaluation, MethodResult
+    from geoalign.evaluation.queries import Queries
+
+BASELINE_ROWS = 200_000  # training rows the baselines see at most (kNN memory and time)
+
+
+@dataclass
+class EvaluationRun:
+    evaluation: Evaluation
+    paths: dict[str, Path]
+
+
+def checkpoint_method(model: str | Path) -> str:
+    """ "geoclip", "concept" or "geosurge" (what the checkpoint's config.json says)."""
+    if str(model) == "geoclip":
+        return "geoclip"
+    from geoalign.zoo import resolve_checkpoint_dir
+
+    config = resolve_checkpoint_dir(model) / "config.json"
+    try:
+        return str(json.loads(config.read_text()).get("method", "geoclip"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{config}: cannot read the checkpoint's config ({err})") from err
+
+
+def load_alignment_model(model: str | Path, device: str = "cpu") -> Any:
+    """A GeoCLIP-style model (GeoCLIP or concept-aware GeoCLIP) from a checkpoint folder."""
+    method = checkpoint_method(model)
+    if method == "concept":
+        from geoalign.models.concept import ConceptAwareGeoCLIP
+
+        return ConceptAwareGeoCLIP.load(model).to(device).eval()
+    if method != "geoclip":
+        raise DataError(f"{model}: a {method!r} checkpoint is not a GeoCLIP-style model")
+    from geoalign.models.geoclip import GeoCLIP
+
+    return GeoCLIP.load(model).to(device).eval()
+
+
+def model_features(model: str | Path) -> str | None:
+    """The backbone the checkpoint's image side reads (None when it does not say)."""
+    if checkpoint_method(model) == "geosurge":
+        from geoalign.zoo import load_checkpoint
+
+        return load_checkpoint(model).config.get("backbone")
+    return load_alignment_model(model).config.features
+
+
+def evaluate_checkpoint(
+    model: str | Path,
+    queries: Queries,
+    *,
+    benchmark: str,
+    out: str | Path,
+    gallery: str = "geoclip-100k",
+    train: Queries | None = None,
+    modes: list[str] | tuple[str, ...] = ("top1", "mode"),
+    radius_km: float = 750.0,
+    baselines: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+    label: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    say: Callable[[str], None] | None = None,
+) -> EvaluationRun:
+    """Evaluate `model` on `queries`, add the baselines (on `train`), write the report to `out`."""
+    from geoalign.evaluation.harness import (
+        Evaluation,
+        evaluate_baselines,
+        evaluate_model,
+        make_gallery,
+    )
+    from geoalign.evaluation.report import write_report
+
+    say = say or (lambda message: None)
+    label = label or (Path(str(model)).name if str(model) != "geoclip" else "GeoCLIP (official)")
+    method = checkpoint_method(model)
+    if method == "geosurge":  # ranks its own geocells: the GPS gallery is not used
+        from geoalign.evaluation.geosurge import geosurge_results
+
+        rows: list[MethodResult] = geosurge_results(
+            model,
+            queries.features,
+            queries.truth,
+            name=label,
+            modes=list(modes),
+            radius_km=radius_km,
+            device=device,
+            progress=progress,
+        )
+        ev = Evaluation(benchmark, queries.ids, queries.truth, "the model's geocells", 0)
+    else:
+        net = load_alignment_model(model, device)
+        g, g_name = make_gallery(gallery, None if train is None else train.truth, seed=seed)
+        ev = Evaluation(benchmark, queries.ids, queries.truth, g_name, len(g))
+        rows = evaluate_model(
+            net,
+            queries.features,
+            queries.truth,
+            g,
+            name=label,
+            modes=list(modes),
+            radius_km=radius_km,
+            cache_gallery=True,
+            progress=progress,
+        )
+    ev.results += rows
+    ev.meta.update(model=f"{model} ({method})", features=queries.description)
+    ev.meta["ten_crop"] = queries.features.dim() == 3
+    if baselines and train is not None:
+        from geoalign.baselines import default_baselines
+
+        ev.results += evaluate_baselines(
+            default_baselines(radius_km),
+            train.features,
+            train.truth,
+            queries.features,
+            queries.truth,
+            progress=lambda name: say(f"baseline: {name}"),
+        )
+    elif baselines:
+        say("no training features: baselines skipped")
+    return EvaluationRun(ev, write_report(ev, out))
+
+
+def training_queries(source: str, path: str | None, seed: int = 0) -> Queries | None:
+    """The training rows as features, for the baselines and `train:N` galleries (None for a
+    run from photos or in-memory arrays, whose features are not kept)."""
+    from geoalign.evaluation import queries as Q
+
+    if source == "scene-labels":
+        return Q.from_scene_labels(path or "yfcc26k")
+    if source == "store" and path:
+        return Q.from_store(path, max_rows=BASELINE_ROWS, seed=seed)
+    return None
+
+
+def evaluate_after_training(
+    cfg: Any, model_dir: str | Path, *, say: Callable[[str], None] | None = None
+) -> EvaluationRun | None:
+    """The evaluation a training config asks for (its `eval` section), on the exported model.
+
+    Runs when `eval.after_training` is on and the test features are known: `eval.queries`, or the
+    benchmark's scene labels for a run trained on scene labels. Writes to <out_dir>/eval.
+    """
+    from geoalign.evaluation import queries as Q
+
+    say = say or (lambda message: None)
+    e = cfg.eval
+    if not e.after_training:
+        return None
+    spec = e.queries
+    if spec is None and cfg.data.source == "scene-labels" and e.benchmark:
+        spec = f"scene-labels:{e.benchmark}"
+    if spec is None:
+        say(
+            "no evaluation after training: set eval.queries (a feature store of the test photos "
+            "or scene-labels:<benchmark>), or run `geoalign evaluate` on the photos"
+        )
+        return None
+    seed = cfg.trainer.seed
+    queries = Q.resolve(spec, seed=seed)
+    needs_train = e.baselines or e.gallery.startswith("train:")
+    train = training_queries(cfg.data.source, cfg.data.path, seed) if needs_train else None
+    say(f"evaluating on {queries.description}, gallery {e.gallery}")
+    return evaluate_checkpoint(
+        model_dir,
+        queries,
+        benchmark=e.benchmark or spec,
+        out=Path(cfg.trainer.out_dir) / "eval",
+        gallery=e.gallery,
+        train=train,
+        modes=e.modes,
+        radius_km=e.radius_km,
+        baselines=e.baselines,
+        seed=seed,
+        label=cfg.name,
+        say=say,
+    )
