@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -33,7 +34,11 @@ def quickstart(
     out: Path = typer.Option(Path("geoalign-quickstart"), "--out", "-o", help="Output folder."),
     epochs: int = typer.Option(6, help="Training epochs over YFCC26k (about 50 steps each)."),
     seed: int = typer.Option(0, help="Seed for model, data order and gallery."),
-    progress: bool = typer.Option(True, help="Show the training progress bar."),
+    progress: bool = typer.Option(
+        None,
+        "--progress/--no-progress",
+        help="Show training progress bars (default: when the output is a terminal).",
+    ),
     concept: bool = typer.Option(
         True, help="Also train the concept-aware model (same settings + concept module)."
     ),
@@ -50,6 +55,8 @@ def quickstart(
     from geoalign.evaluation.report import table
     from geoalign.training.quickstart import quickstart_config, run_quickstart
 
+    if progress is None:
+        progress = sys.stdout.isatty()
     cfg = quickstart_config(out, **{"optim.epochs": epochs, "trainer.seed": seed})
     result = run_quickstart(
         out,

@@ -28,9 +28,10 @@ def _row(r: MethodResult) -> dict[str, Any]:
     return {
         "method": r.name,
         "kind": r.kind,
-        **{k: round(r.metrics[k], 2) for k in ACC_KEYS},
-        "median_km": round(r.metrics["median_km"], 1),
-        "geoscore": round(r.metrics["geoscore"], 1),
+        # unrounded: rounding here and again when printing would make 17.953 print as 17.9
+        **{k: r.metrics[k] for k in ACC_KEYS},
+        "median_km": r.metrics["median_km"],
+        "geoscore": r.metrics["geoscore"],
         "seconds": round(r.seconds, 2),
         "notes": r.notes,
     }
