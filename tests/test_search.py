@@ -68,3 +68,23 @@ def test_faiss_from_chunks_agrees_with_exact(quantizer):
     assert rel < 0.1  # estimated partition function + quantised similarities
     assert (approx.probs.sum(-1) <= 1.0 + 1e-6).all()
     assert (approx.probs[:, :-1] >= approx.probs[:, 1:]).all()
+
+
+def test_half_precision_copy_gives_the_same_topk_for_single_queries():
+    torch.manual_seed(3)
+    emb = torch.randn(20_000, 64)
+    queries = emb[:32] + 0.3 * torch.randn(32, 64)
+    full = GallerySearch(emb, 30.0)
+    half = GallerySearch(emb, 30.0, precision="float16")
+    mask = torch.rand(20_000) < 0.5
+    for m in (None, mask):
+        for i in range(len(queries)):
+            a, b = full.topk(queries[i], 5, mask=m), half.topk(queries[i], 5, mask=m)
+            assert torch.equal(a.indices, b.indices)
+            torch.testing.assert_close(b.probs, a.probs, rtol=1e-3, atol=1e-7)
+            torch.testing.assert_close(b.logits, a.logits, rtol=1e-5, atol=1e-5)
+    # batches use float32 alone: identical results
+    a, b = full.topk(queries, 5), half.topk(queries, 5)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.probs, b.probs)
+    with pytest.raises(ValueError, match="precision"):
+        GallerySearch(emb, 30.0, precision="int8")

@@ -73,6 +73,7 @@ class Geolocator:
         *,
         cache: bool = True,
         progress: Callable[[int], None] | None = None,
+        gallery_precision: str = "float32",
     ) -> None:
         self.backbone = backbone
         self.image_head = image_head.eval()
@@ -81,7 +82,8 @@ class Geolocator:
         self.gallery = gallery.reset_index(drop=True)
         self._latlon = self.gallery[["lat", "lon"]].to_numpy(dtype=np.float64)
         emb = gallery_embeddings(location_encoder, self._latlon, cache=cache, progress=progress)
-        self.search = GallerySearch(emb, self.logit_scale)
+        # "float16": a half-precision copy for one-photo calls, same top-k (see GallerySearch)
+        self.search = GallerySearch(emb, self.logit_scale, precision=gallery_precision)
         self._places = None
 
     @classmethod
@@ -94,6 +96,7 @@ class Geolocator:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         cache: bool = True,
+        gallery_precision: str = "float32",
     ) -> Geolocator:
         """Official or trained weights; the backbone from the HF cache, a local path, or a module.
 
@@ -123,6 +126,7 @@ class Geolocator:
             ckpt.state["logit_scale"],
             table,
             cache=cache,
+            gallery_precision=gallery_precision,
         )
 
     # -- embeddings --------------------------------------------------------------------------

@@ -6,6 +6,15 @@ of logit_scale · cosine over the (prior-masked) gallery, as GeoCLIP defines the
 every entry, so there the softmax denominator is the exact sum over the retrieved candidates plus an
 unbiased estimate of the rest from a fixed random sample of the gallery.
 
+`precision="float16"` adds a half-precision copy of the exact backend's embeddings for small
+query batches: scoring one query is a pass over memory (100K x 512 float32 is 205 MB, ~13 ms on
+one CPU core), so half the bytes make the one-photo gallery stage ~3x faster. A shortlist from the
+half-precision scores is re-scored against the float32 embeddings, so the top-k are the exact ones
+(unless more than 64 entries tie with them within ~1e-4 cosine); the rest of the softmax
+denominator comes from the half-precision scores (~1e-4 relative error in the probabilities).
+Batches of more than `HALF_MAX_QUERIES` use float32 (CPU half-precision GEMMs are slow). float32
+alone is the default and what the conformance tests check.
+
 Very large galleries (10M points: 20 GB as float32) are built with `GallerySearch.from_chunks`, which
 streams embeddings into an IVF index with 8-bit scalar quantisation (1 byte per dimension) and keeps
 only the denominator sample in float32.
@@ -22,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 EXACT_MAX = 2_000_000
+HALF_MAX_QUERIES = 4
 _DENOM_SAMPLE = 16_384
 
 
@@ -43,8 +53,13 @@ class GallerySearch:
         backend: str = "auto",
         faiss_nlist: int | None = None,
         faiss_nprobe: int = 32,
+        precision: str = "float32",
     ) -> None:
+        if precision not in {"float32", "float16"}:
+            raise ValueError(f"precision must be float32 or float16, got {precision!r}")
         self.embeddings = F.normalize(embeddings.float(), dim=-1).contiguous()
+        self.precision = precision
+        self._half = self.embeddings.half() if precision == "float16" else None
         self.scale = float(logit_scale)
         self._size = n = self.embeddings.shape[0]
         self.backend = ("exact" if n <= EXACT_MAX else "faiss") if backend == "auto" else backend
@@ -111,12 +126,28 @@ class GallerySearch:
 
     # -- exact -----------------------------------------------------------------------------------
     def _exact(self, q: torch.Tensor, k: int, mask: torch.Tensor | None) -> SearchResult:
-        logits = self.scale * (q @ self.embeddings.to(q.device).T)
+        half = self._half is not None and q.shape[0] <= HALF_MAX_QUERIES
+        emb = (self._half if half else self.embeddings).to(q.device)
+        logits = self.scale * (q.to(emb.dtype) @ emb.T).float()
         if mask is not None:
             logits = logits.masked_fill(~mask.to(logits.device), float("-inf"))
+        if half:
+            return self._rescored(q, k, logits)
         log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
         top, idx = torch.topk(logits, k, dim=-1)
         return SearchResult(idx, torch.exp(top - log_z), top)
+
+    def _rescored(self, q: torch.Tensor, k: int, logits: torch.Tensor) -> SearchResult:
+        """Half-precision scores shortlist; the shortlist is scored again in float32."""
+        n_short = min(logits.shape[-1], max(4 * k, 64))
+        _, short = torch.topk(logits, n_short, dim=-1)  # [B, S]
+        emb = self.embeddings.to(q.device)
+        exact = self.scale * torch.einsum("bd,bsd->bs", q.float(), emb[short])
+        exact = exact.masked_fill(torch.isinf(logits.gather(-1, short)), float("-inf"))
+        logits = logits.scatter(-1, short, exact)
+        log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
+        top, pos = torch.topk(exact, k, dim=-1)
+        return SearchResult(short.gather(-1, pos), torch.exp(top - log_z), top)
 
     # -- FAISS -----------------------------------------------------------------------------------
     def _build_faiss(self):

@@ -68,6 +68,11 @@ def predict(
     places: bool = typer.Option(True, help="Add nearest city, region and country."),
     device: str = typer.Option("cpu"),
     bf16: bool = typer.Option(False, help="Run the backbone in bfloat16."),
+    half_gallery: bool = typer.Option(
+        False,
+        help="Also keep the gallery in float16 for single photos: ~3x faster gallery stage on a "
+        "CPU, same top-k, probabilities within ~1e-4 (relative).",
+    ),
     workers: int = typer.Option(0, help="Image decoding worker processes."),
     recursive: bool = typer.Option(False, help="Also look for images in sub-folders."),
     quiet: bool = typer.Option(False, help="No per-image tables (with --json)."),
@@ -89,8 +94,9 @@ def predict(
         console.print(f"resuming: {len(skip)} inputs already in {json_out}")
     dtype = torch.bfloat16 if bf16 else torch.float32
     with console.status("loading model and gallery (embedded once, then cached)"):
+        kwargs = {"gallery_precision": "float16"} if half_gallery else {}
         geolocator = Geolocator.from_pretrained(
-            model, backbone=backbone, gallery=gallery, device=device, dtype=dtype
+            model, backbone=backbone, gallery=gallery, device=device, dtype=dtype, **kwargs
         )
     failed, written = 0, []
     sink = json_out.open("a") if json_out else None
