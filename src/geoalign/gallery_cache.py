@@ -43,9 +43,11 @@ def gallery_embeddings(
     """(M, D) float32 embeddings of the gallery, read from the cache when present."""
     path = cached_gallery_path(encoder, latlon)
     if cache and path.is_file():
-        arr = np.load(path, mmap_mode="r")
+        # Read straight into memory: a copy out of a memory map would hold the file's pages and
+        # the copy at once (twice the gallery in peak RSS).
+        arr = np.load(path)
         if arr.shape[0] == len(latlon):
-            return torch.from_numpy(np.array(arr))
+            return torch.from_numpy(arr)
     param = next(encoder.parameters())
     coords = torch.as_tensor(latlon, dtype=torch.float32, device=param.device)
     emb = encoder.encode(coords, batch_size=batch_size, progress=progress).float().cpu()
