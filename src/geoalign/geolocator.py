@@ -83,9 +83,7 @@ class Geolocator:
         self._latlon = self.gallery[["lat", "lon"]].to_numpy(dtype=np.float64)
         emb = gallery_embeddings(location_encoder, self._latlon, cache=cache, progress=progress)
         # "float16": a half-precision copy for one-photo calls, same top-k (see GallerySearch)
-        self.search = GallerySearch(
-            emb, self.logit_scale, precision=gallery_precision, copy=False
-        )
+        self.search = GallerySearch(emb, self.logit_scale, precision=gallery_precision, copy=False)
         self._places = None
 
     @classmethod
