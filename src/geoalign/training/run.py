@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,10 @@ def train(
 
     t = cfg.trainer
     out = Path(t.out_dir)
+    # Lightning warns that a mid-epoch resume may repeat data unless the loader is resumable in
+    # its own way; ours resumes exactly through the module's data_position (tested: a killed and
+    # resumed run ends with the uninterrupted run's weights), so the warning would only mislead.
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     L.seed_everything(t.seed, workers=True, verbose=False)
     source, feature_dim, backbone = source if source is not None else build_source(cfg, arrays)
     if model is None:
