@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoalign.interpret.concept_basis import ConceptBasis, ConceptHead, top_k_sparse
-from geoalign.models.concept import concept_divergence
+from geoalign.losses import concept_divergence
 
 
 def log_k(x: np.ndarray, y: np.ndarray, sigma: float) -> float:

@@ -306,3 +306,55 @@ def test_evaluation_result_and_ten_crop_features(world, trained):
     crops = feats[4000:4010, None].expand(-1, 3, -1)  # identical crops: same as one
     ten = evaluate_geosurge(locator, pts[4000:4010], features=crops)
     assert np.allclose(ten.latlon, res.latlon[:10])
+
+
+def test_is_geosurge_checkpoint(trained, tmp_path):
+    from geoalign.evaluation.geosurge import is_geosurge_checkpoint
+
+    _, path = trained
+    assert is_geosurge_checkpoint(path) and is_geosurge_checkpoint(path / "model.safetensors")
+    other = tmp_path / "geoclip"
+    other.mkdir()
+    (other / "config.json").write_text('{"method": "geoclip"}')
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    for path in (other, tmp_path / "broken", tmp_path / "missing", tmp_path):
+        assert not is_geosurge_checkpoint(path)
+
+
+def test_report_rows_top1_and_mode_seeking(world, trained):
+    from geoalign.errors import DataError
+    from geoalign.evaluation.geosurge import geosurge_results
+    from geoalign.models.geosurge import evaluate_geosurge
+
+    hierarchy, feats, pts = world
+    model, path = trained
+    x, truth = feats[4000:4400], pts[4000:4400]
+    seen = []
+    top1, mode = geosurge_results(
+        path, x, truth, name="gs", modes=["top1", "mode"], radius_km=750.0, progress=seen.append
+    )
+    assert sum(seen) == 400 and top1.mode == "top1" and mode.mode == "mode"
+    assert top1.name == "gs (top-1 cell)" and mode.name == "gs (mode, 750 km)"
+    ref = evaluate_geosurge(GeoSurgeLocator(model), truth, features=x)
+    assert np.allclose(top1.latlon, ref.latlon) and np.allclose(top1.prob, ref.prob, atol=1e-6)
+    # Mode seeking, brute force: the cell whose 750 km neighbourhood holds the most mass.
+    with torch.no_grad():
+        probs = model.cell_log_scores(model.queries(model.encode_features(x))).softmax(-1)
+    cells = model.cell_latlon
+    near = haversine_km(cells[:, None, 0], cells[:, None, 1], cells[None, :, 0], cells[None, :, 1])
+    mass = probs.double().numpy() @ (near <= 750.0)
+    assert np.allclose(mode.latlon, cells[mass.argmax(1)])
+    assert np.allclose(mode.prob, mass.max(1), atol=1e-5)
+    assert (mode.prob >= top1.prob - 1e-6).all()  # a cell's mass includes its own probability
+    # identical crops give the single-crop rows; errors name what is wrong
+    (crops,) = geosurge_results(
+        path, x[:20, None].expand(-1, 3, -1), truth[:20], name="c", modes=["mode"]
+    )
+    assert np.allclose(crops.latlon, mode.latlon[:20])
+    with pytest.raises(DataError, match="reads 30-d features"):
+        geosurge_results(path, x[:, :5], truth, name="gs", modes=["top1"], radius_km=750.0)
+    with pytest.raises(DataError, match="unknown prediction mode"):
+        geosurge_results(path, x, truth, name="gs", modes=["top5"], radius_km=750.0)
+    with pytest.raises(DataError, match="not a GeoSURGE checkpoint"):
+        geosurge_results(path.parent, x, truth, name="gs", modes=["top1"], radius_km=750.0)

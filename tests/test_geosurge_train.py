@@ -273,7 +273,12 @@ def test_scene_labels_real_data_beats_the_prior(tmp_path):
         CONFIGS / "scene_labels.yaml",
         overrides=[f"trainer.out_dir={tmp_path / 'run'}", "trainer.progress=false"],
     )
-    res = train_geosurge(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny MLP: a second thread on a busy 2-core CI is ~10x slower
+    try:
+        res = train_geosurge(cfg)
+    finally:
+        torch.set_num_threads(threads)
     feats, coords, _ = load_scene_label_set("im2gps3k")
     locator = GeoSurgeLocator(res.model)
     cands = locator.predict_features(torch.from_numpy(feats), top_k=1)
@@ -305,3 +310,19 @@ def test_geoalign_train_dispatches_geosurge_configs(tmp_path):
     assert res.exit_code == 0, res.output
     assert "tiny: reproduces none" in res.output and "1 epochs" in res.output
     assert json.loads((out / "last" / "config.json").read_text())["method"] == "geosurge"
+
+
+def test_trainer_placement_follows_torchrun(monkeypatch):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from geoalign.training.config import TrainerSection, trainer_placement
+
+    for key in ("LOCAL_WORLD_SIZE", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    one = trainer_placement(TrainerSection(accelerator="cpu"))
+    assert (one.accelerator, one.devices, one.num_nodes, one.strategy) == ("cpu", 1, 1, "auto")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "6")
+    many = trainer_placement(TrainerSection(accelerator="cpu", devices=8))
+    assert (many.devices, many.num_nodes) == (2, 3) and isinstance(many.strategy, DDPStrategy)
+    assert many.strategy.process_group_backend == "gloo"

@@ -17,7 +17,6 @@ checkpoint exactly like a GeoCLIP one.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -28,60 +27,10 @@ from torch import Tensor
 from geoalign import __version__
 from geoalign.interpret.concept_basis import ConceptBasis, ConceptHead, top_k_sparse
 from geoalign.interpret.concept_sets import Concept, ConceptSet
+from geoalign.losses import Divergence, concept_divergence  # eqs. 5-6
 from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
 
-Divergence = Literal["paper", "cauchy-schwarz"]
 MappingChoice = Literal["auto", "image_head", "projection"]
-
-
-# --- the concept-space divergence (eqs. 5-6) -----------------------------------------------------------
-
-
-def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise squared Euclidean distances [N, M], without a square root (finite gradients at 0)."""
-    d = (a * a).sum(-1)[:, None] + (b * b).sum(-1)[None, :] - 2.0 * (a @ b.T)
-    return d.clamp(min=0.0)
-
-
-def concept_divergence(
-    z_img: Tensor, z_loc: Tensor, sigma: float = 1.0, form: Divergence = "paper"
-) -> Tensor:
-    """Divergence between the concept scores of N images and of their N locations, [N, k] each.
-
-    With the Gaussian kernel K(x, y) = exp(-||x - y||² / 2σ²) (eq. 5):
-
-    - "paper" (eq. 6 as printed): 1/N² Σ_ij [log K(zi_img, zj_img) + log K(zi_loc, zj_loc)
-      - 2 log K(zi_img, zj_loc)]. Because log K is a scaled squared distance, the sum collapses to
-      ||mean(z_img) - mean(z_loc)||² / σ² exactly (expand the squares: the norms cancel and the
-      cross terms leave the means); that closed form is what is computed (O(Nk) and free of the
-      cancellation of the N² form). Zero whenever the two sets have the same mean.
-    - "cauchy-schwarz": the kernel Cauchy-Schwarz divergence of Yin et al. (2025), which the paper
-      cites as its inspiration: log mean K(img, img) + log mean K(loc, loc) - 2 log mean K(img, loc),
-      with the logarithm outside the mean. Non-negative, and zero when the two empirical
-      distributions coincide; it matches whole distributions, not only their means.
-
-    Computed in at least float32 whatever the input dtype.
-    """
-    if z_img.shape != z_loc.shape or z_img.dim() != 2:
-        raise ValueError(
-            f"concept scores must both be [N, k], got {tuple(z_img.shape)} and {tuple(z_loc.shape)}"
-        )
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
-    work = torch.promote_types(torch.promote_types(z_img.dtype, z_loc.dtype), torch.float32)
-    a, b = z_img.to(work), z_loc.to(work)
-    if form == "paper":
-        diff = a.mean(0) - b.mean(0)
-        return (diff * diff).sum() / (sigma**2)
-    if form == "cauchy-schwarz":
-        n2 = math.log(a.shape[0] * b.shape[0])
-        scale = -1.0 / (2.0 * sigma**2)
-
-        def log_mean_k(x: Tensor, y: Tensor) -> Tensor:
-            return torch.logsumexp((scale * _sq_dists(x, y)).reshape(-1), 0) - n2
-
-        return log_mean_k(a, a) + log_mean_k(b, b) - 2.0 * log_mean_k(a, b)
-    raise ValueError(f"divergence form must be 'paper' or 'cauchy-schwarz', got {form!r}")
 
 
 # --- configuration -----------------------------------------------------------------------------------

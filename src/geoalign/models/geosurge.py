@@ -5,8 +5,9 @@ Geographic representation (Sec. III-A). One embedding table per partition level 
 `CellHierarchy` (coarse to fine), `embed_dim` = 768 by default, and one learnable temperature per
 level (initialised to 0.07). The levels share nothing: each is trained by its own loss term.
 
-Loss (Sec. III-C, eq. 1). For level k, image i must pick the embedding g of its own cell among
-candidates, with logits cos(v, g) / tau_k; the total is the sum over levels of the per-level mean.
+Loss (Sec. III-C, eq. 1; defined in `geoalign.losses`). For level k, image i must pick the
+embedding g of its own cell among candidates, with logits cos(v, g) / tau_k; the total is the sum
+over levels of the per-level mean.
 `negatives="batch"` (the paper): the candidates are the cells present in the batch -- each distinct
 cell once, so two photos of the same cell are not each other's negatives (eq. 1 literally lists
 g_j for every j != i, which would count a duplicate of the positive as a negative).
@@ -51,10 +52,15 @@ from geoalign import __version__
 from geoalign.errors import GeoalignError, WeightsNotFoundError
 from geoalign.geo.cells import CellHierarchy
 from geoalign.geolocator import Candidate, Geolocator
+from geoalign.losses import (
+    LevelLosses,
+    Negatives,
+    hierarchical_classification_loss,
+    hierarchical_info_nce,
+)
 from geoalign.nn.semantic_fusion import SemanticFusion, SemanticFusionConfig
 
 Objective = Literal["embeddings", "classifier"]
-Negatives = Literal["batch", "all"]
 Visual = Literal["features", "backbone", "fusion"]
 Head = Literal["identity", "linear", "mlp"]
 Coordinates = Literal["mean", "gallery"]
@@ -62,84 +68,7 @@ METHOD = "geosurge"
 CELLS_DIR = "cells"
 
 
-# --- losses --------------------------------------------------------------------------------------
-
-
-@dataclass
-class LevelLosses:
-    """`total` = sum over levels of the per-level mean loss; `per_level` [L] (0 where no image has a
-    cell); `counts` [L] images that contributed at each level."""
-
-    total: Tensor
-    per_level: Tensor
-    counts: Tensor
-
-
-def _check_labels(labels: Tensor, n_levels: int, batch: int) -> Tensor:
-    if labels.dim() != 2 or labels.shape != (batch, n_levels):
-        raise ValueError(f"labels must be [{batch}, {n_levels}], got {tuple(labels.shape)}")
-    return labels.long()
-
-
-def hierarchical_info_nce(
-    visual: Tensor,
-    tables: list[Tensor] | tuple[Tensor, ...],
-    logit_scales: Tensor,
-    labels: Tensor,
-    *,
-    negatives: Negatives = "batch",
-    candidate_labels: Tensor | None = None,
-) -> LevelLosses:
-    """Sum over levels of the InfoNCE between images and the embeddings of their cells.
-
-    visual [B, D]; tables[k] [n_k, D]; logit_scales [L] (log of 1/temperature: logits are
-    exp(scale_k) * cosine); labels [B, L] cell index per level, -1 = ignored at that level.
-    `candidate_labels` [B', L] (default `labels`): whose cells form the batch negatives, e.g. the
-    labels of the whole global batch under data parallelism.
-    """
-    n_levels = len(tables)
-    labels = _check_labels(labels, n_levels, visual.shape[0])
-    cand = labels if candidate_labels is None else candidate_labels.long().to(labels.device)
-    work = torch.promote_types(visual.dtype, torch.float32)
-    v = F.normalize(visual.to(work), dim=-1)
-    losses, counts = [], []
-    for k, table in enumerate(tables):
-        y = labels[:, k]
-        valid = y >= 0
-        counts.append(valid.sum())
-        if not bool(valid.any()):
-            losses.append(v.sum() * 0.0)  # keeps the graph (and DDP's gradient buckets) intact
-            continue
-        target = y[valid]
-        if negatives == "batch":  # gather the present rows first: the table may be huge
-            present = torch.cat([cand[:, k], target])
-            cells, inverse = torch.unique(present[present >= 0], return_inverse=True)
-            emb = F.normalize(table[cells].to(work), dim=-1)
-            target = inverse[-target.shape[0] :]
-        elif negatives == "all":
-            emb = F.normalize(table.to(work), dim=-1)
-        else:
-            raise ValueError(f"negatives must be 'batch' or 'all', got {negatives!r}")
-        logits = logit_scales[k].to(work).exp() * (v[valid] @ emb.T)
-        losses.append(F.cross_entropy(logits, target))
-    per_level = torch.stack(losses)
-    return LevelLosses(per_level.sum(), per_level, torch.stack(counts))
-
-
-def hierarchical_classification_loss(level_logits: list[Tensor], labels: Tensor) -> LevelLosses:
-    """Sum over levels of cross entropy over all cells (the plain-classifier ablation)."""
-    labels = _check_labels(labels, len(level_logits), level_logits[0].shape[0])
-    losses, counts = [], []
-    for k, logits in enumerate(level_logits):
-        y = labels[:, k]
-        valid = y >= 0
-        counts.append(valid.sum())
-        if not bool(valid.any()):
-            losses.append(logits.float().sum() * 0.0)
-            continue
-        losses.append(F.cross_entropy(logits[valid].float(), y[valid]))
-    per_level = torch.stack(losses)
-    return LevelLosses(per_level.sum(), per_level, torch.stack(counts))
+# --- hierarchical inference ------------------------------------------------------------------
 
 
 def hierarchical_log_scores(level_logits: list[Tensor], fine_parents: Tensor) -> Tensor:
@@ -683,9 +612,15 @@ class GeoSurgeLocator(Geolocator):
         elif net.config.visual == "features" and not auto_bb:
             frozen = backbone
         if isinstance(frozen, str):
+            from geoalign.evaluation.descriptors import SCENE_LABELS
             from geoalign.nn.backbones import load_backbone
 
-            frozen = load_backbone(frozen, device=device, dtype=dtype)
+            # scene-label descriptors come with the benchmarks, no model makes them from photos
+            frozen = (
+                None
+                if frozen == SCENE_LABELS
+                else load_backbone(frozen, device=device, dtype=dtype)
+            )
         seg = None
         if net.config.visual == "fusion":
             seg = segmenter

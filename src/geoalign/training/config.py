@@ -209,3 +209,82 @@ def save_config(config: TrainConfig, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return path
+
+
+# --- `base:` inheritance (GeoSURGE and concept-aware configs) ----------------------------------
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict; `base: other.yaml` (relative to the file) is read first and
+    deep-merged under it, so an ablation file states only what it changes."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: config file not found")
+    if path.resolve() in _seen:
+        raise DataError(f"{path}: `base` chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DataError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    parent = read_config_yaml(path.parent / str(base), (*_seen, path.resolve()))
+    return _merge(parent, data)
+
+
+# --- where a run's processes go (GeoCLIP, concept-aware and GeoSURGE trainers) ---------------------
+
+
+@dataclass
+class Placement:
+    accelerator: str  # "cpu" or "gpu" ("auto" resolved)
+    devices: int | str  # processes per node
+    num_nodes: int
+    strategy: Any  # "auto" (one process) or a DDPStrategy
+
+
+def world_from_env() -> tuple[int | None, int | None]:
+    """(processes per node, nodes) under torchrun, else (None, None)."""
+    import os
+
+    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
+        local = int(os.environ["LOCAL_WORLD_SIZE"])
+        return local, max(1, int(os.environ["WORLD_SIZE"]) // max(local, 1))
+    return None, None
+
+
+def trainer_placement(t: TrainerSection) -> Placement:
+    """The Lightning placement of a run: torchrun's world when it started us, else
+    `trainer.devices` x `trainer.num_nodes`. Several processes use DDP over NCCL on GPUs and gloo
+    on CPUs, without the unused-parameter search (every trained parameter gets a gradient)."""
+    import torch
+
+    local, nodes = world_from_env()
+    devices: int | str = local if local is not None else t.devices
+    num_nodes = nodes if nodes is not None else t.num_nodes
+    n_proc = (devices if isinstance(devices, int) else 1) * num_nodes
+    accelerator = t.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    strategy: Any = "auto"
+    if n_proc > 1 or devices == "auto":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(
+            process_group_backend="nccl" if accelerator == "gpu" else "gloo",
+            find_unused_parameters=False,
+        )
+    return Placement(accelerator, devices, num_nodes, strategy)

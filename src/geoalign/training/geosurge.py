@@ -22,6 +22,9 @@ cells of each micro-batch (of the whole micro-batch across processes under DDP).
 
 Config: YAML with sections model, cells, data, optim, trainer, eval and `method: geosurge`; see
 configs/geosurge/. Unknown keys are errors; `base: file.yaml` inherits another config.
+
+`geosurge_quickstart_rows` is the GeoSURGE part of `geoalign quickstart`: configs/geosurge/
+scene_labels.yaml on the quickstart's descriptors, ~10 s on one CPU thread.
 """
 
 from __future__ import annotations
@@ -37,14 +40,19 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 
 from geoalign.errors import DataError, GeoalignError
 from geoalign.geo.cells import DEFAULT_TAU_MAX, CellHierarchy, PartitionRules
 from geoalign.models.geosurge import GeoSurge, GeoSurgeConfig
 from geoalign.nn.semantic_fusion import SemanticFusionConfig
-from geoalign.training.config import EvalSection, TrainerSection, _build, apply_overrides
+from geoalign.training.config import (
+    EvalSection,
+    TrainerSection,
+    _build,
+    apply_overrides,
+    read_config_yaml,
+)
 from geoalign.training.data import ArraySource, EpochLoader, StoreSource, epoch_seed, fraction_mask
 
 # --- config ---------------------------------------------------------------------------------------
@@ -147,37 +155,6 @@ def geosurge_config_from_dict(
     if "out_dir" not in (data.get("trainer") or {}):
         cfg.trainer.out_dir = f"runs/{cfg.name}"
     return cfg
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file as a dict; `base: other.yaml` (relative to the file) is read first and
-    deep-merged under it, so an ablation file states only what it changes."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: config file not found")
-    if path.resolve() in _seen:
-        raise DataError(f"{path}: `base` chain loops back to itself")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise DataError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping at the top level")
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    parent = read_config_yaml(path.parent / str(base), (*_seen, path.resolve()))
-    return _merge(parent, data)
 
 
 def load_geosurge_config(
@@ -761,11 +738,10 @@ def train_geosurge(
     """Train (or resume) the GeoSURGE run `cfg` describes."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.strategies import DDPStrategy
 
     from geoalign.training.callbacks import AtomicCheckpointIO
-    from geoalign.training.config import save_config
-    from geoalign.training.run import _world_from_env, resume_path
+    from geoalign.training.config import save_config, trainer_placement
+    from geoalign.training.run import resume_path
 
     t, o = cfg.trainer, cfg.optim
     out = Path(t.out_dir)
@@ -776,19 +752,7 @@ def train_geosurge(
     module = GeoSurgeModule(model, cfg)
     accumulate = cfg.accumulate
 
-    local, nodes = _world_from_env()
-    devices: int | str = local if local is not None else t.devices
-    num_nodes = nodes if nodes is not None else t.num_nodes
-    n_proc = (devices if isinstance(devices, int) else 1) * num_nodes
-    accelerator = t.accelerator
-    if accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    strategy: Any = "auto"
-    if n_proc > 1 or devices == "auto":
-        strategy = DDPStrategy(
-            process_group_backend="nccl" if accelerator == "gpu" else "gloo",
-            find_unused_parameters=False,
-        )
+    place = trainer_placement(t)
     provenance = {
         "config": cfg.to_dict(),
         "training_rows": data.train.n_rows,
@@ -816,10 +780,10 @@ def train_geosurge(
     ]
     trainer = L.Trainer(
         default_root_dir=out,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
+        accelerator=place.accelerator,
+        devices=place.devices,
+        num_nodes=place.num_nodes,
+        strategy=place.strategy,
         precision=t.precision,
         max_epochs=o.epochs,
         max_steps=o.max_steps,
@@ -855,3 +819,103 @@ def train_geosurge(
         seconds=time.perf_counter() - start,
         n_rows=data.train.n_rows,
     )
+
+
+# --- the quickstart rows ----------------------------------------------------------------------------
+
+QUICKSTART_NAME = "GeoSURGE (geocell hierarchy)"
+
+# configs/geosurge/scene_labels.yaml with the training rows passed in (the quickstart has them
+# loaded already) and no resume: a quickstart always starts fresh. Kept in code because configs/
+# is not part of an installed package; a test checks that the two agree.
+QUICKSTART_GEOSURGE: dict[str, Any] = {
+    "method": "geosurge",
+    "name": "geosurge-quickstart-scene-labels",
+    "reproduces": "none (a CPU-sized real-data check, not a paper table)",
+    "notes": "train on YFCC26k scene-label descriptors, test on Im2GPS3k",
+    "model": {
+        "visual": "features",
+        "feature_head": "mlp",
+        "embed_dim": 256,
+        "backbone": "places365-scene-labels",
+    },
+    "cells": {"tau_min": 30, "tau_max": [3000, 1000, 300]},
+    "data": {"source": "arrays", "val_fraction": 0.02, "num_workers": 0},
+    "optim": {
+        "lr": 1.0e-3,
+        "batch_size": 512,
+        "epochs": 12,
+        "patience": 4,
+        "monitor": "val/loss",
+        "monitor_mode": "min",
+    },
+    "trainer": {"accelerator": "cpu", "resume": None, "progress": False},
+}
+
+
+def quickstart_geosurge_config(out_dir: str | Path, *, seed: int = 0) -> GeoSurgeTrainConfig:
+    """The quickstart's GeoSURGE run, written to `out_dir`."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in QUICKSTART_GEOSURGE.items()}
+    data["trainer"].update(out_dir=str(out_dir), seed=int(seed))
+    return geosurge_config_from_dict(data, source="quickstart")
+
+
+def geosurge_quickstart_rows(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    modes: tuple[str, ...] | list[str] = ("top1", "mode"),
+    radius_km: float = 750.0,
+    progress: bool | None = None,
+) -> tuple[list[Any], dict[str, Any]]:
+    """Train GeoSURGE on the training descriptors (the run folder is `out_dir`), evaluate its best
+    model on the test ones: (report rows named "GeoSURGE (geocell hierarchy) ...", a summary).
+
+    `progress`: Lightning's progress bar (None: off). Runs on one CPU thread and restores the
+    thread count after: the model is an MLP and a few hundred cell embeddings, and on a busy
+    2-core machine a second thread made each step ~20x slower (contention), not faster."""
+    from geoalign.evaluation.geosurge import geosurge_results
+
+    start = time.perf_counter()
+    cfg = quickstart_geosurge_config(out_dir, seed=seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = train_geosurge(cfg, arrays=(train_x, train_y), progress=bool(progress))
+        model_dir = res.best_dir if res.best_dir.is_dir() else res.last_dir
+        trained = time.perf_counter()
+        rows = geosurge_results(
+            model_dir,
+            test_x,
+            test_y,
+            name=QUICKSTART_NAME,
+            modes=list(modes),
+            radius_km=radius_km,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    done = time.perf_counter()
+    sizes = list(res.model.hierarchy.sizes)
+    monitor = cfg.optim.monitor
+    summary = {
+        "model_dir": str(model_dir),
+        "cells": sizes,
+        "training_rows": res.n_rows,
+        "global_step": res.global_step,
+        "epochs": res.epochs,
+        "best": {monitor: res.best},
+        "train_seconds": trained - start,
+        "eval_seconds": done - trained,
+        "seconds": done - start,
+        "training": (
+            f"GeoSURGE: {res.n_rows:,} rows, S2 cells {sizes} (coarse to fine), "
+            f"{res.global_step} steps of batch {cfg.optim.batch_size} over {res.epochs} epochs "
+            f"(best {monitor} {res.best if res.best is None else round(res.best, 3)}), "
+            f"{trained - start:.0f} s; model {model_dir}"
+        ),
+    }
+    return rows, summary
