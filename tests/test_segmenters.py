@@ -1,6 +1,7 @@
 """ADE20K segmenters (tiny, from configs), their loading errors, the segmentation store and CLI."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from geoalign.cli import app
 from geoalign.errors import DataError, GeoalignError, WeightsNotFoundError
+from geoalign.nn.backbones import load_backbone
 from geoalign.nn.segmenters import Segmenter, load_segmenter, parse_spec
 
 runner = CliRunner()
@@ -150,6 +152,55 @@ def test_missing_weights_name_the_cache_and_the_fix(tmp_path, monkeypatch):
     with pytest.raises(GeoalignError, match="unknown segmenter spec"):
         parse_spec("mask2former")
     assert parse_spec("oneformer-ade20k") == "shi-labs/oneformer_ade20k_swin_large"
+
+
+@pytest.mark.parametrize(
+    ("load", "spec", "repo", "env_var"),
+    [
+        (load_backbone, "clip-vit-l14", "openai/clip-vit-large-patch14", "GEOALIGN_CLIP_PATH"),
+        (
+            load_segmenter,
+            "segformer-ade20k",
+            "nvidia/segformer-b0-finetuned-ade-512-512",
+            "GEOALIGN_SEGFORMER_PATH",
+        ),
+    ],
+    ids=["backbone", "segmenter"],
+)
+def test_backbone_and_segmenter_explain_missing_weights_alike(
+    load, spec, repo, env_var, tmp_path, monkeypatch
+):
+    """One message, line for line: the model id, the cache folder searched, the environment
+    variable, and every way to provide the weights (HF_HUB_OFFLINE=1: nothing is downloaded)."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(env_var, raising=False)
+    with pytest.raises(WeightsNotFoundError) as err:
+        load(spec)
+    short, q = repo.split("/")[-1], re.escape
+    expected = [
+        rf"Could not load \w+ weights '{q(repo)}'\.",
+        "Looked in:",
+        rf"  - Hugging Face cache {q(str(hub))} \(folder models--{q(repo.replace('/', '--'))}\)"
+        r" — offline \(HF_HUB_OFFLINE\), no download tried",
+        rf"  - \${env_var} \(not set\)",
+        "To fix, do one of:",
+        rf"  - on a machine with internet: `huggingface-cli download {q(repo)}` \(or `hf download "
+        rf"{q(repo)}`\), then copy the cache folder here and set HF_HUB_CACHE \(or HF_HOME\) to it",
+        rf"  - pass a local folder holding config\.json.+: \w+ spec `hf:/path/to/{q(short)}`",
+        rf"  - set {env_var}=/path/to/{q(short)}",
+        "  - if this machine has internet, unset HF_HUB_OFFLINE so the weights download",
+        r"\(underlying error: OSError: .+\)",
+    ]
+    lines = str(err.value).splitlines()
+    assert len(lines) == len(expected), str(err.value)
+    for line, pattern in zip(lines, expected, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    with pytest.raises(WeightsNotFoundError) as err:
+        load(f"hf:{tmp_path / 'absent'}")
+    assert f"  - local folder {tmp_path / 'absent'} (no such folder)" in str(err.value).splitlines()
 
 
 # --- the segmentation store ----------------------------------------------------------------------

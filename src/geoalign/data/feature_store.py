@@ -5,8 +5,8 @@ killed. Shard k always holds manifest positions [k*S, (k+1)*S) -- fixed by the s
 when a run stopped -- and each shard is written to a temporary file and renamed into place, after
 which the index (index.json) is rewritten the same way. A rerun skips the shards the index lists and
 redoes the rest, so an interrupted-then-resumed run gives byte-identical shards to an uninterrupted
-one. The index also records the backbone spec and the manifest hash, so features are never silently
-paired with the wrong model or the wrong images.
+one (those mechanics live in `geoalign.data.shards`). The index also records the backbone spec and
+the manifest hash, so features are never silently paired with the wrong model or the wrong images.
 
 Layout of a store folder:
     index.json                  format, dim, dtype, shard size, backbone, manifest hash, shards
@@ -17,15 +17,9 @@ Layout of a store folder:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
-import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,66 +30,27 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from geoalign import __version__
 from geoalign.data.manifest import Manifest, content_hash, read_table
+from geoalign.data.shards import (
+    INDEX_NAME,
+    ShardReader,
+    ShardWriter,
+    StoreKind,
+    meta_schema,
+    progress_bar,
+    read_index,
+    recording_errors,
+    sha256_file,
+    thread_map,
+)
 from geoalign.errors import DataError
 
 FORMAT = "geoalign-feature-store"
 FORMAT_VERSION = 1
-INDEX_NAME = "index.json"
+KIND = StoreKind(FORMAT, FORMAT_VERSION, label="feature store", array_key="features")
 DEFAULT_SHARD_SIZE = 16384
 DTYPES = {"float16": np.float16, "float32": np.float32}
-_SHARD_RE = re.compile(r"^(\.)?shard-\d{5,}\.(npy|parquet)(\.tmp-\d+)?$")
-_META_SCHEMA = pa.schema(
-    [
-        ("position", pa.int64()),
-        ("row", pa.int64()),
-        ("image", pa.string()),
-        ("lat", pa.float64()),
-        ("lon", pa.float64()),
-        ("ok", pa.bool_()),
-        ("error", pa.string()),
-    ]
-)
-
-
-# ----------------------------------------------------------------------------------------------
-# Atomic file operations
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms/filesystems cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temp file in the same folder, fsync, then os.replace: all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+_META_SCHEMA = meta_schema(("lat", pa.float64()), ("lon", pa.float64()))
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -109,7 +64,7 @@ def _dtype_name(dtype: Any) -> str:
 # Writing
 
 
-class FeatureStoreWriter:
+class FeatureStoreWriter(ShardWriter):
     """Writes shards and keeps index.json current after each one (crash-safe, resumable).
 
     Two ways to write: `write_shard(k, ...)` for shard-addressed work (extraction, which may
@@ -133,84 +88,24 @@ class FeatureStoreWriter:
     ) -> None:
         if shard_size < 1:
             raise ValueError("shard_size must be positive")
-        self.out_dir = Path(out_dir)
         self.dtype = _dtype_name(dtype)
-        self.shard_size = int(shard_size)
-        self.dim = int(dim) if dim is not None else None
         self._buffer: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._buffered = 0
-        self._next_position = 0
-        wanted = {
-            "dim": self.dim,
+        settings = {
+            "dim": int(dim) if dim is not None else None,
             "dtype": self.dtype,
-            "shard_size": self.shard_size,
+            "shard_size": int(shard_size),
             "total": total,
             "backbone": backbone,
             "manifest_hash": manifest_hash,
         }
-        index_path = self.out_dir / INDEX_NAME
-        if index_path.exists() and overwrite:
-            _remove_store_files(self.out_dir)
-        if index_path.exists():
-            self.index = _read_index(self.out_dir)
-            for key, value in wanted.items():
-                have = self.index.get(key)
-                if value is not None and have is not None and have != value:
-                    raise DataError(
-                        f"{self.out_dir}: existing feature store has {key}={have!r}, this run "
-                        f"asks for {value!r}; use a new folder or overwrite it "
-                        f"(overwrite=True, CLI --overwrite)"
-                    )
-                if value is not None and have is None:
-                    self.index[key] = value
-            self.dim = self.index.get("dim")
-            self._drop_broken_shards()
-            if self.index["shards"]:
-                last = self.index["shards"][-1]
-                self._next_position = int(last["stop"])
-        else:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.index = {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                **wanted,
-                "source": source,
-                "complete": False,
-                "geoalign_version": __version__,
-                "shards": [],
-            }
-        self._clean_temp_files()
-        self._write_index()
-
-    # -- state ------------------------------------------------------------------------------
-    def _clean_temp_files(self) -> None:
-        for p in self.out_dir.iterdir():
-            if p.name.startswith(".") and ".tmp-" in p.name:
-                p.unlink(missing_ok=True)
-
-    def _drop_broken_shards(self) -> None:
-        """Forget index entries whose files are missing or truncated; they will be redone."""
-        kept = []
-        for entry in self.index["shards"]:
-            feats = self.out_dir / entry["features"]
-            meta = self.out_dir / entry["meta"]
-            if feats.is_file() and meta.is_file() and feats.stat().st_size == entry["nbytes"]:
-                kept.append(entry)
-        self.index["shards"] = kept
-
-    def _write_index(self) -> None:
-        self.index["shards"].sort(key=lambda e: e["shard"])
-        text = json.dumps(self.index, indent=1, sort_keys=True).encode() + b"\n"
-        _atomic_write(self.out_dir / INDEX_NAME, lambda fh: fh.write(text))
-        _fsync_dir(self.out_dir)
-
-    @property
-    def done_shards(self) -> set[int]:
-        return {int(e["shard"]) for e in self.index["shards"]}
-
-    def shard_range(self, shard: int, total: int) -> tuple[int, int]:
-        start = shard * self.shard_size
-        return start, min(start + self.shard_size, total)
+        # A setting an earlier run left open (dim before its first shard, say) is taken over.
+        super().__init__(
+            out_dir, KIND, settings, source=source, overwrite=overwrite, adopt_missing=True
+        )
+        self.dim: int | None = self.index.get("dim")
+        shards = self.index["shards"]
+        self._next_position = int(shards[-1]["stop"]) if shards else 0
 
     # -- writing ----------------------------------------------------------------------------
     def write_shard(
@@ -239,23 +134,15 @@ class FeatureStoreWriter:
         if n_ok != features.shape[0]:
             raise ValueError(f"shard {shard}: {n_ok} rows are ok but {features.shape[0]} features")
         positions = np.asarray(meta["position"], dtype=np.int64)
-        stored = np.ascontiguousarray(features, dtype=DTYPES[self.dtype])
-        feat_name, meta_name = f"shard-{shard:05d}.npy", f"shard-{shard:05d}.parquet"
-        _atomic_write(self.out_dir / feat_name, lambda fh: np.save(fh, stored, allow_pickle=False))
-        _atomic_write(self.out_dir / meta_name, lambda fh: pq.write_table(table, fh))
-        entry = {
-            "shard": int(shard),
-            "features": feat_name,
-            "meta": meta_name,
-            "start": int(positions[0]) if len(positions) else 0,
-            "stop": int(positions[-1]) + 1 if len(positions) else 0,
-            "count": n_ok,
-            "failed": int(len(positions) - n_ok),
-            "nbytes": (self.out_dir / feat_name).stat().st_size,
-            "sha256": _sha256(self.out_dir / feat_name),
-        }
-        self.index["shards"] = [e for e in self.index["shards"] if e["shard"] != shard] + [entry]
-        self._write_index()
+        self.record_shard(
+            shard,
+            np.ascontiguousarray(features, dtype=DTYPES[self.dtype]),
+            table,
+            start=int(positions[0]) if len(positions) else 0,
+            stop=int(positions[-1]) + 1 if len(positions) else 0,
+            count=n_ok,
+            failed=int(len(positions) - n_ok),
+        )
 
     def add(
         self,
@@ -303,15 +190,14 @@ class FeatureStoreWriter:
         if self._buffered:
             self._flush(self._buffered)
         total = self.index.get("total")
-        covered = sum(e["stop"] - e["start"] for e in self.index["shards"])
+        covered = self.covered
         if total is None:
             self.index["total"] = covered
         elif covered != total:
             raise DataError(
                 f"{self.out_dir}: shards cover {covered} of {total} rows; cannot finalize"
             )
-        self.index["complete"] = True
-        self._write_index()
+        self.mark_complete()
         return FeatureStore(self.out_dir)
 
     def __enter__(self) -> FeatureStoreWriter:
@@ -320,31 +206,6 @@ class FeatureStoreWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.finalize()
-
-
-def _remove_store_files(folder: Path) -> None:
-    """Delete only what a store writes (index and shard files), never anything else."""
-    (folder / INDEX_NAME).unlink(missing_ok=True)
-    for p in folder.iterdir():
-        if _SHARD_RE.match(p.name) or (p.name.startswith(".") and ".tmp-" in p.name):
-            p.unlink(missing_ok=True)
-
-
-def _read_index(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / INDEX_NAME
-    if not path.is_file():
-        raise DataError(f"{folder}: not a feature store (no {INDEX_NAME})")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: corrupt index: {err}") from err
-    if index.get("format") != FORMAT:
-        raise DataError(f"{path}: not a geoalign feature store index")
-    if index.get("version", 0) > FORMAT_VERSION:
-        raise DataError(
-            f"{path}: written by a newer geoalign (store format {index['version']}); upgrade"
-        )
-    return index
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,11 +219,6 @@ def _to_numpy(out: Any) -> np.ndarray:
             out = out.float()
         return out.cpu().numpy()
     return np.asarray(out)
-
-
-def _error_text(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    return text if type(err).__name__ in text else f"{type(err).__name__}: {text}"
 
 
 def extract_features(
@@ -416,21 +272,12 @@ def extract_features(
     paths = manifest.paths()
     images = manifest.images
     rows = manifest.rows
-    n_shards = math.ceil(total / writer.shard_size) if total else 0
-    todo = [k for k in range(n_shards) if k not in writer.done_shards]
-    done_rows = total - sum(
-        stop - start for start, stop in (writer.shard_range(k, total) for k in todo)
-    )
-    pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
-
-    def load(path: Path) -> tuple[Any, str]:
-        try:
-            return load_fn(path), ""
-        except Exception as err:  # any decoder/IO failure is recorded per row, never fatal
-            return None, _error_text(err)
-
-    bar = _progress(progress, total, done_rows, f"features -> {writer.out_dir}")
-    try:
+    todo, done_rows = writer.pending(total)
+    load = recording_errors(load_fn)
+    with (
+        thread_map(num_workers) as pmap,
+        progress_bar(progress, total, done_rows, f"features -> {writer.out_dir}") as advance,
+    ):
         for shard in todo:
             start, stop = writer.shard_range(shard, total)
             ok = np.zeros(stop - start, dtype=bool)
@@ -439,7 +286,7 @@ def extract_features(
             for b0 in range(start, stop, batch_size):
                 b1 = min(b0 + batch_size, stop)
                 batch_paths = paths[b0:b1]
-                loaded = list(pool.map(load, batch_paths) if pool else map(load, batch_paths))
+                loaded = list(pmap(load, batch_paths))
                 good = [i for i, (_, err) in enumerate(loaded) if not err]
                 for i, (_, err) in enumerate(loaded):
                     if err:
@@ -460,8 +307,7 @@ def extract_features(
                         else:
                             errors[b0 - start + i] = f"non-finite features in {writer.dtype}"
                     chunks.append(cast[finite])
-                if bar is not None:
-                    bar[0].advance(bar[1], b1 - b0)
+                advance(b1 - b0)
             dim = writer.dim or (chunks[0].shape[1] if chunks else None)
             if dim is None:
                 raise DataError(
@@ -482,11 +328,6 @@ def extract_features(
                     "error": errors,
                 },
             )
-    finally:
-        if pool is not None:
-            pool.shutdown()
-        if bar is not None:
-            bar[0].stop()
     store = writer.finalize()
     if store.n_failed:
         warnings.warn(
@@ -495,30 +336,6 @@ def extract_features(
             stacklevel=2,
         )
     return store
-
-
-def _progress(enabled: bool, total: int, done: int, label: str) -> tuple[Any, Any] | None:
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    task = bar.add_task(label, total=total, completed=done)
-    bar.start()
-    return bar, task
 
 
 def encode_with(
@@ -637,7 +454,7 @@ def _taker(
     return take
 
 
-class FeatureStore:
+class FeatureStore(ShardReader):
     """Read a store: `len`, `store[i | slice | indices]` -> features, `.coords`, `.ids`.
 
     Shard files are opened with np.load(mmap_mode="r"): indexing reads only the rows asked for.
@@ -645,24 +462,14 @@ class FeatureStore:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.index = _read_index(self.path)
-        self._shards = sorted(self.index["shards"], key=lambda e: e["start"])
+        super().__init__(path, KIND)
         counts = np.array([e["count"] for e in self._shards], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._mmaps: dict[int, np.ndarray] = {}
         self._meta_cache: dict[str, np.ndarray] | None = None
-        if not self.complete:
-            warnings.warn(
-                f"{self.path}: feature store is incomplete ({len(self._shards)} shards written); "
-                "rerun the extraction to finish it",
-                stacklevel=2,
-            )
 
-    # -- pickling: worker processes reopen the memory maps themselves -------------------------
+    # -- pickling: worker processes reopen the memory maps and metadata themselves ------------
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_mmaps"] = {}
+        state = super().__getstate__()
         state["_meta_cache"] = None
         return state
 
@@ -685,24 +492,8 @@ class FeatureStore:
         return str(self.index["dtype"])
 
     @property
-    def complete(self) -> bool:
-        return bool(self.index.get("complete"))
-
-    @property
     def backbone(self) -> Any:
         return self.index.get("backbone")
-
-    @property
-    def manifest_hash(self) -> str | None:
-        return self.index.get("manifest_hash")
-
-    @property
-    def n_failed(self) -> int:
-        return int(sum(e["failed"] for e in self._shards))
-
-    @property
-    def num_shards(self) -> int:
-        return len(self._shards)
 
     @property
     def features(self) -> ShardedArray:
@@ -801,7 +592,7 @@ class FeatureStore:
             path = self.path / e["features"]
             if not path.is_file():
                 raise DataError(f"{path}: shard file missing")
-            if _sha256(path) != e["sha256"]:
+            if sha256_file(path) != e["sha256"]:
                 raise DataError(f"{path}: contents do not match the index (corrupt or replaced)")
 
     def check_compatible(
@@ -959,8 +750,9 @@ class FeatureStore:
             source=name,
             overwrite=overwrite,
         )
-        bar = _progress(progress, n, writer._next_position, f"import -> {writer.out_dir}")
-        try:
+        with progress_bar(
+            progress, n, writer._next_position, f"import -> {writer.out_dir}"
+        ) as advance:
             step = writer.shard_size
             for start in range(writer._next_position, n, step):
                 chunk = np.asarray(features[start : start + step])
@@ -979,11 +771,7 @@ class FeatureStore:
                     ids[start : start + step],
                     rows[start : start + step] if rows is not None else None,
                 )
-                if bar is not None:
-                    bar[0].advance(bar[1], len(chunk))
-        finally:
-            if bar is not None:
-                bar[0].stop()
+                advance(len(chunk))
         return writer.finalize()
 
 
@@ -1117,7 +905,7 @@ class FeatureIterableDataset(IterableDataset):
 def copy_store(src: str | Path, dst: str | Path) -> Path:
     """Copy a store folder (index last, so a partial copy is never mistaken for a store)."""
     src, dst = Path(src), Path(dst)
-    index = _read_index(src)
+    index = read_index(src, KIND)
     dst.mkdir(parents=True, exist_ok=True)
     for e in index["shards"]:
         shutil.copy2(src / e["features"], dst / e["features"])

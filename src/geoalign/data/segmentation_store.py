@@ -6,7 +6,7 @@ cropped exactly as the backbone's preprocessing does, that uint8 crop goes to th
 map is stored at the crop's size (336x336 for CLIP ViT-L/14-336). Training reads the same crop
 pixels (normalised) and this map; `GeoSurgeLocator` segments the same crop at prediction time.
 
-Same crash-safety as the feature store (`geoalign.data.feature_store`): shard k holds manifest
+Same crash-safety as the feature store (both use `geoalign.data.shards`): shard k holds manifest
 positions [k*S, (k+1)*S), is written to a temporary file and renamed into place, and index.json
 is rewritten after each shard; a rerun redoes only missing shards. Unlike the feature store every
 manifest row keeps its slot (rows whose image failed to load hold 255 = "no label" and ok=False),
@@ -22,11 +22,8 @@ Layout of a store folder:
 
 from __future__ import annotations
 
-import json
-import math
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,29 +33,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from geoalign import __version__
-
-# The feature store's atomic-write and progress helpers are reused so both stores fail and resume
-# the same way.
-from geoalign.data.feature_store import _atomic_write, _error_text, _fsync_dir, _progress, _sha256
 from geoalign.data.manifest import Manifest
+from geoalign.data.shards import (
+    ShardReader,
+    ShardWriter,
+    StoreKind,
+    meta_schema,
+    progress_bar,
+    recording_errors,
+    thread_map,
+)
 from geoalign.data.transforms import FloorCenterCrop, PreprocessConfig
 from geoalign.errors import DataError
 
 FORMAT = "geoalign-segmentation-store"
 FORMAT_VERSION = 1
-INDEX_NAME = "index.json"
+KIND = StoreKind(FORMAT, FORMAT_VERSION, label="segmentation store", array_key="maps")
 DEFAULT_SHARD_SIZE = 2048
 NO_LABEL = 255
-_META_SCHEMA = pa.schema(
-    [
-        ("position", pa.int64()),
-        ("row", pa.int64()),
-        ("image", pa.string()),
-        ("ok", pa.bool_()),
-        ("error", pa.string()),
-    ]
-)
+_META_SCHEMA = meta_schema()
 
 
 def crop_transform(preprocess: PreprocessConfig) -> Callable[[Any], torch.Tensor]:
@@ -101,22 +94,7 @@ def geometry(preprocess: PreprocessConfig) -> dict[str, Any]:
     }
 
 
-def _read_index(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / INDEX_NAME
-    if not path.is_file():
-        raise DataError(f"{folder}: not a segmentation store (no {INDEX_NAME})")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: corrupt index: {err}") from err
-    if index.get("format") != FORMAT:
-        raise DataError(f"{path}: not a geoalign segmentation store index")
-    if index.get("version", 0) > FORMAT_VERSION:
-        raise DataError(f"{path}: written by a newer geoalign (format {index['version']}); upgrade")
-    return index
-
-
-class SegmentationStoreWriter:
+class SegmentationStoreWriter(ShardWriter):
     """Writes shards and keeps index.json current (crash-safe, resumable by shard)."""
 
     def __init__(
@@ -134,8 +112,7 @@ class SegmentationStoreWriter:
     ) -> None:
         if shard_size < 1:
             raise ValueError("shard_size must be positive")
-        self.out_dir = Path(out_dir)
-        wanted = {
+        settings = {
             "size": int(size),
             "shard_size": int(shard_size),
             "total": int(total),
@@ -143,67 +120,15 @@ class SegmentationStoreWriter:
             "geometry": geometry,
             "manifest_hash": manifest_hash,
         }
-        if (self.out_dir / INDEX_NAME).exists() and overwrite:
-            _remove_store_files(self.out_dir)
-        if (self.out_dir / INDEX_NAME).exists():
-            self.index = _read_index(self.out_dir)
-            for key, value in wanted.items():
-                have = self.index.get(key)
-                if value is not None and have != value:
-                    raise DataError(
-                        f"{self.out_dir}: existing segmentation store has {key}={have!r}, this "
-                        f"run asks for {value!r}; use a new folder or --overwrite"
-                    )
-            self._drop_broken_shards()
-        else:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.index = {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                **wanted,
-                "source": source,
-                "complete": False,
-                "geoalign_version": __version__,
-                "shards": [],
-            }
-        for p in self.out_dir.iterdir():
-            if p.name.startswith(".") and ".tmp-" in p.name:
-                p.unlink(missing_ok=True)
-        self._write_index()
+        super().__init__(out_dir, KIND, settings, source=source, overwrite=overwrite)
 
     @property
     def size(self) -> int:
         return int(self.index["size"])
 
     @property
-    def shard_size(self) -> int:
-        return int(self.index["shard_size"])
-
-    @property
     def total(self) -> int:
         return int(self.index["total"])
-
-    @property
-    def done_shards(self) -> set[int]:
-        return {int(e["shard"]) for e in self.index["shards"]}
-
-    def shard_range(self, shard: int) -> tuple[int, int]:
-        start = shard * self.shard_size
-        return start, min(start + self.shard_size, self.total)
-
-    def _drop_broken_shards(self) -> None:
-        kept = []
-        for e in self.index["shards"]:
-            maps, meta = self.out_dir / e["maps"], self.out_dir / e["meta"]
-            if maps.is_file() and meta.is_file() and maps.stat().st_size == e["nbytes"]:
-                kept.append(e)
-        self.index["shards"] = kept
-
-    def _write_index(self) -> None:
-        self.index["shards"].sort(key=lambda e: e["shard"])
-        text = json.dumps(self.index, indent=1, sort_keys=True).encode() + b"\n"
-        _atomic_write(self.out_dir / INDEX_NAME, lambda fh: fh.write(text))
-        _fsync_dir(self.out_dir)
 
     def write_shard(self, shard: int, maps: np.ndarray, meta: dict[str, Sequence[Any]]) -> None:
         """maps: uint8 [rows of the shard, S, S]; meta: position, row, image, ok, error."""
@@ -215,60 +140,25 @@ class SegmentationStoreWriter:
                 f"got {maps.shape}"
             )
         table = pa.table({n: meta[n] for n in _META_SCHEMA.names}, schema=_META_SCHEMA)
-        maps_name, meta_name = f"shard-{shard:05d}.npy", f"shard-{shard:05d}.parquet"
-        _atomic_write(self.out_dir / maps_name, lambda fh: np.save(fh, maps, allow_pickle=False))
-        _atomic_write(self.out_dir / meta_name, lambda fh: pq.write_table(table, fh))
         n_ok = int(np.asarray(meta["ok"], dtype=bool).sum())
-        entry = {
-            "shard": int(shard),
-            "maps": maps_name,
-            "meta": meta_name,
-            "start": start,
-            "stop": stop,
-            "failed": int(stop - start - n_ok),
-            "nbytes": (self.out_dir / maps_name).stat().st_size,
-            "sha256": _sha256(self.out_dir / maps_name),
-        }
-        self.index["shards"] = [e for e in self.index["shards"] if e["shard"] != shard] + [entry]
-        self._write_index()
+        self.record_shard(
+            shard, maps, table, start=start, stop=stop, failed=int(stop - start - n_ok)
+        )
 
     def finalize(self) -> SegmentationStore:
-        covered = sum(e["stop"] - e["start"] for e in self.index["shards"])
+        covered = self.covered
         if covered != self.total:
             raise DataError(f"{self.out_dir}: shards cover {covered} of {self.total} rows")
-        self.index["complete"] = True
-        self._write_index()
+        self.mark_complete()
         return SegmentationStore(self.out_dir)
 
 
-def _remove_store_files(folder: Path) -> None:
-    """Delete only what a store writes (index and shard files)."""
-    (folder / INDEX_NAME).unlink(missing_ok=True)
-    for p in folder.glob("shard-*"):
-        if p.suffix in {".npy", ".parquet"}:
-            p.unlink(missing_ok=True)
-
-
-class SegmentationStore:
+class SegmentationStore(ShardReader):
     """Read a store: `store[i]` -> [S, S] uint8, `store.maps(positions)` -> [k, S, S], `.ok`."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.index = _read_index(self.path)
-        self._shards = sorted(self.index["shards"], key=lambda e: e["start"])
+        super().__init__(path, KIND)
         self._by_shard = {int(e["shard"]): e for e in self._shards}
-        self._mmaps: dict[int, np.ndarray] = {}
-        if not self.complete:
-            warnings.warn(
-                f"{self.path}: segmentation store is incomplete ({len(self._shards)} shards); "
-                "rerun the extraction to finish it",
-                stacklevel=2,
-            )
-
-    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen the memory maps
-        state = self.__dict__.copy()
-        state["_mmaps"] = {}
-        return state
 
     def __len__(self) -> int:
         return int(self.index["total"])
@@ -285,24 +175,12 @@ class SegmentationStore:
         return int(self.index["shard_size"])
 
     @property
-    def complete(self) -> bool:
-        return bool(self.index.get("complete"))
-
-    @property
     def segmenter(self) -> dict[str, Any] | None:
         return self.index.get("segmenter")
 
     @property
     def geometry(self) -> dict[str, Any] | None:
         return self.index.get("geometry")
-
-    @property
-    def manifest_hash(self) -> str | None:
-        return self.index.get("manifest_hash")
-
-    @property
-    def n_failed(self) -> int:
-        return int(sum(e["failed"] for e in self._shards))
 
     def _shard_maps(self, k: int) -> np.ndarray:
         mm = self._mmaps.get(k)
@@ -416,19 +294,14 @@ def extract_segmentations(
     )
     transform = crop_transform(preprocess)
     paths, images, rows = manifest.paths(), manifest.images, manifest.rows
-    n_shards = math.ceil(len(manifest) / writer.shard_size) if len(manifest) else 0
-    todo = [k for k in range(n_shards) if k not in writer.done_shards]
-    done = len(manifest) - sum(b - a for a, b in map(writer.shard_range, todo))
-
-    def load(path: Path) -> tuple[torch.Tensor | None, str]:
-        try:
-            return transform(load_image(path)), ""
-        except Exception as err:  # any decoder/IO failure is recorded per row, never fatal
-            return None, _error_text(err)
-
-    pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
-    bar = _progress(progress, len(manifest), done, f"segmentations -> {writer.out_dir}")
-    try:
+    todo, done = writer.pending()
+    load = recording_errors(lambda path: transform(load_image(path)))
+    with (
+        thread_map(num_workers) as pmap,
+        progress_bar(
+            progress, len(manifest), done, f"segmentations -> {writer.out_dir}"
+        ) as advance,
+    ):
         for shard in todo:
             start, stop = writer.shard_range(shard)
             maps = np.full((stop - start, size, size), NO_LABEL, dtype=np.uint8)
@@ -436,7 +309,7 @@ def extract_segmentations(
             errors = [""] * (stop - start)
             for b0 in range(start, stop, batch_size):
                 b1 = min(b0 + batch_size, stop)
-                loaded = list((pool.map if pool else map)(load, paths[b0:b1]))
+                loaded = list(pmap(load, paths[b0:b1]))
                 good = [i for i, (crop, _) in enumerate(loaded) if crop is not None]
                 for i, (_, err) in enumerate(loaded):
                     errors[b0 - start + i] = err
@@ -446,8 +319,7 @@ def extract_segmentations(
                     local = np.asarray(good) + (b0 - start)
                     maps[local] = out
                     ok[local] = True
-                if bar is not None:
-                    bar[0].advance(bar[1], b1 - b0)
+                advance(b1 - b0)
             writer.write_shard(
                 shard,
                 maps,
@@ -459,11 +331,6 @@ def extract_segmentations(
                     "error": errors,
                 },
             )
-    finally:
-        if pool is not None:
-            pool.shutdown()
-        if bar is not None:
-            bar[0].stop()
     store = writer.finalize()
     if store.n_failed:
         warnings.warn(

@@ -22,7 +22,6 @@ Nothing is downloaded at import; `load_segmenter` downloads only when online and
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -31,13 +30,12 @@ from torch import Tensor, nn
 
 from geoalign.errors import GeoalignError
 from geoalign.nn.backbones.hub import (
-    hf_hub_cache_dir,
-    hf_repo_cache_folder,
-    looks_like_path,
-    missing_weights,
-    offline_mode,
+    CheckpointKind,
+    HfCheckpoint,
+    hf_weights_not_found,
     quiet_transformers,
     read_preprocessor_config,
+    resolve_checkpoint,
 )
 
 Kind = Literal["segformer", "oneformer"]
@@ -53,6 +51,14 @@ PATH_ENV: dict[str, str] = {
     "shi-labs/oneformer_ade20k_swin_large": "GEOALIGN_ONEFORMER_PATH",
     "nvidia/segformer-b0-finetuned-ade-512-512": "GEOALIGN_SEGFORMER_PATH",
 }
+SEGMENTER_CHECKPOINT = CheckpointKind(
+    what="segmenter weights",
+    files="config.json, the model weights and preprocessor_config.json (a hub snapshot or "
+    "`save_pretrained` output)",
+    local_spec="segmenter spec `hf:{path}`",
+    example_repo="nvidia/segformer-b0-finetuned-ade-512-512",
+    path_env=PATH_ENV,
+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Input sizes the published checkpoints were evaluated at (used when no preprocessor file is found).
@@ -187,43 +193,8 @@ class Segmenter(nn.Module):
         """Load a OneFormer or SegFormer checkpoint from a local folder or a hub repo id."""
         from transformers import AutoConfig
 
-        source = str(name_or_path)
-        env_var = PATH_ENV.get(source)
-        if env_var and os.environ.get(env_var):
-            source = os.environ[env_var]
-            if not Path(source).expanduser().is_dir():
-                raise missing_weights(
-                    f"segmenter weights for {name_or_path} from ${env_var}",
-                    [f"{env_var}={source} (no such folder)"],
-                    [
-                        f"point {env_var} at a folder holding config.json, the model weights and "
-                        "preprocessor_config.json (a hub snapshot or `save_pretrained` output)",
-                        f"or unset {env_var} to use the Hugging Face cache",
-                    ],
-                )
-        is_local = looks_like_path(source)
-        if is_local:
-            source = str(Path(source).expanduser())
-        offline = offline_mode(local_files_only)
-        cache_dir = hf_hub_cache_dir()
-
-        def not_found(err: BaseException | None) -> Exception:
-            looked = (
-                [f"local folder {source}" + ("" if Path(source).is_dir() else " (no such folder)")]
-                if is_local
-                else [
-                    f"Hugging Face cache {cache_dir} (folder {hf_repo_cache_folder(source).name})"
-                    + (" — offline (HF_HUB_OFFLINE), no download tried" if offline else ""),
-                    *(["the hub (download failed)"] if not offline else []),
-                ]
-            )
-            if env_var:
-                looked.append(f"${env_var} (not set)")
-            return missing_weights(
-                f"segmenter {source!r}", looked, _fixes(str(name_or_path), env_var), err
-            )
-
-        common = dict(local_files_only=offline, cache_dir=cache_dir)
+        ckpt = resolve_checkpoint(name_or_path, SEGMENTER_CHECKPOINT, local_files_only)
+        source, common = ckpt.source, ckpt.load_kwargs
         try:
             with quiet_transformers():
                 config = AutoConfig.from_pretrained(source, **common)
@@ -235,8 +206,8 @@ class Segmenter(nn.Module):
                 model = Model.from_pretrained(source, dtype=dtype, **common)
                 task_inputs = _task_tokens(source, config, common) if kind == "oneformer" else None
         except (OSError, ValueError) as err:
-            raise not_found(err) from err
-        size, mean, std = _read_preprocess(source, is_local, offline, cache_dir, kind)
+            raise hf_weights_not_found(ckpt, err) from err
+        size, mean, std = _read_preprocess(ckpt, kind)
         seg = cls(
             model,
             kind,
@@ -270,11 +241,11 @@ def _task_tokens(source: str, config: Any, common: dict[str, Any]) -> Tensor:
 
 
 def _read_preprocess(
-    source: str, is_local: bool, offline: bool, cache_dir: Path, kind: Kind
+    ckpt: HfCheckpoint, kind: Kind
 ) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
     """(input size, mean, std) from preprocessor_config.json, else the published defaults."""
     default = (DEFAULT_INPUT_SIZE[kind], IMAGENET_MEAN, IMAGENET_STD)
-    raw = read_preprocessor_config(source, is_local, offline, cache_dir)
+    raw = read_preprocessor_config(ckpt)
     if raw is None:  # absent or unreachable: the defaults are the checkpoints' documented values
         return default
     size = raw.get("size", default[0])
@@ -285,23 +256,6 @@ def _read_preprocess(
     if max(mean) > 1.0:  # OneFormer stores them in 0..255 units
         mean, std = [v / 255.0 for v in mean], [v / 255.0 for v in std]
     return int(size), tuple(mean), tuple(std)
-
-
-def _fixes(repo_or_path: str, env_var: str | None) -> list[str]:
-    repo = (
-        repo_or_path
-        if not looks_like_path(repo_or_path)
-        else "nvidia/segformer-b0-finetuned-ade-512-512"
-    )
-    fixes = [
-        f"on a machine with internet: `huggingface-cli download {repo}` (or `hf download {repo}`), "
-        "then copy the cache folder here and set HF_HUB_CACHE (or HF_HOME) to it",
-        f"pass a local folder holding the checkpoint: segmenter spec `hf:/path/to/{repo.split('/')[-1]}`",
-    ]
-    if env_var:
-        fixes.append(f"set {env_var}=/path/to/{repo.split('/')[-1]}")
-    fixes.append("if this machine has internet, unset HF_HUB_OFFLINE so the weights download")
-    return fixes
 
 
 def parse_spec(spec: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,13 +17,12 @@ from torch import Tensor, nn
 from geoalign.data.transforms import CLIP_MEAN, CLIP_STD, PreprocessConfig
 from geoalign.nn.backbones.base import BackboneOutput, ImageBackbone
 from geoalign.nn.backbones.hub import (
-    hf_hub_cache_dir,
-    hf_repo_cache_folder,
-    looks_like_path,
-    missing_weights,
-    offline_mode,
+    CheckpointKind,
+    HfCheckpoint,
+    hf_weights_not_found,
     quiet_transformers,
     read_preprocessor_config,
+    resolve_checkpoint,
 )
 
 # env var that points a named checkpoint at a local folder (takes precedence over the HF cache)
@@ -32,6 +30,13 @@ CLIP_PATH_ENV: dict[str, str] = {
     "openai/clip-vit-large-patch14": "GEOALIGN_CLIP_PATH",
     "openai/clip-vit-large-patch14-336": "GEOALIGN_CLIP336_PATH",
 }
+CLIP_CHECKPOINT = CheckpointKind(
+    what="CLIP weights",
+    files="config.json + model.safetensors (from `save_pretrained` or a hub snapshot)",
+    local_spec="backbone spec `hf:{path}`",
+    example_repo="openai/clip-vit-large-patch14",
+    path_env=CLIP_PATH_ENV,
+)
 
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -101,52 +106,15 @@ class ClipBackbone(ImageBackbone):
         """
         from transformers import CLIPVisionModelWithProjection
 
-        source = str(name_or_path)
-        env_var = CLIP_PATH_ENV.get(source)
-        if env_var and os.environ.get(env_var):
-            source = os.environ[env_var]
-            if not Path(source).expanduser().is_dir():
-                raise missing_weights(
-                    f"CLIP weights for {name_or_path} from ${env_var}",
-                    [f"{env_var}={source} (no such folder)"],
-                    [
-                        f"point {env_var} at a folder holding config.json and model.safetensors "
-                        "(from `save_pretrained` or a hub snapshot)",
-                        f"or unset {env_var} to use the Hugging Face cache",
-                    ],
-                )
-        is_local = looks_like_path(source)
-        offline = offline_mode(local_files_only)
-        cache_dir = hf_hub_cache_dir()
-        if is_local:
-            source = str(Path(source).expanduser())
-            if not Path(source).is_dir():
-                raise missing_weights(
-                    f"CLIP weights from local path {source}",
-                    [f"{source} (no such folder)"],
-                    _fixes(str(name_or_path), env_var),
-                )
+        ckpt = resolve_checkpoint(name_or_path, CLIP_CHECKPOINT, local_files_only)
         try:
             with quiet_transformers():
                 model = CLIPVisionModelWithProjection.from_pretrained(
-                    source, dtype=dtype, local_files_only=offline, cache_dir=cache_dir
+                    ckpt.source, dtype=dtype, **ckpt.load_kwargs
                 )
         except (OSError, ValueError) as err:
-            looked = (
-                [f"local folder {source}"]
-                if is_local
-                else [
-                    f"Hugging Face cache {cache_dir} (folder {hf_repo_cache_folder(source).name})"
-                    + (" — offline (HF_HUB_OFFLINE), no download tried" if offline else ""),
-                    *(["the hub (download failed)"] if not offline else []),
-                ]
-            )
-            if env_var:
-                looked.append(f"${env_var} (not set)")
-            raise missing_weights(
-                f"CLIP weights {source!r}", looked, _fixes(source, env_var), err
-            ) from err
-        preprocess = _read_preprocess(source, is_local, offline, cache_dir, model.config)
+            raise hf_weights_not_found(ckpt, err) from err
+        preprocess = _read_preprocess(ckpt, model.config)
         backbone = cls(
             model.eval(), name=name or str(name_or_path), preprocess=preprocess, frozen=frozen
         )
@@ -165,26 +133,10 @@ class ClipBackbone(ImageBackbone):
         return [self.model.vision_model.post_layernorm, self.model.visual_projection]
 
 
-def _fixes(repo_or_path: str, env_var: str | None) -> list[str]:
-    repo = repo_or_path if not looks_like_path(repo_or_path) else "openai/clip-vit-large-patch14"
-    fixes = [
-        f"on a machine with internet: `huggingface-cli download {repo}` (or `hf download {repo}`), "
-        "then copy the cache folder here and set HF_HUB_CACHE (or HF_HOME) to it",
-        "pass a local folder holding config.json + model.safetensors: backbone spec "
-        f"`hf:/path/to/{repo.split('/')[-1]}`",
-    ]
-    if env_var:
-        fixes.append(f"set {env_var}=/path/to/{repo.split('/')[-1]}")
-    fixes.append("if this machine has internet, unset HF_HUB_OFFLINE so the weights download")
-    return fixes
-
-
-def _read_preprocess(
-    source: str, is_local: bool, offline: bool, cache_dir: Path, config: Any
-) -> PreprocessConfig:
+def _read_preprocess(ckpt: HfCheckpoint, config: Any) -> PreprocessConfig:
     """The checkpoint's preprocessor_config.json, else CLIP's defaults at the model's image size."""
     default = PreprocessConfig(image_size=int(config.image_size), mean=CLIP_MEAN, std=CLIP_STD)
-    raw = read_preprocessor_config(source, is_local, offline, cache_dir)
+    raw = read_preprocessor_config(ckpt)
     if raw is None:  # absent or unreachable: the defaults are OpenAI CLIP's own values
         return default
     size = raw.get("size", default.image_size)

@@ -12,7 +12,12 @@ from torch import Tensor, nn
 from geoalign.data.transforms import PreprocessConfig
 from geoalign.errors import GeoalignError
 from geoalign.nn.backbones.base import BackboneOutput, ImageBackbone
-from geoalign.nn.backbones.hub import hf_hub_cache_dir, looks_like_path, missing_weights
+from geoalign.nn.backbones.hub import (
+    hf_hub_cache_dir,
+    looks_like_path,
+    missing_weights,
+    weights_file_not_found,
+)
 
 
 def import_open_clip() -> Any:
@@ -84,10 +89,8 @@ def load_open_clip_backbone(
             f"or a pretrained tag, one of {open_clip.list_pretrained_tags_by_model(model_name)}"
         )
     if looks_like_path(weights) and not Path(weights).expanduser().is_file():
-        raise missing_weights(
-            f"open_clip weights file for {model_name}",
-            [f"{Path(weights).expanduser()} (no such file)"],
-            [f"pass an existing checkpoint: open_clip:{model_name}@/path/to/open_clip_model.bin"],
+        raise weights_file_not_found(
+            "open_clip", model_name, Path(weights).expanduser(), "open_clip_model.bin"
         )
     pretrained = str(Path(weights).expanduser()) if looks_like_path(weights) else weights
     try:

