@@ -1,6 +1,5 @@
 """`geoalign cells build/show/assign/import` on small files."""
 
-
 import numpy as np
 import pandas as pd
 import pytest

@@ -1,7 +1,6 @@
 """The published MP-16 partitions (cells_50_{5000,2000,1000}): token repair, rules, nesting, and
 our builder on a synthetic sample drawn from them."""
 
-
 import numpy as np
 import pandas as pd
 import pytest

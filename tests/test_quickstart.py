@@ -29,6 +29,11 @@ def test_quickstart_trains_beats_one_nn_and_writes_the_report(tmp_path):
         assert top1[key] > nn1[key], (key, top1, nn1)  # the alignment beats 1-NN ...
         assert mode[key] > nn1[key] + 5
     assert mode["acc@750km"] > prior["acc@750km"]  # ... and mode seeking beats the constant there
+    # the other two methods sit in the same table, trained on the same descriptors
+    concept = rows["Concept-aware alignment (mode, 750 km)"]
+    assert concept["acc@750km"] > nn1["acc@750km"] + 5
+    geosurge = rows["GeoSURGE (geocell hierarchy) (top-1 cell)"]
+    assert geosurge["acc@2500km"] > nn1["acc@2500km"]
     assert report["n_queries"] == 2997 and report["gallery_size"] == 10000
     for name in ("report.md", "predictions.csv", "errors_hist.png", "errors_map.png"):
         assert (tmp_path / "report" / name).stat().st_size > 1000

@@ -49,7 +49,9 @@ def test_normalized_queries_average_logits():
     mean_logits = (25.0 * crops @ torch.nn.functional.normalize(gallery, dim=-1).T).mean(0)
     res = s.topk(crops.mean(0, keepdim=True), 3, normalized_queries=True)
     torch.testing.assert_close(res.indices[0], mean_logits.topk(3).indices)
-    torch.testing.assert_close(res.probs[0], mean_logits.softmax(-1).topk(3).values, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        res.probs[0], mean_logits.softmax(-1).topk(3).values, rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("quantizer", ["Flat", "SQ8"])

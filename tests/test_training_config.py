@@ -15,7 +15,7 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "geoclip").glob("*.yam
 def test_there_is_a_config_per_paper_run():
     names = {p.stem for p in CONFIGS}
     assert {
-        "main",
+        "mp16",
         "limited_20",
         "limited_10",
         "limited_5",
@@ -49,7 +49,7 @@ def test_config_loads_and_names_its_table(path):
         ("ablation_eep_rff_dq", (16.0,), True, "equal_earth", 4096),
         ("sigma_fine", (256.0,), True, "equal_earth", 4096),
         ("sigma_hierarchy", (1.0, 16.0, 256.0), True, "equal_earth", 4096),
-        ("main", (1.0, 16.0, 256.0), True, "equal_earth", 4096),
+        ("mp16", (1.0, 16.0, 256.0), True, "equal_earth", 4096),
     ],
 )
 def test_ablation_configs_build_the_table_3_encoders(stem, sigmas, fourier, projection, queue):

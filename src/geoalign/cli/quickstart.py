@@ -30,6 +30,17 @@ def print_table(frame, title: str) -> None:
     console.print(tbl)
 
 
+def _quiet_lightning() -> None:
+    """The quickstart prints its own steps: drop Lightning's per-fit banner (accelerator lines,
+    its logger advertisement) and a deprecation warning from inside Lightning."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 def quickstart(
     out: Path = typer.Option(Path("geoalign-quickstart"), "--out", "-o", help="Output folder."),
     epochs: int = typer.Option(6, help="Training epochs over YFCC26k (about 50 steps each)."),
@@ -41,6 +52,9 @@ def quickstart(
     ),
     concept: bool = typer.Option(
         True, help="Also train the concept-aware model (same settings + concept module)."
+    ),
+    geosurge: bool = typer.Option(
+        True, help="Also train GeoSURGE (S2 geocell hierarchy) on the same descriptors."
     ),
 ) -> None:
     """Train GeoCLIP's alignment on YFCC26k scene labels, test on Im2GPS3k, write a report.
@@ -57,6 +71,7 @@ def quickstart(
 
     if progress is None:
         progress = sys.stdout.isatty()
+    _quiet_lightning()
     cfg = quickstart_config(out, **{"optim.epochs": epochs, "trainer.seed": seed})
     result = run_quickstart(
         out,
@@ -64,6 +79,7 @@ def quickstart(
         progress=progress,
         status=lambda m: console.print(f"[cyan]•[/] {m}"),
         concept=concept,
+        geosurge=geosurge,
     )
     ev = result.evaluation
     print_table(

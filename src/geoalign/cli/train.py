@@ -10,7 +10,7 @@ from geoalign.cli.common import console, fail
 
 
 def train(
-    config: Path = typer.Argument(..., help="YAML config, e.g. configs/geoclip/main.yaml."),
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/geoclip/mp16.yaml."),
     set_: list[str] = typer.Option(
         [], "--set", "-s", help="Override a config value: --set optim.lr=1e-4 (repeatable)."
     ),

@@ -91,9 +91,10 @@ def run_quickstart(
     progress: bool = True,
     status=None,
     concept: bool = True,
+    geosurge: bool = True,
 ) -> QuickstartResult:
     """Train, evaluate and write the report under `out_dir` (report/ and run/; with `concept`, the
-    concept-aware model too, in concept-run/)."""
+    concept-aware model too, in concept-run/; with `geosurge`, GeoSURGE in geosurge-run/)."""
     import numpy as np
 
     from geoalign.baselines import default_baselines
@@ -137,6 +138,24 @@ def run_quickstart(
         say("training the concept-aware alignment (same settings + concept module)")
         rows, _ = quickstart_rows(cfg, out, test_x, test_y, gallery, progress=progress)
         ev.results += rows
+    geosurge_training = None
+    if geosurge:  # ranks its own geocells (built from the training coordinates), no GPS gallery
+        from geoalign.training.geosurge import geosurge_quickstart_rows
+
+        say("training GeoSURGE (7-level S2 geocell hierarchy, learned cell embeddings)")
+        rows, info = geosurge_quickstart_rows(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            out / "geosurge-run",
+            seed=cfg.trainer.seed,
+            modes=cfg.eval.modes,
+            radius_km=cfg.eval.radius_km,
+            progress=progress,
+        )
+        ev.results += rows
+        geosurge_training = info.get("training")
     chosen = (
         default_baselines(cfg.eval.radius_km, classifier_epochs=3)
         if baselines is None
@@ -156,6 +175,7 @@ def run_quickstart(
             if first is not None and last is not None
             else f"YFCC26k, {result.n_rows:,} photos, {result.global_step} steps"
         ),
+        **({"geosurge": geosurge_training} if geosurge_training else {}),
         notes=(
             "scene labels are a weak signal: expect tens of percent at 750/2,500 km, not CLIP "
             f"numbers. Wall time of the whole quickstart: {total:.0f} s."

@@ -8,7 +8,6 @@ last.ckpt` when `trainer.resume` is "auto" and that file exists.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ from geoalign.errors import DataError, GeoalignError
 from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
 from geoalign.nn.image_head import ImageHeadConfig
 from geoalign.nn.location_encoder import LocationEncoderConfig
-from geoalign.training.config import TrainConfig, save_config
+from geoalign.training.config import TrainConfig, save_config, trainer_placement
 from geoalign.training.data import ArraySource, BatchSource, ImageSource, StoreSource
 
 
@@ -149,14 +148,6 @@ def build_source(
 # --- trainer ------------------------------------------------------------------------------------------
 
 
-def _world_from_env() -> tuple[int | None, int | None]:
-    """(processes per node, nodes) under torchrun, else (None, None)."""
-    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
-        local = int(os.environ["LOCAL_WORLD_SIZE"])
-        return local, max(1, int(os.environ["WORLD_SIZE"]) // max(local, 1))
-    return None, None
-
-
 def resume_path(cfg: TrainConfig) -> str | None:
     r = cfg.trainer.resume
     if r is None or r == "none":
@@ -185,7 +176,6 @@ def train(
     backbone built elsewhere)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.strategies import DDPStrategy
 
     from geoalign.training.callbacks import AtomicCheckpointIO, ExportModel, Throughput
     from geoalign.training.metrics_log import ResumableCSVLogger, TrimMetricsOnStart
@@ -204,19 +194,7 @@ def train(
     module = GeoCLIPModule(model, cfg, backbone=backbone)
     data = GeoDataModule(source, cfg.optim.batch_size, t.seed)
 
-    local, nodes = _world_from_env()
-    devices: int | str = local if local is not None else t.devices
-    num_nodes = nodes if nodes is not None else t.num_nodes
-    n_proc = (devices if isinstance(devices, int) else 1) * num_nodes
-    accelerator = t.accelerator
-    if accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    strategy: Any = "auto"
-    if n_proc > 1 or devices == "auto":
-        strategy = DDPStrategy(
-            process_group_backend="nccl" if accelerator == "gpu" else "gloo",
-            find_unused_parameters=False,
-        )
+    place = trainer_placement(t)
     throughput = Throughput(cfg.optim.batch_size)
     provenance = {
         "config": cfg.to_dict(),
@@ -240,10 +218,10 @@ def train(
     show = t.progress if progress is None else progress
     trainer = L.Trainer(
         default_root_dir=out,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
+        accelerator=place.accelerator,
+        devices=place.devices,
+        num_nodes=place.num_nodes,
+        strategy=place.strategy,
         precision=t.precision,
         max_epochs=cfg.optim.epochs,
         max_steps=cfg.optim.max_steps,
