@@ -105,6 +105,40 @@ def test_concept_loss_and_auxiliary_loss(model):
     assert "train/concept_loss" in logs
 
 
+@pytest.mark.parametrize("residual", [True, False])
+def test_paper_loss_through_mean_scores_is_the_divergence_of_all_scores(residual):
+    """concept_loss takes eq. 6 through the mean scores: the same value and gradients as the
+    divergence of every image's and location's scores."""
+    from geoalign.interpret.concept_sets import load_concept_set
+    from geoalign.losses import concept_divergence
+
+    cfg = ConceptConfig(k=12, head_hidden=(32,), head_residual=residual, sigma=0.7)
+    net = ConceptAwareGeoCLIP.from_geoclip(
+        tiny_geoclip(), cfg, load_concept_set("geography").select(12), torch.randn(12, 24),
+        text_kind="clip",
+    )  # fmt: skip
+    with torch.no_grad():  # a trained-looking head: the MLP part must count too
+        for p in net.f_img.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x, ll = torch.randn(2, 10, 24), torch.stack([random_latlon(10, 3), random_latlon(10, 4)])
+    img, loc = net.encode_images(x), net.encode_locations(ll.reshape(-1, 2)).reshape(2, 10, -1)
+    params = [p for p in net.parameters() if p.requires_grad]
+    fast = net.concept_loss(img, loc)
+    direct = torch.stack(
+        [
+            concept_divergence(net.image_concepts(img[j]), net.location_concepts(loc[j]), 0.7)
+            for j in range(2)
+        ]
+    ).mean()
+    assert fast.item() > 0.01 and fast.item() == pytest.approx(direct.item(), rel=1e-5)
+    g_fast = torch.autograd.grad(fast, params, allow_unused=True, retain_graph=True)
+    g_direct = torch.autograd.grad(direct, params, allow_unused=True)
+    for a, b in zip(g_fast, g_direct, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_checkpoint_round_trip_and_downstream_loading(model, tmp_path):
     from geoalign.zoo import load_checkpoint, load_image_head, load_location_encoder
 

@@ -111,6 +111,20 @@ def test_country_bottleneck_was_fitted_after_training(trained):
     assert cbm.metrics["val_accuracy"] > 0.9  # the five cities are five countries
 
 
+def test_quickstart_yaml_is_the_quickstart_row(tmp_path):
+    """configs/concept/quickstart.yaml trains what `geoalign quickstart` reports as its row."""
+    from pathlib import Path
+
+    from geoalign.training.concept import load_concept_config, quickstart_run
+    from geoalign.training.quickstart import quickstart_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "concept" / "quickstart.yaml"
+    from_file = load_concept_config(path, [f"trainer.out_dir={tmp_path}"])
+    row = quickstart_run(quickstart_config(tmp_path), tmp_path)
+    assert from_file.train == row.train
+    assert from_file.concept == row.concept and from_file.cbm == row.cbm
+
+
 @pytest.mark.slow
 def test_lambda_zero_is_plain_geoclip_training(tmp_path):
     """λ = 0 adds nothing to the gradient: the same seed gives GeoCLIP's image head."""

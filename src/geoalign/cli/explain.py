@@ -102,7 +102,6 @@ def image(
     from geoalign.interpret.explain import explain_features, explain_images, plot_explanation
 
     net, path, cbm = _load(model)
-    out.mkdir(parents=True, exist_ok=True)
     images: list = []
     if features or benchmark:
         from geoalign.interpret.data import check_width, load_feature_set
@@ -150,6 +149,7 @@ def image(
         if not exps:
             fail("no readable photo among the inputs")
         stems = [Path(e.source).stem for e in exps]
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     results = []
     for n, (exp, img) in enumerate(zip(exps, images, strict=True)):
         stem = f"{n:03d}_" + re.sub(r"[^\w.-]+", "_", stems[n])[:80]

@@ -85,6 +85,13 @@ class ConceptBasis(nn.Module):
         x = F.normalize(embeddings.to(work), dim=-1)
         return x @ self.basis().to(work).T
 
+    def mean_scores(self, embeddings: Tensor, basis: Tensor | None = None) -> Tensor:
+        """The mean of `forward` over the rows of [N, d] embeddings, [k]: mean(x̂) Bᵀ, one
+        vector-matrix product instead of N (z is linear in x̂). `basis`: B if already computed."""
+        work = torch.promote_types(embeddings.dtype, torch.float32)
+        b = self.basis() if basis is None else basis
+        return F.normalize(embeddings.to(work), dim=-1).mean(0) @ b.to(work).T
+
 
 class ConceptHead(nn.Module):
     """f_img: image embedding [..., d] -> concept scores [..., k] (paper eq. 2, a light MLP).
@@ -123,6 +130,21 @@ class ConceptHead(nn.Module):
         out = self.mlp(x.to(self.mlp[0].weight.dtype)).to(work)
         if self.residual:
             out = out + basis(x)
+        return out
+
+    def mean_scores(
+        self, embeddings: Tensor, basis: ConceptBasis, matrix: Tensor | None = None
+    ) -> Tensor:
+        """The mean of `forward` over the rows of [N, d] embeddings, [k]. The last layer and the
+        residual projection are linear, so they are applied to the mean hidden state and the
+        mean x̂: the same value for a fraction of the work (the training loss needs only means).
+        `matrix`: B if already computed."""
+        work = torch.promote_types(embeddings.dtype, torch.float32)
+        x = F.normalize(embeddings.to(work), dim=-1)
+        hidden = self.mlp[:-1](x.to(self.mlp[0].weight.dtype)).mean(0)
+        out = self.mlp[-1](hidden).to(work)
+        if self.residual:
+            out = out + basis.mean_scores(x, matrix)
         return out
 
 

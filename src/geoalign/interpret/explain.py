@@ -447,6 +447,7 @@ def plot_explanation(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     panels = (1 if image is not None else 0) + 1 + (1 if exp.contributions else 0)
     widths = ([1.1] if image is not None else []) + [1.0] + ([1.15] if exp.contributions else [])
@@ -505,11 +506,14 @@ def plot_explanation(
                 ha="left" if v >= 0 else "right", fontsize=8, color="#333333",
             )  # fmt: skip
         country = exp.country or {}
+        shown = sum(abs(v) for v in vals)  # the shares of all concepts add up to 100%
         ax.set_title(
             f"Concept bottleneck: {country.get('name', '?')} ({100 * country.get('prob', 0):.0f}%)"
-            "\nwhich concepts pushed that country decision",
+            f"\nwhich concepts pushed that country decision (these {len(vals)}: {shown:.0f}%)",
             fontsize=12,
         )
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))  # no 2.5% ticks
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
         ax.set_xlabel("share of the country decision (blue: for, red: against)")
         ax.spines[["top", "right"]].set_visible(False)
 

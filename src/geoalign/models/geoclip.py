@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import torch
 from torch import Tensor, nn
@@ -191,27 +191,50 @@ class GeoCLIP(nn.Module):
         return cls.load("geoclip", **overrides)
 
     @classmethod
-    def load(cls, name_or_path: str | Path, **overrides: Any) -> GeoCLIP:
-        """A geoalign checkpoint folder (or "geoclip" for the official weights)."""
+    def load(cls, name_or_path: str | Path, **overrides: Any) -> Self:
+        """A geoalign checkpoint folder (or "geoclip" for the official weights).
+
+        Subclasses load through the same steps and add their own parts with the two hooks
+        `_from_checkpoint` (build the model) and `_load_extra_state` (fill their tensors)."""
         from geoalign.zoo import load_checkpoint
 
         ckpt = load_checkpoint(name_or_path)
-        cfg = ckpt.config
-        base = dict(cfg.get("geoclip", {}))
-        base["location_encoder"] = cfg["location_encoder"]
-        base["image_head"] = cfg["image_head"]
-        base.setdefault("features", cfg.get("backbone"))
-        config = replace(GeoCLIPConfig.from_dict(base), **overrides)
-        model = cls(config)
+        model = cls._from_checkpoint(ckpt, cls.config_from_checkpoint(ckpt.config, **overrides))
+        model._load_extra_state(ckpt)
         model.location_encoder.load_state_dict(ckpt.component("location_encoder"), strict=True)
         model.image_head.load_state_dict(ckpt.component("image_head"), strict=True)
         with torch.no_grad():
             model.logit_scale.copy_(ckpt.state["logit_scale"].reshape(()))
         queue = ckpt.component("queue")
-        if queue and queue["coords"].shape[0] == config.queue_size:
+        if queue and queue["coords"].shape[0] == model.config.queue_size:
             model.queue.load_state_dict(queue)
         model.source = str(ckpt.path)
         return model
+
+    @staticmethod
+    def config_from_checkpoint(cfg: dict[str, Any], **overrides: Any) -> GeoCLIPConfig:
+        """The GeoCLIPConfig a checkpoint's config.json records, with field overrides."""
+        base = dict(cfg.get("geoclip", {}))
+        base["location_encoder"] = cfg["location_encoder"]
+        base["image_head"] = cfg["image_head"]
+        base.setdefault("features", cfg.get("backbone"))
+        return replace(GeoCLIPConfig.from_dict(base), **overrides)
+
+    @classmethod
+    def _from_checkpoint(cls, ckpt: Any, config: GeoCLIPConfig) -> Self:
+        """Hook: the empty model a checkpoint describes (a subclass checks and reads its parts)."""
+        return cls(config)
+
+    def _load_extra_state(self, ckpt: Any) -> None:
+        """Hook: load a subclass's own tensors from the checkpoint (GeoCLIP has none)."""
+
+    def _extra_state(self) -> dict[str, Tensor]:
+        """Hook: a subclass's own tensors, keys prefixed by component (GeoCLIP has none)."""
+        return {}
+
+    def _extra_config(self) -> dict[str, Any]:
+        """Hook: a subclass's own config.json sections (GeoCLIP has none)."""
+        return {}
 
     def checkpoint_state(self) -> dict[str, Tensor]:
         """Tensors in the geoalign checkpoint layout (component-prefixed keys)."""
@@ -219,10 +242,11 @@ class GeoCLIP(nn.Module):
         state.update({f"image_head.{k}": v for k, v in self.image_head.state_dict().items()})
         state["logit_scale"] = self.logit_scale.detach().reshape(())
         state.update({f"queue.{k}": v for k, v in self.queue.state_dict().items()})
+        state.update(self._extra_state())
         return {k: v.detach().float() if v.is_floating_point() else v for k, v in state.items()}
 
     def save(self, out_dir: str | Path, provenance: dict[str, Any] | None = None) -> Path:
-        """Write a geoalign checkpoint folder readable by `GeoCLIP.load` and `geoalign.zoo`."""
+        """Write a geoalign checkpoint folder readable by `load` and `geoalign.zoo`."""
         from geoalign.zoo import save_checkpoint
 
         config = {
@@ -235,6 +259,7 @@ class GeoCLIP(nn.Module):
                 for k, v in self.config.to_dict().items()
                 if k not in {"location_encoder", "image_head"}
             },
+            **self._extra_config(),
             "provenance": {"saved_by": f"geoalign {__version__}", **(provenance or {})},
         }
         return save_checkpoint(Path(out_dir), self.checkpoint_state(), config)

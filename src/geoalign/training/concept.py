@@ -25,7 +25,12 @@ import yaml
 
 from geoalign.errors import DataError
 from geoalign.models.concept import ConceptAwareGeoCLIP, ConceptConfig
-from geoalign.training.config import TrainConfig, apply_overrides, config_from_dict
+from geoalign.training.config import (
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    read_config_yaml,  # `base:` inheritance, shared with GeoSURGE
+)
 
 METHOD = "concept"
 _OWN_KEYS = ("method", "concept", "cbm")
@@ -47,16 +52,10 @@ class ConceptRun:
     raw: dict[str, Any]  # the whole config as read, for the run folder
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    from geoalign.training.geosurge import read_config_yaml  # `base:` inheritance, shared
-
-    return read_config_yaml(path)
-
-
 def is_concept_config(path: str | Path) -> bool:
     """True when the YAML file says `method: concept` (how `geoalign train` dispatches)."""
     try:
-        return read_yaml(path).get("method") == METHOD
+        return read_config_yaml(path).get("method") == METHOD
     except DataError:
         return False
 
@@ -85,7 +84,25 @@ def concept_run_from_dict(
 
 def load_concept_config(path: str | Path, overrides: list[str] | None = None) -> ConceptRun:
     """Read a concept-aware config (see configs/concept/) and apply key.path=value overrides."""
-    return concept_run_from_dict(read_yaml(path), source=str(path), overrides=overrides)
+    return concept_run_from_dict(read_config_yaml(path), source=str(path), overrides=overrides)
+
+
+def check_training_data(run: ConceptRun) -> None:
+    """Fail in one line, before anything is built, when the features the config trains on are
+    not there (the MP-16 configs name a feature store the user extracts first)."""
+    from geoalign.data.shards import INDEX_NAME
+
+    d = run.train.data
+    if d.source != "store" or (d.path and (Path(d.path) / INDEX_NAME).is_file()):
+        return
+    backbone = run.train.model.features or "clip-vit-l14"
+    where = f"no feature store at {d.path}" if d.path else "data.path is not set"
+    raise DataError(
+        f"{run.train.name}: training features missing: {where} (data.path). Extract the training "
+        f"images' {backbone} features first (for MP-16: its manifest and photos): `geoalign "
+        f"features extract MANIFEST.csv --backbone {backbone} --out {d.path or 'FEATURES'}`, or "
+        "use a store you have: --set data.path=DIR"
+    )
 
 
 def build_concept_model(run: ConceptRun, feature_dim: int | None) -> ConceptAwareGeoCLIP:
@@ -159,6 +176,7 @@ def train_concept(
 
     from geoalign.training.run import build_source, train
 
+    check_training_data(run)
     # seed before building: the concept head's initialisation must not depend on what ran before
     L.seed_everything(run.train.trainer.seed, workers=True, verbose=False)
     _, feature_dim, _ = build_source(run.train, arrays)
@@ -183,6 +201,11 @@ QUICKSTART_CONCEPT: dict[str, Any] = {
     "divergence": "paper",
     "top_k": 20,
 }
+# The country bottleneck after the quickstart is fitted on 5,000 training rows (4,000 to fit, 1,000
+# held out) instead of the default 20,000: 7x faster (5 s instead of 37 s on one core of this
+# project's 2-core CPU), and scene labels carry too little country signal for more rows to
+# matter (held-out accuracy is at the majority class, ~37-38%, with either).
+QUICKSTART_CBM: dict[str, Any] = {"rows": 5000}
 
 
 def quickstart_run(geoclip_cfg: TrainConfig, out_dir: str | Path, **concept: Any) -> ConceptRun:
@@ -190,7 +213,7 @@ def quickstart_run(geoclip_cfg: TrainConfig, out_dir: str | Path, **concept: Any
     raw = geoclip_cfg.to_dict()
     raw["trainer"]["out_dir"] = str(Path(out_dir))
     raw["name"] = "concept-quickstart-scene-labels"
-    raw.update(method=METHOD, concept={**QUICKSTART_CONCEPT, **concept})
+    raw.update(method=METHOD, concept={**QUICKSTART_CONCEPT, **concept}, cbm=dict(QUICKSTART_CBM))
     return concept_run_from_dict(raw, source="quickstart")
 
 
