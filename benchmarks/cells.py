@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
 
 from geoalign.geo.cells import (
     DEFAULT_TAU_MAX,
@@ -58,6 +62,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
+    lines: list[str] = []
+
+    def say(text: str) -> None:
+        print(text)
+        lines.append(text)
 
     files = [args.data / f"cells_50_{t}_copy.csv" for t in (5000, 2000, 1000)]
     (published, repairs), t_read = _timed(read_cell_csvs, files)
@@ -66,17 +75,17 @@ def main() -> None:
     counts = fine.counts if args.scale == 1.0 else rng.binomial(fine.counts, args.scale)
     (lat, lon), t_sample = _timed(sample_in_cells, fine.cell_ids, counts, rng)
     n = lat.size
-    print(
+    say(
         f"published partitions read in {t_read:.1f}s; repaired tokens: "
         + ", ".join(
             f"{k}: {sum(r.token is not None for r in v)}/{len(v)}" for k, v in repairs.items()
         )
     )
-    print(f"synthetic sample: {n:,} points ({t_sample:.1f}s)")
+    say(f"synthetic sample: {n:,} points ({t_sample:.1f}s)")
 
     _, t_ids = _timed(latlon_to_cell_ids, lat, lon)
     rate = _s2geometry_rate(lat, lon)
-    print(
+    say(
         f"leaf cell ids: {t_ids:.2f}s ({n / t_ids / 1e6:.1f}M points/s); s2geometry per point "
         f"(leaf + 7 parents): {rate:,.0f} points/s -> {n / rate:.0f}s for this sample"
     )
@@ -91,15 +100,15 @@ def main() -> None:
         hierarchy, t_build = _timed(CellHierarchy.build, lat, lon, taus, rules)
         labels, t_assign = _timed(hierarchy.assign, lat, lon)
         nested = all(r.nested for r in hierarchy.nesting())
-        print(
+        say(
             f"[{name} rules] build 7 levels: {t_build:.1f}s; assign {n:,} points to 7 levels: "
             f"{t_assign:.1f}s (limit 120s); nested: {nested}"
         )
-        print(
+        say(
             "  cells per level: "
             + ", ".join(f"{p.tau_max}: {len(p)}" for p in hierarchy.partitions)
         )
-        print("  unassigned per level: " + str((labels < 0).sum(axis=0).tolist()))
+        say("  unassigned per level: " + str((labels < 0).sum(axis=0).tolist()))
         compare = {}
         for theirs in published.partitions:
             tau = int(theirs.tau_max * args.scale)
@@ -110,7 +119,7 @@ def main() -> None:
                 "theirs": len(theirs),
                 "identical_cells": same,
             }
-            print(
+            say(
                 f"  tau_max {theirs.tau_max}: ours {len(ours)} vs published {len(theirs)} "
                 f"({same} identical cells)"
             )
@@ -121,9 +130,14 @@ def main() -> None:
             "cells": {p.tau_max: len(p) for p in hierarchy.partitions},
             "vs_published": compare,
         }
+    write_section(
+        "GeoSURGE: S2 cell hierarchy at MP-16 scale",
+        "Synthetic MP-16-sized sample (each published tau_max=1000 cell gets its published count, "
+        "uniform inside the cell).\n\n```\n" + "\n".join(lines) + "\n```",
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        say(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

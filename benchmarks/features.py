@@ -5,7 +5,7 @@
 Both run the same CLIP ViT-L/14 vision tower built from its config (random weights: the cost is
 that of the real ones). The reference encodes one photo at a time the way its `predict` does
 (PIL open, `CLIPImageProcessor`, `CLIPModel.get_image_features`); geoalign writes a sharded,
-resumable float16 store with batched forwards and threaded decoding. Writes the "Feature
+resumable float16 store with batched forwards (decoding in the main thread, the CLI default: on 2 cores decode threads only take CPU from the forward pass). Writes the "Feature
 extraction" section of benchmarks/RESULTS.md.
 """
 
@@ -42,7 +42,7 @@ def ours(manifest_csv: Path, out: Path, batch_size: int) -> float:
     encode([backbone.transform(_warm_image())])  # warm-up outside the timing, as for the reference
     start = time.perf_counter()
     extract_features(
-        table, encode, out, batch_size=batch_size, num_workers=2, progress=False, dtype="float16"
+        table, encode, out, batch_size=batch_size, num_workers=0, progress=False, dtype="float16"
     )
     return time.perf_counter() - start
 
@@ -94,7 +94,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads.\n\n"
         "| | photos / s | vs reference |\n|---|---:|---:|\n"
         f"| geoclip package, one photo at a time (its predict's image path) | {n / t_ref:.2f} | 1.00x |\n"
-        f"| geoalign `features extract` (batch {args.batch_size}, 2 decode threads, float16 store) | "
+        f"| geoalign `features extract` (batch {args.batch_size}, float16 store) | "
         f"{n / t_ours:.2f} | {t_ref / t_ours:.2f}x |\n\n"
         f"Peak RSS of the geoalign extraction process: {rss_ours:,.0f} MB. The forward pass of the "
         "vision tower is most of both; the store is resumable (rerun after a kill continues from "

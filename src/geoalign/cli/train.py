@@ -65,7 +65,12 @@ def train(
         result = train_concept(crun)
         console.print(
             f"[green]done[/]: {result.global_step} steps in {result.seconds:.0f} s; model: "
-            f"[bold]{result.export_dir}[/] (concept bottleneck in {result.export_dir / 'cbm'})"
+            f"[bold]{result.export_dir}[/]"
+            + (
+                f" (concept bottleneck in {result.export_dir / 'cbm'})"
+                if (result.export_dir / "cbm").is_dir()
+                else ""
+            )
         )
         _evaluate(crun.train, result.export_dir)
         return
