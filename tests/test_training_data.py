@@ -79,3 +79,23 @@ def test_loader_reads_its_position_when_iterated():
         EpochLoader(src, 100, 5, position=lambda: (0, 0), world=3)
     with pytest.raises(ValueError, match="lower the batch"):
         EpochLoader(src, 2000, 5, position=lambda: (0, 0))
+
+
+def test_data_position_skips_only_in_the_epoch_it_counted():
+    from geoalign.training.data import DataPosition
+
+    pos = DataPosition()
+    assert pos.start(0) == 0
+    for _ in range(3):
+        pos.step()
+    saved = pos.state()
+    assert saved == {"epoch": 0, "batches_done": 3}
+
+    mid = DataPosition()  # resumed mid-epoch: the same epoch skips what was done
+    mid.restore(saved)
+    assert mid.start(0) == 3 and mid.state() == saved
+    assert mid.start(1) == 0  # and the next epoch starts from its beginning
+
+    later = DataPosition()  # a checkpoint counted in epoch 0, resumed into epoch 1: no skip
+    later.restore(saved)
+    assert later.start(1) == 0 and later.state() == {"epoch": 1, "batches_done": 0}

@@ -252,6 +252,37 @@ class ImageSource:
             yield {"pixels": pixels, "coords": coords}
 
 
+class DataPosition:
+    """How far the current epoch's batches have got, for an exact mid-epoch resume.
+
+    The count belongs to the epoch in which it was started (not to the trainer's epoch counter at
+    save time): a checkpoint written after an epoch ended must not make a longer resumed run skip
+    batches of the next epoch. Saved in checkpoints as {"epoch", "batches_done"}.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.done = 0  # global batches finished in `epoch`
+        self._resume: tuple[int, int] | None = None
+
+    def start(self, epoch: int) -> int:
+        """An epoch's iteration begins: the batches to skip (those a resumed checkpoint did)."""
+        skip = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
+        self._resume = None
+        self.epoch, self.done = epoch, skip
+        return skip
+
+    def step(self) -> None:
+        self.done += 1
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": int(self.epoch), "batches_done": int(self.done)}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self._resume = (int(state["epoch"]), int(state["batches_done"]))
+
+
 class EpochLoader:
     """What Lightning iterates: one epoch of this process's batches, resumable mid-epoch.
 

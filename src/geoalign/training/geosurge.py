@@ -53,7 +53,14 @@ from geoalign.training.config import (
     apply_overrides,
     read_config_yaml,
 )
-from geoalign.training.data import ArraySource, EpochLoader, StoreSource, epoch_seed, fraction_mask
+from geoalign.training.data import (
+    ArraySource,
+    DataPosition,
+    EpochLoader,
+    StoreSource,
+    epoch_seed,
+    fraction_mask,
+)
 
 # --- config ---------------------------------------------------------------------------------------
 
@@ -508,31 +515,17 @@ class GeoSurgeModule(L.LightningModule):
         set_trainable(model)
         model.train()  # a loaded backbone comes in eval mode; its frozen part stays inert
         self.strict_loading = False  # checkpoints omit the frozen backbone weights
-        self._done = 0
-        self._done_epoch = 0
-        self._resume: tuple[int, int] | None = None
+        self._position = DataPosition()
         self._val: Tensor | None = None
         self._cell_latlon = torch.from_numpy(model.cell_latlon)
 
     # -- data position (exact mid-epoch resume, as GeoCLIPModule) -------------------------------
     def data_position(self) -> tuple[int, int]:
         epoch = self.trainer.current_epoch if self._trainer is not None else 0
-        skip = 0
-        if self._resume is not None and self._resume[0] == epoch:
-            skip = self._resume[1]
-        self._resume = None
-        self._done, self._done_epoch = skip, epoch
-        return epoch, skip
+        return epoch, self._position.start(epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # `batches_done` belongs to the epoch whose batches were counted: a checkpoint written
-        # after the last epoch ended (current_epoch already advanced) must not skip the batches
-        # of the next epoch when a longer run resumes from it.
-        checkpoint["geoalign"] = {
-            "epoch": int(self._done_epoch),
-            "batches_done": int(self._done),
-            "config": self.cfg.to_dict(),
-        }
+        checkpoint["geoalign"] = {**self._position.state(), "config": self.cfg.to_dict()}
         if self.model.backbone is not None:
             frozen = {
                 f"model.backbone.{n}"
@@ -543,9 +536,7 @@ class GeoSurgeModule(L.LightningModule):
                 checkpoint["state_dict"].pop(key, None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("geoalign")
-        if state is not None:
-            self._resume = (int(state["epoch"]), int(state["batches_done"]))
+        self._position.restore(checkpoint.get("geoalign"))
 
     # -- steps ----------------------------------------------------------------------------------------
     def _labels(self, coords: Tensor) -> Tensor:
@@ -563,7 +554,7 @@ class GeoSurgeModule(L.LightningModule):
             candidates = self.all_gather(torch.cat([labels, pad])).reshape(-1, labels.shape[1])
         visual = self.model.encode(batch)
         losses = self.model.loss(visual, labels, candidates)
-        self._done += 1
+        self._position.step()
         b = labels.shape[0]
         self.log("train/loss", losses.total.detach(), prog_bar=True, batch_size=b)
         for k, value in enumerate(losses.per_level.detach()):

@@ -26,7 +26,7 @@ from torch import Tensor
 from geoalign.losses import info_nce_with_queue
 from geoalign.models.geoclip import GeoCLIP, perturb_gps
 from geoalign.training.config import TrainConfig
-from geoalign.training.data import BatchSource, EpochLoader, epoch_seed
+from geoalign.training.data import BatchSource, DataPosition, EpochLoader, epoch_seed
 
 
 def _gather_with_grad(x: Tensor, dim: int = 0) -> Tensor:
@@ -118,31 +118,19 @@ class GeoCLIPModule(L.LightningModule):
             self.register_buffer("queue_filled", torch.zeros((), dtype=torch.bool))
         else:
             self.queue_memory = None
-        self._done = 0  # global batches finished in the current epoch
-        self._resume: tuple[int, int] | None = None
+        self._position = DataPosition()
 
     # -- data position (for exact mid-epoch resume) -------------------------------------------------
     def data_position(self) -> tuple[int, int]:
         """(epoch, batches to skip); called by the loader when an epoch's iteration starts."""
         epoch = self.trainer.current_epoch if self._trainer is not None else 0
-        skip = 0
-        if self._resume is not None and self._resume[0] == epoch:
-            skip = self._resume[1]
-        self._resume = None
-        self._done = skip
-        return epoch, skip
+        return epoch, self._position.start(epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["geoalign"] = {
-            "epoch": int(self.current_epoch),
-            "batches_done": int(self._done),
-            "config": self.cfg.to_dict(),
-        }
+        checkpoint["geoalign"] = {**self._position.state(), "config": self.cfg.to_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("geoalign")
-        if state is not None:
-            self._resume = (int(state["epoch"]), int(state["batches_done"]))
+        self._position.restore(checkpoint.get("geoalign"))
 
     def on_fit_start(self) -> None:
         for bb in self._backbone:
@@ -244,7 +232,7 @@ class GeoCLIPModule(L.LightningModule):
         if self.queue_memory is not None:  # cached mode: the batch's embeddings join the queue
             self._enqueue_memory(batch_loc[0].detach())
         model.queue.enqueue(global_coords)
-        self._done += 1
+        self._position.step()
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
         self.log("train/temperature", 1.0 / model.scale().detach().exp(), batch_size=b)
         return loss
