@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from geoalign.errors import DataError
+from geoalign.interpret.figures import save_figure
 
 KM_PER_DEG = 111.195
 
@@ -351,9 +352,4 @@ def plot_concept_map(
         ax.set_xlabel(f"mean similarity to “{concept}”")
         ax.set_ylabel(str(stats["value_column"]))
         ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from geoalign.errors import DataError
+from geoalign.interpret.figures import save_figure
 
 Method = Literal["umap", "pca", "tsne"]
 
@@ -156,12 +157,7 @@ def plot_clusters(
     for i, s in enumerate(summaries):
         ax.text(0.0, 1 - (i + 0.5) / max(len(summaries), 1), s.label(), color=colours[s.cluster],
                 fontsize=10, va="center", transform=ax.transAxes)  # fmt: skip
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=140, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=140)
 
 
 def modality_gap(
@@ -262,9 +258,4 @@ def joint_embedding_plot(
         f"{gap['gap_image_concept']:.3f}",
         fontsize=11,
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=140, bbox_inches="tight")
-    plt.close(fig)
-    return path, gap
+    return save_figure(fig, path, dpi=140), gap

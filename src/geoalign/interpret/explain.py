@@ -26,6 +26,7 @@ from torch import Tensor
 
 from geoalign.errors import DataError, WeightsNotFoundError
 from geoalign.interpret.concept_basis import top_k_sparse
+from geoalign.interpret.figures import save_figure
 
 CBM_DIR = "cbm"
 
@@ -530,12 +531,7 @@ def plot_explanation(
         where = f"{exp.truth_place} " if exp.truth_place else ""
         title += f"\ntrue location: {where}({exp.truth[0]:.3f}, {exp.truth[1]:.3f})"
     fig.suptitle(title, fontsize=13, fontweight="bold")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --- from photos or feature rows to explanations --------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from geoalign.errors import DataError
+from geoalign.interpret.figures import save_figure
 
 
 @dataclass
@@ -214,9 +215,4 @@ def sankey_png(rules: DecisionRules, path: str | Path, names: dict[str, str] | N
         "label colour and strong band = the country the concept favours",
         fontsize=11,
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
