@@ -159,12 +159,32 @@ class Geolocator:
             raise ValueError(f"the prior {prior} contains no gallery location")
         return torch.from_numpy(mask)
 
-    def _places_for(self, idx: np.ndarray) -> list[dict[str, Any]]:
-        if self._places is None:
-            from geoalign.geo.places import PlaceFinder
+    def _candidates(
+        self, idx: np.ndarray, coords: np.ndarray, probs: np.ndarray, places: bool
+    ) -> list[list[Candidate]]:
+        """Candidates from [B, k] gallery (or cell) indices, [B, k, 2] coordinates and [B, k]
+        probabilities; with `places`, each named offline (the place index loads on first use)."""
+        names = None
+        if places:
+            if self._places is None:
+                from geoalign.geo.places import PlaceFinder
 
-            self._places = PlaceFinder()
-        return [p._asdict() for p in self._places.nearest(self._latlon[idx])]
+                self._places = PlaceFinder()
+            names = [p._asdict() for p in self._places.nearest(coords.reshape(-1, 2))]
+        k = idx.shape[1]
+        return [
+            [
+                Candidate(
+                    lat=float(coords[b, j, 0]),
+                    lon=float(coords[b, j, 1]),
+                    prob=float(probs[b, j]),
+                    gallery_index=int(idx[b, j]),
+                    place=names[b * k + j] if names else None,
+                )
+                for j in range(k)
+            ]
+            for b in range(idx.shape[0])
+        ]
 
     def rank(
         self,
@@ -177,21 +197,7 @@ class Geolocator:
         """Top-k candidates for each normalised image embedding (see `embed_pixels`)."""
         res = self.search.topk(embeddings, top_k, mask=mask, normalized_queries=True)
         idx, probs = res.indices.cpu().numpy(), res.probs.cpu().numpy()
-        names = self._places_for(idx.reshape(-1)) if places else None
-        k = idx.shape[1]
-        return [
-            [
-                Candidate(
-                    lat=float(self._latlon[i, 0]),
-                    lon=float(self._latlon[i, 1]),
-                    prob=float(probs[b, j]),
-                    gallery_index=int(i),
-                    place=names[b * k + j] if names else None,
-                )
-                for j, i in enumerate(idx[b])
-            ]
-            for b in range(idx.shape[0])
-        ]
+        return self._candidates(idx, self._latlon[idx], probs, places)
 
     def predict_features(
         self, features: torch.Tensor, *, top_k: int = 5, prior=None, places: bool = False

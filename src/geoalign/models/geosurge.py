@@ -688,27 +688,7 @@ class GeoSurgeLocator(Geolocator):
             coords, _ = self.refiner.refine(idx, gallery_scores)
         else:
             coords = self._latlon[idx]
-        names = None
-        if places:
-            from geoalign.geo.places import PlaceFinder
-
-            if self._places is None:
-                self._places = PlaceFinder()
-            names = [p._asdict() for p in self._places.nearest(coords.reshape(-1, 2))]
-        k = idx.shape[1]
-        return [
-            [
-                Candidate(
-                    lat=float(coords[b, j, 0]),
-                    lon=float(coords[b, j, 1]),
-                    prob=float(probs[b, j]),
-                    gallery_index=int(idx[b, j]),
-                    place=names[b * k + j] if names else None,
-                )
-                for j in range(k)
-            ]
-            for b in range(idx.shape[0])
-        ]
+        return self._candidates(idx, coords, probs, places)
 
 
 def evaluate_geosurge(
