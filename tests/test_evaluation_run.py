@@ -15,6 +15,7 @@ def test_concept_checkpoint_is_evaluated_as_a_concept_model(tmp_path):
         checkpoint_method,
         evaluate_checkpoint,
         load_alignment_model,
+        model_features,
     )
     from geoalign.models.concept import ConceptAwareGeoCLIP
     from geoalign.training.concept import concept_run_from_dict, train_concept
@@ -25,7 +26,9 @@ def test_concept_checkpoint_is_evaluated_as_a_concept_model(tmp_path):
     cfg["optim"]["epochs"] = 1
     result = train_concept(concept_run_from_dict(cfg, source="test"), arrays=(feats, coords))
     assert checkpoint_method(result.export_dir) == "concept"
-    assert isinstance(load_alignment_model(result.export_dir), ConceptAwareGeoCLIP)
+    loaded = load_alignment_model(result.export_dir)
+    assert isinstance(loaded, ConceptAwareGeoCLIP)
+    assert model_features(result.export_dir) == loaded.config.features  # config.json alone
 
     test = Queries(torch.from_numpy(feats[:200]), coords[:200], np.arange(200), "test rows")
     train = Queries(torch.from_numpy(feats), coords, np.arange(600), "train rows")

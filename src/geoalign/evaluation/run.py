@@ -29,17 +29,22 @@ class EvaluationRun:
     paths: dict[str, Path]
 
 
-def checkpoint_method(model: str | Path) -> str:
-    """ "geoclip", "concept" or "geosurge" (what the checkpoint's config.json says)."""
-    if str(model) == "geoclip":
-        return "geoclip"
+def checkpoint_config(model: str | Path) -> dict[str, Any]:
+    """The checkpoint's config.json (read without loading its weights)."""
     from geoalign.zoo import resolve_checkpoint_dir
 
     config = resolve_checkpoint_dir(model) / "config.json"
     try:
-        return str(json.loads(config.read_text()).get("method", "geoclip"))
+        return json.loads(config.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"{config}: cannot read the checkpoint's config ({err})") from err
+
+
+def checkpoint_method(model: str | Path) -> str:
+    """ "geoclip", "concept" or "geosurge" (what the checkpoint's config.json says)."""
+    if str(model) == "geoclip":
+        return "geoclip"
+    return str(checkpoint_config(model).get("method", "geoclip"))
 
 
 def load_alignment_model(model: str | Path, device: str = "cpu") -> Any:
@@ -57,12 +62,14 @@ def load_alignment_model(model: str | Path, device: str = "cpu") -> Any:
 
 
 def model_features(model: str | Path) -> str | None:
-    """The backbone the checkpoint's image side reads (None when it does not say)."""
-    if checkpoint_method(model) == "geosurge":
-        from geoalign.zoo import load_checkpoint
-
-        return load_checkpoint(model).config.get("backbone")
-    return load_alignment_model(model).config.features
+    """The backbone the checkpoint's image side reads (None when it does not say), from its
+    config alone: the evaluation loads the weights once, later. GeoCLIP-style checkpoints keep it
+    in "geoclip"."features" (as `GeoCLIP.load` reads it), GeoSURGE in "backbone"."""
+    config = checkpoint_config(model)
+    geoclip = config.get("geoclip", {})
+    if config.get("method") != "geosurge" and "features" in geoclip:
+        return geoclip["features"]
+    return config.get("backbone")
 
 
 def evaluate_checkpoint(
