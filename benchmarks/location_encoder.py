@@ -28,7 +28,7 @@ def main() -> None:
     from geoclip import LocationEncoder as ReferenceEncoder
 
     from geoalign.geo.gallery import load_gallery
-    from geoalign.zoo import load_location_encoder
+    from geoalign.models.registry import load_location_encoder
 
     gallery = load_gallery("geoclip-100k")
     coords = torch.tensor(gallery[["lat", "lon"]].to_numpy(), dtype=torch.float32)

@@ -47,17 +47,13 @@ def _ours():
     from transformers import CLIPVisionConfig
 
     from geoalign.geo.gallery import load_gallery
-    from geoalign.geolocator import Geolocator
+    from geoalign.inference.locator import Geolocator
+    from geoalign.models.registry import load_model
     from geoalign.nn.backbones import ClipBackbone
-    from geoalign.zoo import load_image_head, load_location_encoder, load_logit_scale
 
     backbone = ClipBackbone.from_config(CLIPVisionConfig(**VIT_L14))
     return Geolocator(
-        backbone,
-        load_image_head(),
-        load_location_encoder(),
-        load_logit_scale(),
-        load_gallery("geoclip-100k"),
+        load_model("geoclip"), backbone=backbone, gallery=load_gallery("geoclip-100k")
     )
 
 
@@ -90,7 +86,7 @@ def latency(tmp: Path, quick: bool) -> str:
 
     emb = ours.embed_pixels(ours.backbone.transform(Image.open(photo))[None])
     gallery_stage = best_time(lambda: ours.rank(emb, top_k=5), repeats=20)
-    from geoalign.search import GallerySearch
+    from geoalign.inference.search import GallerySearch
 
     exact = ours.search
     ours.search = GallerySearch(exact.embeddings, exact.scale, precision="float16")
@@ -134,10 +130,10 @@ def rss(tmp: Path) -> str:
 
 
 def search(quick: bool) -> str:
-    from geoalign.gallery_cache import gallery_embeddings
     from geoalign.geo.gallery import load_gallery
-    from geoalign.search import GallerySearch
-    from geoalign.zoo import load_location_encoder, load_logit_scale
+    from geoalign.inference.gallery_cache import gallery_embeddings
+    from geoalign.inference.search import GallerySearch
+    from geoalign.models.registry import load_location_encoder, load_logit_scale
 
     base = gallery_embeddings(
         load_location_encoder(), load_gallery("geoclip-100k")[["lat", "lon"]].to_numpy()
@@ -170,10 +166,10 @@ def search(quick: bool) -> str:
 
 def search_10m(size: int = 10_000_000, chunk: int = 500_000) -> str:
     """A 10M-point gallery streamed into IVF-SQ8 (5 GB), never held as float32 (20 GB)."""
-    from geoalign.gallery_cache import gallery_embeddings
     from geoalign.geo.gallery import load_gallery
-    from geoalign.search import GallerySearch
-    from geoalign.zoo import load_location_encoder, load_logit_scale
+    from geoalign.inference.gallery_cache import gallery_embeddings
+    from geoalign.inference.search import GallerySearch
+    from geoalign.models.registry import load_location_encoder, load_logit_scale
 
     base = torch.nn.functional.normalize(
         gallery_embeddings(

@@ -80,7 +80,7 @@ def test_default_taus_scale_with_data():
 @pytest.mark.slow
 def test_scene_label_baselines_match_the_known_numbers():
     """On the real scene labels (train YFCC26k, test Im2GPS3k): 1-NN ~8/25 %, prior ~15/36 %."""
-    from geoalign.evaluation.descriptors import load_scene_label_set
+    from geoalign.data.scene_labels import load_scene_label_set
     from geoalign.geo.metrics import summarize_errors
 
     x, y, _ = load_scene_label_set("yfcc26k")

@@ -4,7 +4,7 @@ import torch
 from typer.testing import CliRunner
 
 from geoalign.cli import app
-from geoalign.zoo import load_location_encoder
+from geoalign.models.registry import load_location_encoder
 
 runner = CliRunner()
 

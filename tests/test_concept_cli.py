@@ -51,7 +51,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(config))
     r = invoke("train", tmp / "tiny.yaml", "--out", tmp / "run", "--no-eval")
     assert "concept bottleneck in" in r.output
-    from geoalign.evaluation.descriptors import load_scene_label_set
+    from geoalign.data.scene_labels import load_scene_label_set
 
     _, coords, _ = load_scene_label_set("im2gps")
     pd.DataFrame(coords, columns=["lat", "lon"]).to_csv(tmp / "gallery.csv", index=False)

@@ -140,7 +140,7 @@ def test_paper_loss_through_mean_scores_is_the_divergence_of_all_scores(residual
 
 
 def test_checkpoint_round_trip_and_downstream_loading(model, tmp_path):
-    from geoalign.zoo import load_checkpoint, load_image_head, load_location_encoder
+    from geoalign.models.registry import load_checkpoint, load_image_head, load_location_encoder
 
     model.save(tmp_path / "ckpt", provenance={"test": True})
     cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
@@ -169,7 +169,7 @@ def test_checkpoint_round_trip_and_downstream_loading(model, tmp_path):
 
 def test_geolocator_and_downstream_encoder_read_a_concept_checkpoint(model, tmp_path):
     from geoalign.downstream.encoders import get_encoder
-    from geoalign.geolocator import Geolocator
+    from geoalign.inference.locator import Geolocator
 
     model.save(tmp_path / "ckpt")
     gallery = pd.DataFrame(random_latlon(50, 4).numpy().astype(np.float64), columns=["lat", "lon"])
@@ -186,7 +186,7 @@ def test_load_rejects_a_geoclip_checkpoint(tmp_path):
     from geoalign.errors import WeightsNotFoundError
 
     tiny_geoclip().save(tmp_path / "g")
-    with pytest.raises(WeightsNotFoundError, match="not a concept-aware"):
+    with pytest.raises(WeightsNotFoundError, match="'geoclip' checkpoint, not a 'concept' one"):
         ConceptAwareGeoCLIP.load(tmp_path / "g")
 
 

@@ -150,7 +150,7 @@ def test_lambda_zero_is_plain_geoclip_training(tmp_path):
 def test_concept_quickstart_learns_scene_labels(tmp_path):
     """The quickstart's concept-aware row on a quarter of YFCC26k: it must beat 1-NN on Im2GPS3k."""
     from geoalign.baselines import KNN
-    from geoalign.evaluation.descriptors import load_scene_label_set
+    from geoalign.data.scene_labels import load_scene_label_set
     from geoalign.evaluation.harness import evaluate_baselines, make_gallery
     from geoalign.training.concept import quickstart_rows
     from geoalign.training.quickstart import quickstart_config

@@ -16,7 +16,7 @@ LATLON = np.array([[48.85, 2.35], [-33.9, 151.2], [0.0, -179.99], [89.0, 10.0], 
 
 
 def test_geoclip_embedder_matches_zoo_encoder():
-    from geoalign.zoo import load_location_encoder
+    from geoalign.models.registry import load_location_encoder
 
     emb = get_encoder("geoclip")(LATLON)
     ref = load_location_encoder("geoclip")(torch.tensor(LATLON, dtype=torch.float32)).detach()
@@ -25,7 +25,7 @@ def test_geoclip_embedder_matches_zoo_encoder():
 
 
 def test_untrained_shares_rff_but_not_mlp():
-    from geoalign.zoo import load_location_encoder
+    from geoalign.models.registry import load_location_encoder
 
     official = load_location_encoder("geoclip")
     untrained = untrained_encoder()
@@ -59,7 +59,7 @@ def test_raw_latlon_and_callable():
 
 
 def test_checkpoint_folder_plugs_in(tmp_path):
-    from geoalign.zoo import save_checkpoint
+    from geoalign.models.checkpoint import save_checkpoint
 
     enc = untrained_encoder(seed=5)
     state = {f"location_encoder.{k}": v for k, v in enc.state_dict().items()}

@@ -6,7 +6,7 @@ import torch
 from typer.testing import CliRunner
 
 from geoalign.cli import app
-from geoalign.evaluation.descriptors import SCENE_DIM, SCENE_LABELS
+from geoalign.data.scene_labels import SCENE_DIM, SCENE_LABELS
 from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
 from geoalign.nn.image_head import ImageHeadConfig
 from geoalign.nn.location_encoder import LocationEncoderConfig

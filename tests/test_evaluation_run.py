@@ -11,13 +11,10 @@ from geoalign.evaluation.queries import Queries
 
 def test_concept_checkpoint_is_evaluated_as_a_concept_model(tmp_path):
     from geoalign.evaluation.harness import evaluate_model, make_gallery
-    from geoalign.evaluation.run import (
-        checkpoint_method,
-        evaluate_checkpoint,
-        load_alignment_model,
-        model_features,
-    )
+    from geoalign.evaluation.run import evaluate_checkpoint, model_features
     from geoalign.models.concept import ConceptAwareGeoCLIP
+    from geoalign.models.registry import checkpoint_method
+    from geoalign.models.registry import load_model as load_alignment_model
     from geoalign.training.concept import concept_run_from_dict, train_concept
     from test_concept_training import city_data, run_config
 

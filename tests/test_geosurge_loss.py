@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from geoalign.geo.cells import CellHierarchy, PartitionRules, contains
 from geoalign.losses import hierarchical_classification_loss, hierarchical_info_nce
-from geoalign.models.geosurge import GeographicEmbeddings, hierarchical_log_scores
+from geoalign.nn.geocells import GeographicEmbeddings, hierarchical_log_scores
 
 
 def _nce(pos: float, others: list[float], tau: float) -> float:

@@ -8,15 +8,12 @@ import pytest
 import torch
 
 from geoalign.errors import GeoalignError
+from geoalign.evaluation.harness import evaluate_model
 from geoalign.geo.cells import CellHierarchy, PartitionRules
 from geoalign.geo.distance import haversine_km
-from geoalign.geolocator import Geolocator
-from geoalign.models.geosurge import (
-    CellGallery,
-    GeoSurge,
-    GeoSurgeConfig,
-    GeoSurgeLocator,
-)
+from geoalign.inference.cell_gallery import CellGallery
+from geoalign.inference.locator import Geolocator
+from geoalign.models.geosurge import GeoSurge, GeoSurgeConfig
 from geoalign.nn.semantic_fusion import SemanticFusionConfig
 
 N_CLUSTERS = 30
@@ -81,7 +78,7 @@ def _fit(model: GeoSurge, feats, pts, steps=200) -> GeoSurge:
     with one_thread():
         for _ in range(steps):
             idx = torch.randint(0, 4000, (256,))
-            loss = model.loss(model.encode_features(feats[idx]), labels[idx]).total
+            loss = model.loss(model.visual_from_features(feats[idx]), labels[idx]).total
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -105,7 +102,7 @@ def _errors(locator, feats, pts, **kw):
 def test_learns_a_known_mapping_beyond_the_prior(world, trained):
     hierarchy, feats, pts = world
     model, _ = trained
-    err = _errors(GeoSurgeLocator(model), feats, pts)
+    err = _errors(Geolocator(model), feats, pts)
     # The prior: always the mean of the most populated finest cell.
     fine = hierarchy.partitions[-1]
     top = int(np.argmax(fine.counts))
@@ -114,7 +111,7 @@ def test_learns_a_known_mapping_beyond_the_prior(world, trained):
     assert np.median(err) < 0.2 * np.median(prior)
     for objective in ("classifier",):  # the Table VI ablation learns the same mapping
         other = _fit(_model(hierarchy, objective=objective), feats, pts)
-        assert (_errors(GeoSurgeLocator(other), feats, pts) < 750).mean() > 0.9
+        assert (_errors(Geolocator(other), feats, pts) < 750).mean() > 0.9
 
 
 def test_checkpoint_roundtrip_and_predict_hook(world, trained):
@@ -122,13 +119,14 @@ def test_checkpoint_roundtrip_and_predict_hook(world, trained):
     model, path = trained
     assert {p.name for p in path.iterdir()} >= {"model.safetensors", "config.json", "cells"}
     loaded = GeoSurge.load(path)
-    q0 = model.queries(model.encode_features(feats[:8]))
-    q1 = loaded.queries(loaded.encode_features(feats[:8]))
+    q0 = model.encode_features(feats[:8])
+    q1 = loaded.encode_features(feats[:8])
     torch.testing.assert_close(loaded.cell_log_scores(q1), model.cell_log_scores(q0).detach())
     assert np.array_equal(loaded.cell_latlon, model.cell_latlon)
-    # Geolocator.from_pretrained dispatches on config.json's "method"
+    # Geolocator.from_pretrained loads it through the registry (config.json's "method")
     locator = Geolocator.from_pretrained(str(path), backbone=None)
-    assert isinstance(locator, GeoSurgeLocator) and locator.backbone is None
+    assert isinstance(locator.model, GeoSurge) and locator.backbone is None
+    assert locator.candidates.kind == "cells"
     with pytest.raises(ValueError, match="no backbone"):
         next(locator.iter_predict([np.zeros((8, 8, 3), np.uint8)]))
 
@@ -137,7 +135,7 @@ def test_predictions_probabilities_priors_and_places(world, trained):
     from geoalign.geo.priors import Radius
 
     hierarchy, feats, pts = world
-    locator = GeoSurgeLocator(trained[0])
+    locator = Geolocator(trained[0])
     n = hierarchy.sizes[-1]
     cands = locator.predict_features(feats[4000:4002], top_k=n)
     for row in cands:
@@ -152,7 +150,7 @@ def test_predictions_probabilities_priors_and_places(world, trained):
         assert all(inside[c.gallery_index] for c in row)
         assert all(haversine_km(c.lat, c.lon, *centre) <= 1500 for c in row)
         assert len(row[0].place["country_code"]) == 2 and row[0].place["city"]
-    with pytest.raises(ValueError, match="contains no gallery location"):
+    with pytest.raises(ValueError, match="contains no candidate location"):
         locator.predict_features(feats[:1], prior=Radius(-89, 0, 10))
 
 
@@ -183,11 +181,11 @@ def test_gallery_refinement_matches_brute_force(world, trained):
                 )
                 best = members[np.argmin(d)]
             assert idx[0, c] == best and coords[0, c].tolist() == gallery[best].tolist()
-    locator = GeoSurgeLocator(trained[0], gallery=gallery, coordinates="gallery")
+    locator = Geolocator(trained[0], gallery=gallery, coordinates="gallery")
     row = locator.predict_features(feats[4000:4001], top_k=1)[0][0]
     assert [row.lat, row.lon] in gallery.tolist() or ref.nearest[row.gallery_index] == -1
     with pytest.raises(GeoalignError, match="needs a GPS gallery"):
-        GeoSurgeLocator(trained[0], coordinates="gallery")
+        Geolocator(trained[0], coordinates="gallery")
 
 
 # --- backbone and fusion paths with tiny models ---------------------------------------------------------
@@ -260,7 +258,7 @@ def test_trained_backbone_block_roundtrip(world, tiny_clip_dir, tiny_segmenter, 
                 p.add_(0.1)
     pixels = torch.randn(3, 3, 28, 28)
     seg = torch.randint(0, 150, (3, 28, 28)) if visual == "fusion" else None
-    out = model.encode_images(pixels, seg)
+    out = model.visual_from_pixels(pixels, seg)
     assert out.shape == (3, 16)
     path = model.save(tmp_path / "m")
     from safetensors.torch import load_file
@@ -272,9 +270,9 @@ def test_trained_backbone_block_roundtrip(world, tiny_clip_dir, tiny_segmenter, 
     }
     assert saved == trainable
     loaded = GeoSurge.load(path)
-    torch.testing.assert_close(loaded.encode_images(pixels, seg), out.detach())
+    torch.testing.assert_close(loaded.visual_from_pixels(pixels, seg), out.detach())
     # Prediction from pixels, incl. the ten-crop rule (mean of the crops' queries).
-    locator = GeoSurgeLocator(loaded, segmenter=tiny_segmenter if visual == "fusion" else None)
+    locator = Geolocator(loaded, segmenter=tiny_segmenter if visual == "fusion" else None)
     crops = torch.randn(2, 4, 3, 28, 28)
     q = locator.embed_pixels(crops)
     q_each = locator.embed_pixels(crops.flatten(0, 1)).view(2, 4, -1).mean(1)
@@ -283,64 +281,64 @@ def test_trained_backbone_block_roundtrip(world, tiny_clip_dir, tiny_segmenter, 
         list(np.random.default_rng(0).integers(0, 255, (2, 40, 50, 3), dtype=np.uint8))
     )
     assert [p.ok for p in preds] == [True, True] and len(preds[0].candidates) == 5
-    from geoalign.models.geosurge import evaluate_geosurge
-
     photos = list(np.random.default_rng(1).integers(0, 255, (3, 40, 50, 3), dtype=np.uint8))
-    res = evaluate_geosurge(locator, np.array([[10.0, 20.0]] * 3), images=photos, ten_crop=True)
-    assert res.latlon.shape == (3, 2) and res.metrics["n"] == 3
+    ten = locator.predict(photos, ten_crop=True, top_k=1)
+    assert [p.ok for p in ten] == [True] * 3
     if visual == "fusion":
         with pytest.raises(GeoalignError, match="segmenter"):
-            GeoSurgeLocator(loaded)
+            Geolocator(loaded)
         with pytest.raises(GeoalignError, match="not precomputed features"):
             loaded.encode_features(torch.randn(1, 16))
+        with pytest.raises(GeoalignError, match="not precomputed features"):
+            evaluate_model(loaded, torch.randn(2, 16), np.zeros((2, 2)))
 
 
 def test_evaluation_result_and_ten_crop_features(world, trained):
-    from geoalign.models.geosurge import evaluate_geosurge
-
     hierarchy, feats, pts = world
-    locator = GeoSurgeLocator(trained[0])
-    res = evaluate_geosurge(locator, pts[4000:], features=feats[4000:], name="gs")
+    locator = Geolocator(trained[0])
+    (res,) = evaluate_model(trained[0], feats[4000:], pts[4000:], name="gs", modes=["top1"])
     assert res.name == "gs (top-1 cell)" and res.metrics["n"] == 1000
     assert np.allclose(res.dist_km, _errors(locator, feats, pts))
     crops = feats[4000:4010, None].expand(-1, 3, -1)  # identical crops: same as one
-    ten = evaluate_geosurge(locator, pts[4000:4010], features=crops)
+    (ten,) = evaluate_model(locator, crops, pts[4000:4010], modes=["top1"])
     assert np.allclose(ten.latlon, res.latlon[:10])
 
 
-def test_is_geosurge_checkpoint(trained, tmp_path):
-    from geoalign.evaluation.geosurge import is_geosurge_checkpoint
+def test_registry_decides_the_method(trained, tmp_path):
+    from geoalign.errors import WeightsNotFoundError
+    from geoalign.models.registry import checkpoint_method
 
     _, path = trained
-    assert is_geosurge_checkpoint(path) and is_geosurge_checkpoint(path / "model.safetensors")
-    other = tmp_path / "geoclip"
-    other.mkdir()
-    (other / "config.json").write_text('{"method": "geoclip"}')
+    assert checkpoint_method(path) == checkpoint_method(path / "model.safetensors") == "geosurge"
+    assert checkpoint_method(path.parent) == "geosurge"  # a run folder holding last/
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
-    for path in (other, tmp_path / "broken", tmp_path / "missing", tmp_path):
-        assert not is_geosurge_checkpoint(path)
+    (tmp_path / "broken" / "model.safetensors").write_bytes(b"")
+    for bad in (tmp_path / "broken", tmp_path / "missing", tmp_path):
+        with pytest.raises(WeightsNotFoundError):
+            checkpoint_method(bad)
 
 
 def test_report_rows_top1_and_mode_seeking(world, trained):
     from geoalign.errors import DataError
-    from geoalign.evaluation.geosurge import geosurge_results
-    from geoalign.models.geosurge import evaluate_geosurge
+    from geoalign.models.registry import load_model
 
     hierarchy, feats, pts = world
     model, path = trained
     x, truth = feats[4000:4400], pts[4000:4400]
     seen = []
-    top1, mode = geosurge_results(
-        path, x, truth, name="gs", modes=["top1", "mode"], radius_km=750.0, progress=seen.append
+    loaded = load_model(path)
+    top1, mode = evaluate_model(
+        loaded, x, truth, name="gs", modes=["top1", "mode"], radius_km=750.0, progress=seen.append
     )
     assert sum(seen) == 400 and top1.mode == "top1" and mode.mode == "mode"
     assert top1.name == "gs (top-1 cell)" and mode.name == "gs (mode, 750 km)"
-    ref = evaluate_geosurge(GeoSurgeLocator(model), truth, features=x)
-    assert np.allclose(top1.latlon, ref.latlon) and np.allclose(top1.prob, ref.prob, atol=1e-6)
+    ref = Geolocator(model).predict_features(x, top_k=1)
+    assert np.allclose(top1.latlon, [[c[0].lat, c[0].lon] for c in ref])
+    assert np.allclose(top1.prob, [c[0].prob for c in ref], atol=1e-6)
     # Mode seeking, brute force: the cell whose 750 km neighbourhood holds the most mass.
     with torch.no_grad():
-        probs = model.cell_log_scores(model.queries(model.encode_features(x))).softmax(-1)
+        probs = model.cell_log_scores(model.encode_features(x)).softmax(-1)
     cells = model.cell_latlon
     near = haversine_km(cells[:, None, 0], cells[:, None, 1], cells[None, :, 0], cells[None, :, 1])
     mass = probs.double().numpy() @ (near <= 750.0)
@@ -348,13 +346,9 @@ def test_report_rows_top1_and_mode_seeking(world, trained):
     assert np.allclose(mode.prob, mass.max(1), atol=1e-5)
     assert (mode.prob >= top1.prob - 1e-6).all()  # a cell's mass includes its own probability
     # identical crops give the single-crop rows; errors name what is wrong
-    (crops,) = geosurge_results(
-        path, x[:20, None].expand(-1, 3, -1), truth[:20], name="c", modes=["mode"]
-    )
+    (crops,) = evaluate_model(loaded, x[:20, None].expand(-1, 3, -1), truth[:20], modes=["mode"])
     assert np.allclose(crops.latlon, mode.latlon[:20])
     with pytest.raises(DataError, match="reads 30-d features"):
-        geosurge_results(path, x[:, :5], truth, name="gs", modes=["top1"], radius_km=750.0)
+        evaluate_model(loaded, x[:, :5], truth, modes=["top1"])
     with pytest.raises(DataError, match="unknown prediction mode"):
-        geosurge_results(path, x, truth, name="gs", modes=["top5"], radius_km=750.0)
-    with pytest.raises(DataError, match="not a GeoSURGE checkpoint"):
-        geosurge_results(path.parent, x, truth, name="gs", modes=["top1"], radius_km=750.0)
+        evaluate_model(loaded, x, truth, modes=["top5"])

@@ -26,7 +26,7 @@ def test_quickstart_settings_are_the_scene_labels_config(tmp_path):
 
 
 def test_quickstart_rows_on_real_scene_labels_beat_random_guesses(tmp_path):
-    from geoalign.evaluation.descriptors import load_scene_label_set
+    from geoalign.data.scene_labels import load_scene_label_set
     from geoalign.geo.distance import haversine_km
     from geoalign.geo.metrics import geoscore
 

@@ -170,7 +170,8 @@ def test_train_from_features_stops_early_exports_and_predicts(tmp_path, tiny_cli
 def test_train_from_photos_with_fusion_and_resume(tmp_path, tiny_clip_dir):
     from geoalign.data.manifest import load_manifest
     from geoalign.data.segmentation_store import extract_segmentations
-    from geoalign.models.geosurge import GeoSurge, GeoSurgeLocator
+    from geoalign.inference.locator import Geolocator
+    from geoalign.models.geosurge import GeoSurge
     from geoalign.nn.backbones import load_backbone
 
     pts, _ = _points(107, seed=1)
@@ -231,7 +232,7 @@ def test_train_from_photos_with_fusion_and_resume(tmp_path, tiny_clip_dir):
     res2 = train_geosurge(load_geosurge_config_from(cfg, epochs=2))
     assert res2.global_step == 2 * first
     model = GeoSurge.load(res2.last_dir)
-    locator = GeoSurgeLocator(model, segmenter=segmenter)
+    locator = Geolocator(model, segmenter=segmenter)
     preds = locator.predict([tmp_path / "img" / "0.png"], top_k=3)
     assert preds[0].ok and len(preds[0].candidates) == 3
     # the CLI loads backbone and segmenter from the specs the checkpoint records
@@ -264,10 +265,10 @@ def test_bad_data_combinations_are_explained(tmp_path):
 @pytest.mark.slow
 def test_scene_labels_real_data_beats_the_prior(tmp_path):
     """Real data: YFCC26k Places365 scene labels -> location, tested on Im2GPS3k."""
-    from geoalign.evaluation.descriptors import load_scene_label_set
+    from geoalign.data.scene_labels import load_scene_label_set
     from geoalign.geo.distance import haversine_km
     from geoalign.geo.metrics import summarize_errors
-    from geoalign.models.geosurge import GeoSurgeLocator
+    from geoalign.inference.locator import Geolocator
 
     cfg = load_geosurge_config(
         CONFIGS / "scene_labels.yaml",
@@ -280,7 +281,7 @@ def test_scene_labels_real_data_beats_the_prior(tmp_path):
     finally:
         torch.set_num_threads(threads)
     feats, coords, _ = load_scene_label_set("im2gps3k")
-    locator = GeoSurgeLocator(res.model)
+    locator = Geolocator(res.model)
     cands = locator.predict_features(torch.from_numpy(feats), top_k=1)
     pred = np.array([[c[0].lat, c[0].lon] for c in cands])
     ours = summarize_errors(haversine_km(pred[:, 0], pred[:, 1], coords[:, 0], coords[:, 1]))

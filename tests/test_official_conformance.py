@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from geoalign.geo.gallery import load_gallery
-from geoalign.zoo import (
+from geoalign.models.registry import (
     load_checkpoint,
     load_image_head,
     load_location_encoder,
@@ -76,7 +76,7 @@ def test_subnormals_flushed_and_provenance_recorded():
 
 
 def test_second_load_reads_converted_safetensors(tmp_path, monkeypatch):
-    from geoalign import zoo
+    from geoalign.models import weights as zoo
 
     load_checkpoint("geoclip")
     calls = []

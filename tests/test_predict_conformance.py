@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from geoalign.geo.gallery import load_gallery
-from geoalign.geolocator import Geolocator
-from geoalign.zoo import load_image_head, load_location_encoder, load_logit_scale
+from geoalign.inference.locator import Geolocator
+from geoalign.models.registry import load_model
 
 geoclip_image_encoder = pytest.importorskip("geoclip.model.image_encoder")
 
@@ -26,11 +26,7 @@ class _FixedFeatures(torch.nn.Module):
 def _official(n_gallery: int | None) -> Geolocator:
     gallery = load_gallery("geoclip-100k")
     return Geolocator(
-        None,
-        load_image_head("geoclip"),
-        load_location_encoder("geoclip"),
-        load_logit_scale("geoclip"),
-        gallery if n_gallery is None else gallery.iloc[:n_gallery],
+        load_model("geoclip"), gallery=gallery if n_gallery is None else gallery.iloc[:n_gallery]
     )
 
 
@@ -67,17 +63,17 @@ def test_topk_equals_official_predict_full_100k(tmp_path, monkeypatch):
 
 
 def test_gallery_embeddings_cached(official_geolocator, monkeypatch):
-    from geoalign import gallery_cache
+    from geoalign.inference import gallery_cache
 
     path = gallery_cache.cached_gallery_path(
-        official_geolocator.location_encoder, official_geolocator._latlon
+        official_geolocator.model.location_encoder, official_geolocator._latlon
     )
     assert path.is_file()
     calls = []
     monkeypatch.setattr(
-        official_geolocator.location_encoder, "encode", lambda *a, **k: calls.append(1)
+        official_geolocator.model.location_encoder, "encode", lambda *a, **k: calls.append(1)
     )
     again = gallery_cache.gallery_embeddings(
-        official_geolocator.location_encoder, official_geolocator._latlon
+        official_geolocator.model.location_encoder, official_geolocator._latlon
     )
     assert calls == [] and again.shape == (5_000, 512)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from geoalign.search import GallerySearch
+from geoalign.inference.search import GallerySearch
 
 
 def _clustered(n: int, d: int = 32, n_centres: int = 200, seed: int = 0) -> torch.Tensor:

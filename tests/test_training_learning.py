@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from geoalign.baselines import KNN
-from geoalign.evaluation.descriptors import load_scene_label_set
+from geoalign.data.scene_labels import load_scene_label_set
 from geoalign.evaluation.harness import evaluate_baselines, evaluate_model, make_gallery
 from geoalign.training.quickstart import quickstart_config
 from geoalign.training.run import train

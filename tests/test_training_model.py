@@ -94,7 +94,7 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(back.queue.coords, model.queue.coords)
     assert back.config.features == "toy-features"
     # the lead's zoo loaders read the same folder
-    from geoalign.zoo import load_image_head, load_location_encoder, load_logit_scale
+    from geoalign.models.registry import load_image_head, load_location_encoder, load_logit_scale
 
     assert torch.allclose(
         load_location_encoder(tmp_path / "ckpt")(coords), model.encode_locations(coords)
@@ -104,7 +104,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_official_weights_load_into_the_model():
-    from geoalign.zoo import load_location_encoder, load_logit_scale
+    from geoalign.models.registry import load_location_encoder, load_logit_scale
 
     model = GeoCLIP.from_official(queue_size=8)
     coords = torch.tensor([[48.85, 2.35], [-33.9, 151.2]])

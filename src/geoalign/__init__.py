@@ -2,19 +2,24 @@
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from geoalign._version import __version__
 
 if TYPE_CHECKING:
-    from geoalign.geolocator import Geolocator
+    from geoalign.inference.locator import Geolocator
+    from geoalign.models.registry import load_model
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import geoalign` stays cheap (the CLI's --help must not import torch).
     if name == "Geolocator":
-        from geoalign.geolocator import Geolocator
+        from geoalign.inference.locator import Geolocator
 
         return Geolocator
+    if name == "load_model":
+        from geoalign.models.registry import load_model
+
+        return load_model
     raise AttributeError(f"module 'geoalign' has no attribute {name!r}")
 
 
-__all__ = ["Geolocator", "__version__"]
+__all__ = ["Geolocator", "__version__", "load_model"]

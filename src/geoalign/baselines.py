@@ -64,7 +64,7 @@ class KNN:
             self.name = "1-NN" if self.k == 1 else f"[L]kNN (k={self.k}, σ={self.sigma_km:g} km)"
 
     def fit(self, features, latlon) -> KNN:
-        from geoalign.search import GallerySearch
+        from geoalign.inference.search import GallerySearch
 
         self._coords = as_latlon_array(latlon, source="training coordinates")
         self._search = GallerySearch(_as_features(features), logit_scale=1.0)

@@ -28,7 +28,7 @@ def embed_locations(
     import torch
 
     from geoalign.geo.gallery import format_row_errors, read_coordinate_table
-    from geoalign.zoo import load_location_encoder
+    from geoalign.models.registry import load_location_encoder
 
     suffix = out.suffix.lower()
     if suffix not in {".npy", ".parquet"}:

@@ -133,7 +133,7 @@ def image(
         spec = backbone or net.config.features
         if not spec:
             fail("the checkpoint does not record its backbone: pass --backbone")
-        from geoalign.evaluation.descriptors import SCENE_LABELS
+        from geoalign.data.scene_labels import SCENE_LABELS
 
         if spec == SCENE_LABELS:
             fail(

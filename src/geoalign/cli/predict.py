@@ -82,7 +82,7 @@ def predict(
 
     from geoalign.data.images import expand_inputs
     from geoalign.geo.priors import parse_prior
-    from geoalign.geolocator import Geolocator
+    from geoalign.inference.locator import Geolocator
 
     prior = parse_prior(within, near, radius_km, bbox, land_only)
     sources = [str(p) for p in inputs]

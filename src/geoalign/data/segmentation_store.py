@@ -4,7 +4,7 @@ GeoSURGE's fusion module reads a segmentation map aligned pixel for pixel with w
 sees. We therefore segment the backbone's own crop: each photo is resized (shortest side) and centre
 cropped exactly as the backbone's preprocessing does, that uint8 crop goes to the segmenter, and the
 map is stored at the crop's size (336x336 for CLIP ViT-L/14-336). Training reads the same crop
-pixels (normalised) and this map; `GeoSurgeLocator` segments the same crop at prediction time.
+pixels (normalised) and this map; `geoalign.inference.Geolocator` segments the same crop at prediction time.
 
 Same crash-safety as the feature store (both use `geoalign.data.shards`): shard k holds manifest
 positions [k*S, (k+1)*S), is written to a temporary file and renamed into place, and index.json

@@ -1,7 +1,7 @@
 """Location encoders to compare, behind one small interface: latlon [N, 2] (degrees) -> emb [N, D].
 
 Anything that maps coordinates to features plugs in: a registered name, a geoalign checkpoint folder
-(our training runs; loaded through `geoalign.zoo`), or any Python callable wrapped with
+(our training runs; loaded through `geoalign.models.registry`), or any Python callable wrapped with
 `CallableEmbedder`. Each embedder carries a fingerprint, so cached embeddings are reused only for the
 same encoder weights and the same points.
 
@@ -115,13 +115,13 @@ def _sha_file(path: Path) -> str:
 
 @lru_cache(maxsize=1)
 def _official_fingerprint() -> str:
-    from geoalign.zoo import official_geoclip_dir
+    from geoalign.models.weights import official_geoclip_dir
 
     return "geoclip:" + _sha_file(official_geoclip_dir() / "model.safetensors")[:16]
 
 
 def _geoclip() -> LocationEmbedder:
-    from geoalign.zoo import load_location_encoder
+    from geoalign.models.registry import load_location_encoder
 
     return TorchModuleEmbedder("geoclip", load_location_encoder("geoclip"), _official_fingerprint())
 
@@ -139,7 +139,7 @@ def _official_rff_source():
 
     Read-only use: callers copy the RFF buffers (untrained) or only run it (rff-only).
     """
-    from geoalign.zoo import load_location_encoder
+    from geoalign.models.registry import load_location_encoder
 
     return load_location_encoder("geoclip")
 
@@ -199,7 +199,7 @@ def register_encoder(
 
 
 def _checkpoint(path: Path, label: str) -> LocationEmbedder:
-    from geoalign.zoo import load_location_encoder, resolve_checkpoint_dir
+    from geoalign.models.registry import load_location_encoder, resolve_checkpoint_dir
 
     folder = resolve_checkpoint_dir(path)
     fp = f"checkpoint:{_sha_file(folder / 'model.safetensors')[:16]}"

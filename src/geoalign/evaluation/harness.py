@@ -2,12 +2,11 @@
 
 Queries are backbone features ([N, D], or [N, crops, D] for ten-crop), ground truth is (N, 2)
 lat/lon, and the gallery is a named gallery (the official 100K), a file, or coordinates sampled
-from a training set. A model needs `encode_images`, `encode_locations` (or a `location_encoder`)
-and a logit scale (`scale()` or `logit_scale`, the log of exp-scale as GeoCLIP stores it).
+from a training set. Any method that implements `geoalign.models.base.Locator` is evaluated by
+the same code: GeoCLIP-style models over the gallery, GeoSURGE over its own cells.
 
 Ten-crop follows the official GeoCLIP code: logits are averaged over crops, which equals the logit
-of the mean of the crops' L2-normalised embeddings (the product is linear), so the mean embedding
-is searched.
+of the mean of the crops' queries (the logits are linear in them), so the mean query is ranked.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from geoalign.errors import DataError
 from geoalign.geo.coords import as_latlon_array
@@ -97,46 +95,11 @@ def make_gallery(
 # --- models -------------------------------------------------------------------------------------------
 
 
-def _logit_scale(model: Any) -> float:
-    if hasattr(model, "scale") and callable(model.scale):
-        return float(model.scale().detach().exp())
-    return float(torch.as_tensor(model.logit_scale).detach().exp())
-
-
-def _param(model: Any) -> torch.Tensor:
-    return next(model.parameters())
-
-
-@torch.inference_mode()
-def gallery_embeddings(model: Any, gallery: np.ndarray, *, cache: bool = False) -> torch.Tensor:
-    """[M, E] float32 gallery embeddings (cached on disk per encoder and gallery when asked)."""
-    encoder = getattr(model, "location_encoder", None)
-    if encoder is not None:
-        from geoalign.gallery_cache import gallery_embeddings as cached
-
-        return cached(encoder, gallery, cache=cache).float()
-    coords = torch.as_tensor(gallery, dtype=torch.float32, device=_param(model).device)
-    return torch.cat([model.encode_locations(c).float().cpu() for c in coords.split(4096)])
-
-
-@torch.inference_mode()
-def query_embeddings(model: Any, features: Any, batch_size: int = 2048) -> torch.Tensor:
-    """[N, E] unit (or, for ten-crop, crop-averaged unit) query embeddings."""
-    feats = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
-    param = _param(model)
-    out = []
-    for chunk in feats.split(batch_size):
-        emb = model.encode_images(chunk.to(param.device, torch.float32)).float()
-        emb = F.normalize(emb, dim=-1)
-        out.append((emb.mean(dim=1) if emb.dim() == 3 else emb).cpu())
-    return torch.cat(out)
-
-
 def evaluate_model(
     model: Any,
     features: Any,
     truth: np.ndarray,
-    gallery: np.ndarray,
+    gallery: np.ndarray | None = None,
     *,
     name: str = "model",
     modes: Sequence[str] = ("top1", "mode"),
@@ -145,62 +108,85 @@ def evaluate_model(
     cache_gallery: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[MethodResult]:
-    """One MethodResult per prediction mode ("top1", "mode")."""
+    """One MethodResult per prediction mode ("top1", "mode") for any method.
+
+    `model`: a `Locator` (GeoCLIP, concept-aware, GeoSURGE: ranked through a
+    `geoalign.inference.Geolocator` over `gallery`, which cell classifiers need only to refine
+    coordinates) or a ready `Geolocator`. Features [N, D] or [N, crops, D] (crops averaged).
+    The queries, the candidates, the temperature and the softmax are `Geolocator`'s, so
+    `predict` and `evaluate` give the same probabilities for the same model and inputs."""
     from geoalign.evaluation.modes import MODES, ModeSeeker
-    from geoalign.search import GallerySearch
+    from geoalign.inference.locator import Geolocator
 
     unknown = set(modes) - set(MODES)
     if unknown:
         raise DataError(f"unknown prediction mode(s) {sorted(unknown)}; known: {list(MODES)}")
     truth = as_latlon_array(truth, source="ground truth")
-    gallery = as_latlon_array(gallery, source="gallery")
-    if len(features) != len(truth):
-        raise DataError(f"{len(features)} query feature rows but {len(truth)} ground-truth rows")
-    was_training = model.training
-    model.eval()
+    feats = torch.as_tensor(features if torch.is_tensor(features) else np.asarray(features))
+    if feats.dim() not in (2, 3):
+        raise DataError(f"features must be [N, D] or [N, crops, D], got {tuple(feats.shape)}")
+    if len(feats) != len(truth):
+        raise DataError(f"{len(feats)} query feature rows but {len(truth)} ground-truth rows")
     start = time.perf_counter()
-    g_emb = gallery_embeddings(model, gallery, cache=cache_gallery)
-    q_emb = query_embeddings(model, features)
-    scale = _logit_scale(model)
-    t_embed = time.perf_counter() - start
-    search = GallerySearch(g_emb, scale)
-    g_unit = search.embeddings
-    seeker = ModeSeeker(gallery, radius_km) if "mode" in modes else None
-    idx = {m: np.empty(len(truth), dtype=np.int64) for m in modes}
-    prob = {m: np.empty(len(truth)) for m in modes}
-    t_mode = {m: 0.0 for m in modes}
-    for s in range(0, len(truth), batch_size):
-        q = q_emb[s : s + batch_size]
-        if "top1" in modes:
+    if isinstance(model, Geolocator):
+        geo, net = model, model.model
+    else:
+        net = model
+        if gallery is not None:
+            gallery = as_latlon_array(gallery, source="gallery")
+    if net.reads != "features":
+        raise DataError(
+            f"this {net.method} model reads {net.reads} (it trains a backbone block), not "
+            "precomputed features: evaluate it on the photos"
+        )
+    was_training = net.training
+    try:
+        if not isinstance(model, Geolocator):
+            geo = Geolocator(net, gallery=gallery, cache=cache_gallery)
+        cands = geo.candidates
+        seeker = ModeSeeker(cands.latlon, radius_km) if "mode" in modes else None
+        idx = {m: np.empty(len(truth), dtype=np.int64) for m in modes}
+        prob = {m: np.empty(len(truth)) for m in modes}
+        seconds = {m: 0.0 for m in modes}
+        shared = time.perf_counter() - start
+        for s in range(0, len(truth), batch_size):
             t = time.perf_counter()
-            res = search.topk(q, k=1)
-            idx["top1"][s : s + len(q)] = res.indices[:, 0].numpy()
-            prob["top1"][s : s + len(q)] = res.probs[:, 0].numpy()
-            t_mode["top1"] += time.perf_counter() - t
-        if seeker is not None:
-            t = time.perf_counter()
-            probs = torch.softmax(scale * (q @ g_unit.T), dim=-1)
-            best, mass = seeker.select(probs)
-            idx["mode"][s : s + len(q)] = best.numpy()
-            prob["mode"][s : s + len(q)] = mass.numpy()
-            t_mode["mode"] += time.perf_counter() - t
-        if progress is not None:
-            progress(len(q))
-    model.train(was_training)
+            q = geo.embed_features(feats[s : s + batch_size])
+            shared += time.perf_counter() - t
+            rows = slice(s, s + len(q))
+            if "top1" in modes:
+                t = time.perf_counter()
+                top, p = geo.topk(q, 1)
+                idx["top1"][rows], prob["top1"][rows] = top[:, 0], p[:, 0]
+                seconds["top1"] += time.perf_counter() - t
+            if seeker is not None:
+                t = time.perf_counter()
+                best, mass = seeker.select(geo.log_probs(q).exp())
+                idx["mode"][rows], prob["mode"][rows] = best.numpy(), mass.numpy()
+                seconds["mode"] += time.perf_counter() - t
+            if progress is not None:
+                progress(len(q))
+    finally:
+        net.train(was_training)
+    cells = cands.kind == "cells"
+    where = f"; coordinates: cell {geo.coordinates}" if cells else ""
     out = []
     for m in modes:
-        label = f"{name} (top-1)" if m == "top1" else f"{name} (mode, {radius_km:g} km)"
-        note = "p = top-1 probability" if m == "top1" else f"p = mass within {radius_km:g} km"
+        if m == "top1":
+            label = f"{name} (top-1 cell)" if cells else f"{name} (top-1)"
+            note = "p = hierarchical probability of the cell" if cells else "p = top-1 probability"
+        else:
+            label, note = f"{name} (mode, {radius_km:g} km)", f"p = mass within {radius_km:g} km"
         out.append(
             MethodResult.from_predictions(
                 label,
                 "model",
-                gallery[idx[m]],
+                geo.coordinates_of(idx[m][:, None])[:, 0],
                 truth,
                 mode=m,
                 prob=prob[m],
-                seconds=t_embed + t_mode[m],
-                notes=note,
+                seconds=shared + seconds[m],
+                notes=note + where,
             )
         )
     return out

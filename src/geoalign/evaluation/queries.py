@@ -43,7 +43,7 @@ def from_store(path: str | Path, *, max_rows: int | None = None, seed: int = 0) 
 
 
 def from_scene_labels(name_or_path: str) -> Queries:
-    from geoalign.evaluation.descriptors import load_scene_label_set
+    from geoalign.data.scene_labels import load_scene_label_set
 
     feats, coords, ids = load_scene_label_set(name_or_path)
     return Queries(torch.from_numpy(feats), coords, ids, f"scene labels of {name_or_path}")

@@ -1,14 +1,13 @@
 """One evaluation run: a trained model x queries x a gallery, beside baselines, written as a report.
 
 Shared by `geoalign evaluate` and by the evaluation `geoalign train` runs when training ends, so
-both give the same numbers for the same model and data. The checkpoint's config.json says which
-method made it; each method is loaded by its own class (a concept-aware checkpoint read as plain
-GeoCLIP would silently lose its concept projection).
+both give the same numbers for the same model and data. The registry
+(`geoalign.models.registry.load_model`) loads each checkpoint as the class of its method, and the
+harness ranks every method through the same `Geolocator` code.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from geoalign.errors import DataError
 
 if TYPE_CHECKING:  # the CLI imports this module at start-up: torch only when evaluating
-    from geoalign.evaluation.harness import Evaluation, MethodResult
+    from geoalign.evaluation.harness import Evaluation
     from geoalign.evaluation.queries import Queries
 
 BASELINE_ROWS = 200_000  # training rows the baselines see at most (kNN memory and time)
@@ -29,47 +28,12 @@ class EvaluationRun:
     paths: dict[str, Path]
 
 
-def checkpoint_config(model: str | Path) -> dict[str, Any]:
-    """The checkpoint's config.json (read without loading its weights)."""
-    from geoalign.zoo import resolve_checkpoint_dir
-
-    config = resolve_checkpoint_dir(model) / "config.json"
-    try:
-        return json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{config}: cannot read the checkpoint's config ({err})") from err
-
-
-def checkpoint_method(model: str | Path) -> str:
-    """ "geoclip", "concept" or "geosurge" (what the checkpoint's config.json says)."""
-    if str(model) == "geoclip":
-        return "geoclip"
-    return str(checkpoint_config(model).get("method", "geoclip"))
-
-
-def load_alignment_model(model: str | Path, device: str = "cpu") -> Any:
-    """A GeoCLIP-style model (GeoCLIP or concept-aware GeoCLIP) from a checkpoint folder."""
-    method = checkpoint_method(model)
-    if method == "concept":
-        from geoalign.models.concept import ConceptAwareGeoCLIP
-
-        return ConceptAwareGeoCLIP.load(model).to(device).eval()
-    if method != "geoclip":
-        raise DataError(f"{model}: a {method!r} checkpoint is not a GeoCLIP-style model")
-    from geoalign.models.geoclip import GeoCLIP
-
-    return GeoCLIP.load(model).to(device).eval()
-
-
 def model_features(model: str | Path) -> str | None:
     """The backbone the checkpoint's image side reads (None when it does not say), from its
-    config alone: the evaluation loads the weights once, later. GeoCLIP-style checkpoints keep it
-    in "geoclip"."features" (as `GeoCLIP.load` reads it), GeoSURGE in "backbone"."""
-    config = checkpoint_config(model)
-    geoclip = config.get("geoclip", {})
-    if config.get("method") != "geosurge" and "features" in geoclip:
-        return geoclip["features"]
-    return config.get("backbone")
+    config.json alone: the evaluation loads the weights once, later."""
+    from geoalign.models.registry import checkpoint_backbone, checkpoint_config
+
+    return checkpoint_backbone(checkpoint_config(model))
 
 
 def evaluate_checkpoint(
@@ -97,39 +61,36 @@ def evaluate_checkpoint(
         make_gallery,
     )
     from geoalign.evaluation.report import write_report
+    from geoalign.models.registry import load_checkpoint, load_model
 
     say = say or (lambda message: None)
     label = label or (Path(str(model)).name if str(model) != "geoclip" else "GeoCLIP (official)")
-    method = checkpoint_method(model)
-    if method == "geosurge":  # ranks its own geocells: the GPS gallery is not used
-        from geoalign.evaluation.geosurge import geosurge_results
-
-        rows: list[MethodResult] = geosurge_results(
-            model,
-            queries.features,
-            queries.truth,
-            name=label,
-            modes=list(modes),
-            radius_km=radius_km,
-            device=device,
-            progress=progress,
+    ckpt = load_checkpoint(model)
+    visual = ckpt.config.get(ckpt.method, {}).get("visual", "features")
+    if visual != "features":
+        raise DataError(
+            f"{ckpt.path}: this {ckpt.method} model (visual {visual!r}) trains a backbone block, "
+            "so precomputed features cannot stand in for its input: evaluate it on the photos "
+            "(--images/--manifest)"
         )
-        ev = Evaluation(benchmark, queries.ids, queries.truth, "the model's geocells", 0)
-    else:
-        net = load_alignment_model(model, device)
+    net = load_model(ckpt, device=device)
+    method = ckpt.method
+    g, g_name = None, "the model's geocells"
+    if net.ranks == "gallery" or getattr(net.config, "coordinates", "") == "gallery":
         g, g_name = make_gallery(gallery, None if train is None else train.truth, seed=seed)
-        ev = Evaluation(benchmark, queries.ids, queries.truth, g_name, len(g))
-        rows = evaluate_model(
-            net,
-            queries.features,
-            queries.truth,
-            g,
-            name=label,
-            modes=list(modes),
-            radius_km=radius_km,
-            cache_gallery=True,
-            progress=progress,
-        )
+    rows = evaluate_model(
+        net,
+        queries.features,
+        queries.truth,
+        g,
+        name=label,
+        modes=list(modes),
+        radius_km=radius_km,
+        cache_gallery=True,
+        progress=progress,
+    )
+    n_candidates = len(g) if net.ranks == "gallery" else len(net.cell_latlon)
+    ev = Evaluation(benchmark, queries.ids, queries.truth, g_name, n_candidates)
     ev.results += rows
     ev.meta.update(model=f"{model} ({method})", features=queries.description)
     ev.meta["ten_crop"] = queries.features.dim() == 3

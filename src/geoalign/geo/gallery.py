@@ -14,7 +14,7 @@ from geoalign.geo.coords import validate_latlon, wrap_longitude
 
 
 def _geoclip_100k() -> Path:
-    from geoalign.zoo import geoclip_package_dir
+    from geoalign.paths import geoclip_package_dir
 
     return geoclip_package_dir() / "model" / "gps_gallery" / "coordinates_100K.csv"
 

@@ -44,7 +44,7 @@ class FeatureSet:
 
 
 def _scene_labels(name: str) -> FeatureSet:
-    from geoalign.evaluation.descriptors import load_scene_label_set
+    from geoalign.data.scene_labels import load_scene_label_set
 
     feats, latlon, ids = load_scene_label_set(name)
     return FeatureSet(feats.astype(np.float32), latlon, ids.astype(str), f"{SCENE_PREFIX}{name}")
@@ -80,7 +80,7 @@ def load_feature_set(
     model_features: str | None = None,
 ) -> FeatureSet:
     """Features + coordinates from a store, an .npz, scene labels, or a benchmark (see module doc)."""
-    from geoalign.evaluation.descriptors import SCENE_LABELS
+    from geoalign.data.scene_labels import SCENE_LABELS
 
     if features:
         if features.startswith(SCENE_PREFIX):
@@ -131,9 +131,9 @@ def retrieve_top1(
     retrieval; gallery embeddings cached on disk per encoder and gallery)."""
     import torch
 
-    from geoalign.gallery_cache import gallery_embeddings
     from geoalign.geo.gallery import load_gallery
-    from geoalign.search import GallerySearch
+    from geoalign.inference.gallery_cache import gallery_embeddings
+    from geoalign.inference.search import GallerySearch
 
     table = load_gallery(gallery)
     latlon = table[["lat", "lon"]].to_numpy(dtype=np.float64)

@@ -542,15 +542,9 @@ def ranked_candidates(
 ) -> list[list[dict[str, Any]]]:
     """Top-k gallery locations per image embedding (GeoCLIP's retrieval), with place names."""
     from geoalign.geo.gallery import load_gallery
-    from geoalign.geolocator import Geolocator
+    from geoalign.inference.locator import Geolocator
 
-    geo = Geolocator(
-        None,
-        model.image_head,
-        model.location_encoder,
-        model.logit_scale.detach(),
-        load_gallery(gallery),
-    )
+    geo = Geolocator(model, gallery=load_gallery(gallery))
     emb = F.normalize(torch.as_tensor(image_emb).float(), dim=-1)
     ranked = geo.rank(emb, top_k=top_k, places=places)
     return [

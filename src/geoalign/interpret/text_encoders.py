@@ -317,7 +317,7 @@ def encode_concepts(
     """
     from safetensors.torch import load_file, save_file
 
-    from geoalign.zoo import cache_dir
+    from geoalign.paths import cache_dir
 
     key = hashlib.sha256(json.dumps([encoder.fingerprint, list(texts)]).encode()).hexdigest()[:24]
     path = cache_dir() / "concept_embeddings" / f"{key}.safetensors"

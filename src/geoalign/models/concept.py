@@ -11,14 +11,13 @@ contrastive loss (its queue, GPS noise and temperature unchanged):
 Inference is GeoCLIP's gallery retrieval; the concept scores explain it (`geoalign.interpret`).
 
 Checkpoints use the geoalign layout (`location_encoder.*`, `image_head.*`, `logit_scale`, `queue.*`,
-plus `concept.*`), so `geoalign.zoo.load_location_encoder` and the `Geolocator` read a concept-aware
+plus `concept.*`), so `geoalign.models.registry.load_location_encoder` and the `Geolocator` read a concept-aware
 checkpoint exactly like a GeoCLIP one.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -318,7 +317,7 @@ class ConceptAwareGeoCLIP(GeoCLIP):
         from geoalign.errors import WeightsNotFoundError
 
         cfg = ckpt.config
-        if cfg.get("method") != cls.method or "concept" not in cfg:
+        if "concept" not in cfg:
             raise WeightsNotFoundError(
                 f"{ckpt.path} is a {cfg.get('method', 'unknown')!r} checkpoint, not a concept-aware "
                 "one (train one with a configs/concept/*.yaml config)"
@@ -341,19 +340,9 @@ class ConceptAwareGeoCLIP(GeoCLIP):
         self.f_img.load_state_dict(ckpt.component("concept.f_img"), strict=True)
 
 
-def is_concept_checkpoint(name_or_path: str | Path) -> bool:
-    import json
-
-    from geoalign.zoo import resolve_checkpoint_dir
-
-    path = resolve_checkpoint_dir(name_or_path)
-    return json.loads((path / "config.json").read_text()).get("method") == "concept"
-
-
 __all__ = [
     "ConceptAwareGeoCLIP",
     "ConceptConfig",
     "ConceptInfo",
     "concept_divergence",
-    "is_concept_checkpoint",
 ]

@@ -5,10 +5,10 @@ The model works on backbone features (the backbone is frozen in the paper, so fe
 computed once and cached); any feature width works, so the same model trains on CLIP ViT-L/14
 embeddings, other backbones, or the scene-label descriptors of the quickstart. It starts from the
 official weights (`GeoCLIP.from_official`) or from scratch (`GeoCLIP(config)`), and saves/loads the
-geoalign checkpoint format (safetensors + config.json, see `geoalign.zoo`).
+geoalign checkpoint format (safetensors + config.json, see `geoalign.models.checkpoint`).
 
-Common interface shared with the other methods: `encode_images(features)`,
-`encode_locations(latlon)`, `scores(image_emb, location_emb)`.
+It implements `geoalign.models.base.Locator`: queries are unit image embeddings, candidates a GPS
+gallery with its unit location embeddings, logits exp(scale) * cosine with the clamped scale.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Self
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geoalign import __version__
+from geoalign._version import __version__
 from geoalign.geo.distance import EARTH_RADIUS_KM
 from geoalign.losses import logits_from_embeddings
+from geoalign.models.base import Candidates
 from geoalign.nn.image_head import ImageHead, ImageHeadConfig
 from geoalign.nn.location_encoder import LocationEncoder, LocationEncoderConfig
 
@@ -37,7 +40,8 @@ QueueInit = Literal["sphere", "latlon"]
 def perturb_gps(latlon: Tensor, sigma_m: float, generator: torch.Generator | None = None) -> Tensor:
     """Add isotropic Gaussian noise of `sigma_m` metres (north and east) to [..., 2] lat/lon.
 
-    The paper's σ_η = 150 and σ_η' = 1000 are metres (DESIGN notes). A step across a pole is
+    The paper gives σ_η = 150 and σ_η' = 1000 without a unit; reading them as metres is ours
+    (degrees would move a photo by up to half the globe). A step across a pole is
     reflected (lat -> ±180 - lat, lon + 180) and longitudes are wrapped to [-180, 180).
     """
     if sigma_m <= 0:
@@ -157,7 +161,55 @@ class GeoCLIP(nn.Module):
         )
         self.queue = GPSQueue(c.queue_size, c.queue_init, seed=c.seed)
 
-    # -- common interface -----------------------------------------------------------------------
+    # -- the Locator interface ------------------------------------------------------------------
+    ranks = "gallery"
+    reads = "features"
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.image_head.in_dim
+
+    @property
+    def backbone_spec(self) -> str | None:
+        return self.config.features
+
+    def encode_features(self, features: Tensor) -> Tensor:
+        """Backbone features [B, D] -> unit image embeddings (the queries)."""
+        param = next(self.image_head.parameters())
+        return F.normalize(self.image_head(features.to(param)).float(), dim=-1)
+
+    def encode_pixels(self, pixels: Tensor, segmentation: Tensor | None = None) -> Tensor:
+        raise TypeError(
+            f"a {self.method} model reads features of a frozen backbone: encode the pixels with "
+            f"the backbone ({self.config.features or 'not recorded'}) and call encode_features"
+        )
+
+    def candidates(
+        self, gallery: np.ndarray | None = None, keys: Tensor | None = None
+    ) -> Candidates:
+        """A GPS gallery [M, 2] with its unit location embeddings (`keys` if already known, e.g.
+        from the gallery cache; computed otherwise)."""
+        if gallery is None:
+            raise ValueError(f"a {self.method} model ranks a GPS gallery: give its coordinates")
+        latlon = np.asarray(gallery, dtype=np.float64).reshape(-1, 2)
+        if keys is None:
+            param = next(self.location_encoder.parameters())
+            keys = self.embed_gallery(
+                torch.as_tensor(latlon, dtype=torch.float32, device=param.device)
+            )
+        return Candidates(
+            latlon, "gallery", F.normalize(keys.float(), dim=-1), f"{len(latlon)} GPS points"
+        )
+
+    def temperature(self) -> float:
+        """The logit multiplier exp(scale) with the clamp applied: the only place it is read."""
+        return float(self.scale().detach().exp())
+
+    def logits(self, queries: Tensor, candidates: Candidates) -> Tensor:
+        keys = candidates.keys.to(queries.device)
+        return self.temperature() * (queries.float() @ keys.T)
+
+    # -- training interface -----------------------------------------------------------------------
     @property
     def embed_dim(self) -> int:
         return self.location_encoder.embed_dim
@@ -192,23 +244,43 @@ class GeoCLIP(nn.Module):
 
     @classmethod
     def load(cls, name_or_path: str | Path, **overrides: Any) -> Self:
-        """A geoalign checkpoint folder (or "geoclip" for the official weights).
+        """A geoalign checkpoint folder (or "geoclip" for the official weights)."""
+        from geoalign.models.registry import load_checkpoint
+
+        return cls.from_checkpoint(load_checkpoint(name_or_path), **overrides)
+
+    @classmethod
+    def from_checkpoint(
+        cls, ckpt: Any, *, device: Any = None, dtype: Any = None, **overrides: Any
+    ) -> Self:
+        """The model a `Checkpoint` holds (config and tensors already read, see the registry).
 
         Subclasses load through the same steps and add their own parts with the two hooks
         `_from_checkpoint` (build the model) and `_load_extra_state` (fill their tensors)."""
-        from geoalign.zoo import load_checkpoint
+        from geoalign.errors import WeightsNotFoundError
 
-        ckpt = load_checkpoint(name_or_path)
+        if ckpt.method != cls.method:
+            raise WeightsNotFoundError(
+                f"{ckpt.path} is a {ckpt.method!r} checkpoint, not a {cls.method!r} one"
+            )
         model = cls._from_checkpoint(ckpt, cls.config_from_checkpoint(ckpt.config, **overrides))
         model._load_extra_state(ckpt)
-        model.location_encoder.load_state_dict(ckpt.component("location_encoder"), strict=True)
-        model.image_head.load_state_dict(ckpt.component("image_head"), strict=True)
+        try:
+            model.location_encoder.load_state_dict(ckpt.component("location_encoder"), strict=True)
+            model.image_head.load_state_dict(ckpt.component("image_head"), strict=True)
+        except RuntimeError as err:
+            raise WeightsNotFoundError(
+                f"{ckpt.path}: the weights do not match the config.json's architecture "
+                f"({str(err).splitlines()[0]})"
+            ) from err
         with torch.no_grad():
             model.logit_scale.copy_(ckpt.state["logit_scale"].reshape(()))
         queue = ckpt.component("queue")
         if queue and queue["coords"].shape[0] == model.config.queue_size:
             model.queue.load_state_dict(queue)
         model.source = str(ckpt.path)
+        if device is not None or dtype is not None:
+            model = model.to(device=device, dtype=dtype)
         return model
 
     @staticmethod
@@ -246,8 +318,8 @@ class GeoCLIP(nn.Module):
         return {k: v.detach().float() if v.is_floating_point() else v for k, v in state.items()}
 
     def save(self, out_dir: str | Path, provenance: dict[str, Any] | None = None) -> Path:
-        """Write a geoalign checkpoint folder readable by `load` and `geoalign.zoo`."""
-        from geoalign.zoo import save_checkpoint
+        """Write a geoalign checkpoint folder readable by `load` and the registry."""
+        from geoalign.models.checkpoint import save_checkpoint
 
         config = {
             "method": self.method,

@@ -5,7 +5,9 @@ Geographic representation (Sec. III-A). One embedding table per partition level 
 `CellHierarchy` (coarse to fine), `embed_dim` = 768 by default, and one learnable temperature per
 level (initialised to 0.07). The levels share nothing: each is trained by its own loss term.
 
-Loss (Sec. III-C, eq. 1; defined in `geoalign.losses`). For level k, image i must pick the
+The embedding tables, classifiers and hierarchical inference are network modules in
+`geoalign.nn.geocells`; this file is the method: config, visual side, checkpoints, the Locator
+interface. Loss (Sec. III-C, eq. 1; defined in `geoalign.losses`). For level k, image i must pick the
 embedding g of its own cell among candidates, with logits cos(v, g) / tau_k; the total is the sum
 over levels of the per-level mean.
 `negatives="batch"` (the paper): the candidates are the cells present in the batch -- each distinct
@@ -32,8 +34,9 @@ cell's mean; a cell with no gallery point keeps its mean.
 Visual representation: precomputed backbone features through an optional head (`visual=
 "features"`, frozen backbone), the pooled output of a backbone whose last block trains
 (`"backbone"`, Table VIII's "no fusion"), or the semantic fusion module over CLIP tokens and a
-segmentation map (`"fusion"`). `GeoSurgeLocator` wraps a trained model in the same prediction API as
-`geoalign.geolocator.Geolocator` (priors, place names, ten-crop, batching, JSONL resume).
+segmentation map (`"fusion"`). It implements `geoalign.models.base.Locator`, so
+`geoalign.inference.Geolocator` and the evaluation harness rank its cells by the same code as
+GeoCLIP's gallery (priors, place names, ten-crop, batching).
 """
 
 from __future__ import annotations
@@ -45,19 +48,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geoalign import __version__
+from geoalign._version import __version__
 from geoalign.errors import GeoalignError, WeightsNotFoundError
 from geoalign.geo.cells import CellHierarchy
-from geoalign.geolocator import Candidate, Geolocator
-from geoalign.losses import (
-    LevelLosses,
-    Negatives,
-    hierarchical_classification_loss,
-    hierarchical_info_nce,
-)
+from geoalign.losses import LevelLosses, Negatives
+from geoalign.models.base import Candidates, Reads
+from geoalign.nn.geocells import GeographicEmbeddings, LevelClassifiers, hierarchical_log_scores
 from geoalign.nn.semantic_fusion import SemanticFusion, SemanticFusionConfig
 
 Objective = Literal["embeddings", "classifier"]
@@ -66,118 +64,6 @@ Head = Literal["identity", "linear", "mlp"]
 Coordinates = Literal["mean", "gallery"]
 METHOD = "geosurge"
 CELLS_DIR = "cells"
-
-
-# --- hierarchical inference ------------------------------------------------------------------
-
-
-def hierarchical_log_scores(level_logits: list[Tensor], fine_parents: Tensor) -> Tensor:
-    """log of the product over levels of softmax probabilities, for every finest cell: [B, n_fine].
-
-    level_logits[k] [B, n_k] (coarse to fine); fine_parents [n_fine, L-1] class index of each
-    finest cell's containing cell at the coarser levels (-1: none -> uniform 1/n_k).
-    """
-    n_levels = len(level_logits)
-    if fine_parents.dim() != 2 or fine_parents.shape[1] != n_levels - 1:
-        raise ValueError(
-            f"fine_parents must be [n_fine, {n_levels - 1}], got {tuple(fine_parents.shape)}"
-        )
-    out = torch.log_softmax(level_logits[-1].float(), dim=-1)
-    if fine_parents.shape[0] != out.shape[1]:
-        raise ValueError(f"{fine_parents.shape[0]} parent rows for {out.shape[1]} finest cells")
-    parents = fine_parents.to(out.device)
-    for k in range(n_levels - 1):  # a loop over levels; each gather covers every cell at once
-        logp = torch.log_softmax(level_logits[k].float(), dim=-1)
-        idx = parents[:, k]
-        gathered = logp.index_select(1, idx.clamp(min=0))
-        out = out + torch.where(idx >= 0, gathered, -math.log(logp.shape[1]))
-    return out
-
-
-# --- geographic representation -------------------------------------------------------------------
-
-
-class GeographicEmbeddings(nn.Module):
-    """One embedding table and one learnable temperature per level; logits = cos / tau_k."""
-
-    def __init__(
-        self,
-        level_sizes: tuple[int, ...],
-        dim: int,
-        temperature_init: float = 0.07,
-        learn_temperature: bool = True,
-        max_logit_scale: float = math.log(100.0),
-    ) -> None:
-        super().__init__()
-        self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in level_sizes)
-        self.logit_scales = nn.Parameter(
-            torch.full((len(level_sizes),), math.log(1.0 / temperature_init)),
-            requires_grad=learn_temperature,
-        )
-        self.max_logit_scale = max_logit_scale
-        self.sizes = tuple(level_sizes)
-        self._unit_cache: tuple[tuple, Tensor] | None = None
-
-    def unit_tables(self) -> Tensor:
-        """Every level's unit-norm embeddings, concatenated: [sum of cells, dim], float32.
-
-        Without autograd (inference, validation) the result is cached until a weight changes:
-        normalising ~60K x 768 embeddings per query batch would cost more than the matmul."""
-        weights = [t.weight for t in self.tables]
-        if torch.is_grad_enabled():
-            return torch.cat([F.normalize(w.float(), dim=-1) for w in weights])
-        key = tuple((w.data_ptr(), w._version, w.device, w.dtype) for w in weights)
-        if self._unit_cache is None or self._unit_cache[0] != key:
-            unit = torch.cat([F.normalize(w.detach().float(), dim=-1) for w in weights])
-            self._unit_cache = (key, unit)
-        return self._unit_cache[1]
-
-    def scales(self) -> Tensor:
-        """Log logit scales in use, clamped like CLIP's (tau >= 0.01)."""
-        return self.logit_scales.clamp(max=self.max_logit_scale)
-
-    def queries(self, visual: Tensor) -> Tensor:
-        return F.normalize(visual.float(), dim=-1)
-
-    def logits(self, queries: Tensor) -> list[Tensor]:
-        """exp(scale_k) * cosine for each level; `queries` are normalised (see `queries`)."""
-        scales = self.scales().float().exp()
-        sims = queries.float() @ self.unit_tables().T  # one matmul for all levels
-        return [scales[k] * part for k, part in enumerate(sims.split(self.sizes, dim=-1))]
-
-    def loss(
-        self,
-        visual: Tensor,
-        labels: Tensor,
-        *,
-        negatives: Negatives = "batch",
-        candidate_labels: Tensor | None = None,
-    ) -> LevelLosses:
-        return hierarchical_info_nce(
-            visual,
-            [t.weight for t in self.tables],
-            self.scales(),
-            labels,
-            negatives=negatives,
-            candidate_labels=candidate_labels,
-        )
-
-
-class LevelClassifiers(nn.Module):
-    """A linear classifier per level (no geographic embeddings, no temperature)."""
-
-    def __init__(self, level_sizes: tuple[int, ...], dim: int) -> None:
-        super().__init__()
-        self.heads = nn.ModuleList(nn.Linear(dim, n) for n in level_sizes)
-
-    def queries(self, visual: Tensor) -> Tensor:
-        return visual.float()
-
-    def logits(self, queries: Tensor) -> list[Tensor]:
-        return [F.linear(queries.float(), h.weight.float(), h.bias.float()) for h in self.heads]
-
-    def loss(self, visual: Tensor, labels: Tensor, **_: Any) -> LevelLosses:
-        return hierarchical_classification_loss(self.logits(self.queries(visual)), labels)
 
 
 # --- the model ---------------------------------------------------------------------------------
@@ -299,19 +185,23 @@ class GeoSurge(nn.Module):
         params = list(self.head.parameters()) if self.head is not None else []
         return params[0].dtype if params else torch.float32
 
-    def encode_features(self, features: Tensor) -> Tensor:
+    def visual_from_features(self, features: Tensor) -> Tensor:
         """Precomputed backbone features [..., feature_dim] -> visual features [..., embed_dim]."""
-        if self.config.visual == "fusion":
+        if self.config.visual != "features":
             raise GeoalignError(
-                "this GeoSURGE model fuses CLIP tokens with segmentation maps: it reads images, "
-                "not precomputed features"
+                f"this GeoSURGE model (visual {self.config.visual!r}) trains a backbone block"
+                + (" and fuses segmentation maps" if self.config.visual == "fusion" else "")
+                + ": it reads photos, not precomputed features"
             )
         return self.head(features.to(self._head_dtype()))
 
-    def encode_images(self, pixel_values: Tensor, seg: Tensor | None = None) -> Tensor:
+    def visual_from_pixels(self, pixel_values: Tensor, seg: Tensor | None = None) -> Tensor:
         """Backbone pixel values [B, 3, S, S] (+ label maps [B, S, S] for fusion) -> visual."""
         if self.config.visual == "features":
-            raise GeoalignError("this GeoSURGE model reads precomputed features (encode_features)")
+            raise GeoalignError(
+                "this GeoSURGE model reads features of a frozen backbone: encode the pixels with "
+                f"the backbone ({self.config.backbone or 'not recorded'}) and pass the features"
+            )
         if self.config.visual == "backbone":
             return self.head(self.backbone(pixel_values).to(self._head_dtype()))
         if seg is None:
@@ -321,8 +211,45 @@ class GeoSurge(nn.Module):
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
         """A training/eval batch ("features", or "pixels" [+ "seg"]) -> visual features [B, D]."""
         if "features" in batch:
-            return self.encode_features(batch["features"])
-        return self.encode_images(batch["pixels"], batch.get("seg"))
+            return self.visual_from_features(batch["features"])
+        return self.visual_from_pixels(batch["pixels"], batch.get("seg"))
+
+    # -- the Locator interface --------------------------------------------------------------------
+    ranks = "cells"
+
+    @property
+    def reads(self) -> Reads:
+        return {"features": "features", "backbone": "pixels"}.get(
+            self.config.visual, "pixels+segmentation"
+        )
+
+    @property
+    def feature_dim(self) -> int | None:
+        return self.config.feature_dim
+
+    @property
+    def backbone_spec(self) -> str | None:
+        return self.config.backbone
+
+    def encode_features(self, features: Tensor) -> Tensor:
+        """Backbone features [B, D] -> queries (see `queries`)."""
+        return self.queries(self.visual_from_features(features.to(self.fine_parents.device)))
+
+    def encode_pixels(self, pixels: Tensor, segmentation: Tensor | None = None) -> Tensor:
+        """Pixels [B, 3, S, S] (+ label maps for fusion) -> queries, through the trained block."""
+        return self.queries(self.visual_from_pixels(pixels, segmentation))
+
+    def candidates(
+        self, gallery: np.ndarray | None = None, keys: Tensor | None = None
+    ) -> Candidates:
+        """The finest cells at their mean training coordinates (a GPS gallery only refines the
+        coordinates of predicted cells, see `geoalign.inference.cell_gallery`)."""
+        return Candidates(self.cell_latlon, "cells", None, f"{len(self.cell_latlon)} finest cells")
+
+    def logits(self, queries: Tensor, candidates: Candidates | None = None) -> Tensor:
+        """Hierarchical log scores of the finest cells (per-level temperatures applied in
+        `geo.logits`): their softmax is the normalised product of the levels' probabilities."""
+        return self.cell_log_scores(queries.to(self.fine_parents.device))
 
     # -- geographic side --------------------------------------------------------------------------
     @property
@@ -393,7 +320,7 @@ class GeoSurge(nn.Module):
 
     def save(self, out_dir: str | Path, provenance: dict[str, Any] | None = None) -> Path:
         """Write a geoalign checkpoint folder: model.safetensors, config.json and cells/."""
-        from geoalign.zoo import save_checkpoint
+        from geoalign.models.checkpoint import save_checkpoint
 
         out = Path(out_dir)
         config = {
@@ -407,31 +334,40 @@ class GeoSurge(nn.Module):
         return out
 
     @classmethod
-    def load(
+    def load(cls, name_or_path: str | Path, **kwargs: Any) -> GeoSurge:
+        """A checkpoint written by `save` (see `from_checkpoint` for the options)."""
+        from geoalign.models.registry import load_checkpoint
+
+        return cls.from_checkpoint(load_checkpoint(name_or_path), **kwargs)
+
+    @classmethod
+    def from_checkpoint(
         cls,
-        name_or_path: str | Path,
+        ckpt: Any,
         *,
         backbone: nn.Module | str | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
         local_files_only: bool | None = None,
     ) -> GeoSurge:
-        """A checkpoint written by `save`. Models with a trained backbone block load their
+        """The model a `Checkpoint` holds. Models with a trained backbone block load their
         pretrained backbone (`backbone`: a spec, a module, or None = the one recorded) and put
         the trained parameters into it. The model comes back frozen, in eval mode."""
-        from geoalign.zoo import load_checkpoint
-
-        ckpt = load_checkpoint(name_or_path)
-        if ckpt.config.get("method") != METHOD:
+        if ckpt.method != METHOD:
             raise WeightsNotFoundError(
-                f"{ckpt.path}: a {ckpt.config.get('method')!r} checkpoint, not a GeoSURGE one"
+                f"{ckpt.path}: a {ckpt.method!r} checkpoint, not a GeoSURGE one"
             )
-        config = GeoSurgeConfig.from_dict(ckpt.config[METHOD])
+        try:
+            config = GeoSurgeConfig.from_dict(ckpt.config[METHOD])
+        except (KeyError, TypeError, ValueError) as err:
+            raise WeightsNotFoundError(f"{ckpt.path}: bad GeoSURGE config.json ({err})") from err
         cells = ckpt.path / CELLS_DIR
         if not (cells / "hierarchy.json").is_file():
             raise WeightsNotFoundError(f"{ckpt.path}: the cell hierarchy ({CELLS_DIR}/) is missing")
         hierarchy = CellHierarchy.load(cells)
         module = None
+        device = device or "cpu"
+        dtype = dtype or torch.float32
         if config.visual != "features":
             module = _backbone_module(
                 backbone, config, device=device, dtype=dtype, local_files_only=local_files_only
@@ -486,270 +422,3 @@ def _backbone_module(
             f"was trained with {config.image_size}px ({config.backbone})"
         )
     return module
-
-
-# --- GPS gallery refinement ------------------------------------------------------------------------
-
-
-class CellGallery:
-    """GPS gallery points grouped by the finest cell containing them.
-
-    `refine(cells, scores)` turns predicted cells into coordinates: the gallery point of the cell
-    with the highest score (scores [B, M] over the whole gallery, e.g. GeoCLIP logits of the image),
-    or without scores the point nearest the cell's mean training coordinate. Cells without a
-    gallery point keep their mean.
-    """
-
-    def __init__(self, latlon: np.ndarray, hierarchy: CellHierarchy) -> None:
-        from geoalign.geo.distance import haversine_km
-
-        self.latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
-        fine = hierarchy.partitions[-1]
-        self.cell_latlon = np.stack([fine.lat_mean, fine.lon_mean], axis=1)
-        cells = hierarchy.assign(self.latlon[:, 0], self.latlon[:, 1])[:, -1]
-        self.point_cell = cells
-        inside = np.flatnonzero(cells >= 0)
-        self.order = inside[np.argsort(cells[inside], kind="stable")]
-        n = len(fine)
-        self.offsets = np.searchsorted(cells[self.order], np.arange(n + 1))
-        self.nearest = np.full(n, -1, dtype=np.int64)
-        if inside.size:
-            mean = self.cell_latlon[cells[inside]]
-            d = haversine_km(self.latlon[inside, 0], self.latlon[inside, 1], mean[:, 0], mean[:, 1])
-            by_cell_then_distance = np.lexsort((d, cells[inside]))
-            first = np.unique(cells[inside][by_cell_then_distance], return_index=True)
-            self.nearest[first[0]] = inside[by_cell_then_distance[first[1]]]
-
-    def __len__(self) -> int:
-        return len(self.latlon)
-
-    def refine(
-        self, cells: np.ndarray, scores: Tensor | np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(coordinates [B, k, 2], gallery index [B, k] or -1 where the cell mean was kept)."""
-        cells = np.asarray(cells, dtype=np.int64)
-        if scores is None:
-            idx = self.nearest[cells]
-        else:
-            s = scores.detach().float().cpu().numpy() if torch.is_tensor(scores) else scores
-            if s.shape != (cells.shape[0], len(self)):
-                raise ValueError(f"scores must be [{cells.shape[0]}, {len(self)}], got {s.shape}")
-            idx = np.full(cells.shape, -1, dtype=np.int64)
-            for b, j in np.ndindex(*cells.shape):  # one small lookup per candidate, not per cell
-                members = self.order[self.offsets[cells[b, j]] : self.offsets[cells[b, j] + 1]]
-                if members.size:
-                    idx[b, j] = members[np.argmax(s[b, members])]
-        coords = np.where(
-            (idx >= 0)[..., None], self.latlon[idx.clip(min=0)], self.cell_latlon[cells]
-        )
-        return coords, idx
-
-
-# --- prediction -----------------------------------------------------------------------------------
-
-
-class GeoSurgeLocator(Geolocator):
-    """GeoSURGE behind the `Geolocator` prediction API (iter_predict, predict, predict_features,
-    rank, prior_mask): it reuses Geolocator's batching, ten-crop, error records and resume, and
-    replaces what is ranked -- finest cells by hierarchical inference instead of gallery points.
-
-    `Candidate.gallery_index` is the finest cell's class index. Priors keep the cells whose mean
-    training coordinate satisfies them. Fusion models segment each backbone crop on the fly with
-    `segmenter` (the same crop the training maps were made from).
-    """
-
-    def __init__(
-        self,
-        model: GeoSurge,
-        *,
-        backbone: nn.Module | None = None,
-        segmenter: nn.Module | None = None,
-        gallery: Any = None,
-        coordinates: Coordinates | None = None,
-    ) -> None:
-        # Geolocator.__init__ builds a GPS gallery search; GeoSURGE ranks cells, so it is not called.
-        self.model = model.eval()
-        self.backbone = model.backbone if model.backbone is not None else backbone
-        if self.backbone is not None:
-            self.backbone.eval()
-        self.segmenter = segmenter
-        if model.config.visual == "fusion" and segmenter is None:
-            raise GeoalignError("this GeoSURGE model fuses segmentation maps: pass a segmenter")
-        self.coordinates = coordinates or model.config.coordinates
-        self._latlon = model.cell_latlon
-        self.refiner: CellGallery | None = None
-        if self.coordinates == "gallery":
-            if gallery is None:
-                raise GeoalignError("coordinates='gallery' needs a GPS gallery")
-            latlon = gallery[["lat", "lon"]].to_numpy() if hasattr(gallery, "columns") else gallery
-            self.refiner = CellGallery(np.asarray(latlon, dtype=np.float64), model.hierarchy)
-        elif self.coordinates != "mean":
-            raise ValueError(f"coordinates must be 'mean' or 'gallery', got {self.coordinates!r}")
-        self._places = None
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model: str | Path = "runs/geosurge/last",
-        *,
-        backbone: str | nn.Module | None = "auto",
-        segmenter: str | nn.Module | None = "auto",
-        gallery: Any = None,
-        coordinates: Coordinates | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-        cache: bool = True,
-    ) -> GeoSurgeLocator:
-        """A trained GeoSURGE folder. "auto" backbone/segmenter = the specs it records; a gallery
-        (name, file or DataFrame) is read only for coordinates="gallery"."""
-        auto_bb = backbone is None or (isinstance(backbone, str) and backbone == "auto")
-        net = GeoSurge.load(
-            model, backbone=None if auto_bb else backbone, device=device, dtype=dtype
-        )
-        frozen = None
-        if net.config.visual == "features" and net.config.backbone and auto_bb:
-            frozen = net.config.backbone
-        elif net.config.visual == "features" and not auto_bb:
-            frozen = backbone
-        if isinstance(frozen, str):
-            from geoalign.evaluation.descriptors import SCENE_LABELS
-            from geoalign.nn.backbones import load_backbone
-
-            # scene-label descriptors come with the benchmarks, no model makes them from photos
-            frozen = (
-                None
-                if frozen == SCENE_LABELS
-                else load_backbone(frozen, device=device, dtype=dtype)
-            )
-        seg = None
-        if net.config.visual == "fusion":
-            seg = segmenter
-            if seg is None or (isinstance(seg, str) and seg == "auto"):
-                seg = net.config.segmenter
-            if isinstance(seg, str):
-                from geoalign.nn.segmenters import load_segmenter
-
-                seg = load_segmenter(seg, device=device)
-        mode = coordinates or net.config.coordinates
-        table = None
-        if mode == "gallery":
-            from geoalign.geo.gallery import load_gallery
-
-            table = (
-                gallery if hasattr(gallery, "columns") else load_gallery(gallery or "geoclip-100k")
-            )
-        return cls(net, backbone=frozen, segmenter=seg, gallery=table, coordinates=mode)
-
-    # -- embeddings -------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Precomputed backbone features [B, D] -> queries (see `GeoSurge.queries`)."""
-        device = self.model.fine_parents.device
-        return self.model.queries(self.model.encode_features(features.to(device)))
-
-    @torch.inference_mode()
-    def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> queries; (B, n_crops, 3, H, W) -> the mean of the crops' queries,
-        which makes every level's logits the mean of the crops' logits."""
-        if self.backbone is None:
-            raise ValueError("this locator has no backbone: pass features to predict_features")
-        crops = pixel_values.ndim == 5
-        flat = pixel_values.flatten(0, 1) if crops else pixel_values
-        if self.model.config.visual == "features":
-            visual = self.model.encode_features(self.backbone(flat))
-        elif self.model.config.visual == "backbone":
-            visual = self.model.encode_images(flat)
-        else:
-            from geoalign.data.segmentation_store import denormalize
-
-            rgb = denormalize(flat, self.backbone.preprocess)
-            seg = self.segmenter(rgb, size=tuple(flat.shape[-2:]))
-            visual = self.model.encode_images(flat, seg)
-        q = self.model.queries(visual)
-        if crops:
-            q = q.view(pixel_values.shape[0], pixel_values.shape[1], -1).mean(1)
-        return q
-
-    # -- ranking ------------------------------------------------------------------------------------
-    def rank(
-        self,
-        embeddings: torch.Tensor,
-        *,
-        top_k: int = 5,
-        mask: torch.Tensor | None = None,
-        places: bool = False,
-        gallery_scores: torch.Tensor | None = None,
-    ) -> list[list[Candidate]]:
-        """Top-k finest cells per query (hierarchical inference) as coordinates."""
-        device = self.model.fine_parents.device
-        idx, probs = self.model.top_cells(embeddings.to(device), top_k, mask)
-        idx, probs = idx.cpu().numpy(), probs.cpu().numpy()
-        if self.refiner is not None:
-            coords, _ = self.refiner.refine(idx, gallery_scores)
-        else:
-            coords = self._latlon[idx]
-        return self._candidates(idx, coords, probs, places)
-
-
-def evaluate_geosurge(
-    locator: GeoSurgeLocator,
-    truth: np.ndarray,
-    *,
-    features: Tensor | np.ndarray | None = None,
-    images: Any = None,
-    name: str = "GeoSURGE",
-    prior: Any = None,
-    ten_crop: bool = False,
-    batch_size: int = 256,
-    progress: Any = None,
-) -> Any:
-    """A `geoalign.evaluation.harness.MethodResult` (mode "top1": the top finest cell) for
-    benchmark queries given as backbone features [N, D] ([N, crops, D]: crop queries averaged)
-    or as photos (paths/images, segmented on the fly for fusion models; `ten_crop` as published).
-    GeoSURGE ranks its own cells, so no GPS gallery is involved."""
-    import time
-
-    from geoalign.errors import DataError
-    from geoalign.evaluation.harness import MethodResult
-    from geoalign.geo.coords import as_latlon_array
-
-    truth = as_latlon_array(truth, source="ground truth")
-    start = time.perf_counter()
-    mask = locator.prior_mask(prior)
-    cands: list[list[Candidate]] = []
-    if features is not None:
-        feats = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
-        for chunk in feats.float().split(batch_size):
-            q = locator.embed_features(chunk.flatten(0, 1) if chunk.dim() == 3 else chunk)
-            if chunk.dim() == 3:
-                q = q.view(chunk.shape[0], chunk.shape[1], -1).mean(1)
-            cands += locator.rank(q, top_k=1, mask=mask)
-            if progress is not None:
-                progress(len(chunk))
-    elif images is not None:
-        for pred in locator.iter_predict(
-            images,
-            top_k=1,
-            prior=prior,
-            ten_crop=ten_crop,
-            batch_size=batch_size,
-            on_batch=progress,
-        ):
-            if not pred.ok:
-                raise DataError(f"{pred.source}: {pred.error} (fix or drop it from the benchmark)")
-            cands.append(pred.candidates)
-    else:
-        raise ValueError("give the queries: features or images")
-    if len(cands) != len(truth):
-        raise DataError(f"{len(cands)} queries but {len(truth)} ground-truth rows")
-    pred = np.array([[c[0].lat, c[0].lon] for c in cands])
-    return MethodResult.from_predictions(
-        f"{name} (top-1 cell)",
-        "model",
-        pred,
-        truth,
-        mode="top1",
-        prob=np.array([c[0].prob for c in cands]),
-        seconds=time.perf_counter() - start,
-        notes=f"p = hierarchical probability of the cell; coordinates: {locator.coordinates}",
-    )

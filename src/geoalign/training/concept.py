@@ -119,7 +119,7 @@ def _training_rows(run: ConceptRun, arrays: Any) -> tuple[np.ndarray, np.ndarray
     if d.source == "arrays" and arrays is not None:
         feats, coords = np.asarray(arrays[0], np.float32), np.asarray(arrays[1], np.float64)
     elif d.source == "scene-labels":
-        from geoalign.evaluation.descriptors import load_scene_label_set
+        from geoalign.data.scene_labels import load_scene_label_set
 
         feats, coords, _ = load_scene_label_set(d.path or "yfcc26k")
     elif d.source == "store" and d.path:

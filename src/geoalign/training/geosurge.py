@@ -332,7 +332,7 @@ def build_data(cfg: GeoSurgeTrainConfig, arrays: tuple[Any, Any] | None = None) 
                 raise GeoalignError("data.source 'arrays' needs features and coordinates passed in")
             feats, coords = (np.asarray(a) for a in arrays)
         else:
-            from geoalign.evaluation.descriptors import load_scene_label_set
+            from geoalign.data.scene_labels import load_scene_label_set
 
             feats, coords, _ = load_scene_label_set(d.path or "yfcc26k")
         train, val = _split(len(coords), cfg)
@@ -869,7 +869,8 @@ def geosurge_quickstart_rows(
     `progress`: Lightning's progress bar (None: off). Runs on one CPU thread and restores the
     thread count after: the model is an MLP and a few hundred cell embeddings, and on a busy
     2-core machine a second thread made each step ~20x slower (contention), not faster."""
-    from geoalign.evaluation.geosurge import geosurge_results
+    from geoalign.evaluation.harness import evaluate_model
+    from geoalign.models.registry import load_model
 
     start = time.perf_counter()
     cfg = quickstart_geosurge_config(out_dir, seed=seed)
@@ -879,8 +880,8 @@ def geosurge_quickstart_rows(
         res = train_geosurge(cfg, arrays=(train_x, train_y), progress=bool(progress))
         model_dir = res.best_dir if res.best_dir.is_dir() else res.last_dir
         trained = time.perf_counter()
-        rows = geosurge_results(
-            model_dir,
+        rows = evaluate_model(
+            load_model(model_dir),
             test_x,
             test_y,
             name=QUICKSTART_NAME,

@@ -98,7 +98,7 @@ def run_quickstart(
     import numpy as np
 
     from geoalign.baselines import default_baselines
-    from geoalign.evaluation.descriptors import load_scene_label_set
+    from geoalign.data.scene_labels import load_scene_label_set
     from geoalign.evaluation.harness import evaluate_baselines, evaluate_model, make_gallery
     from geoalign.evaluation.report import write_report
     from geoalign.training.run import train

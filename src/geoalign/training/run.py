@@ -113,7 +113,7 @@ def build_source(
         src = ArraySource(*arrays, fraction=d.fraction, fraction_seed=d.fraction_seed)
         return src, int(src.features.shape[-1]), None
     if d.source == "scene-labels":
-        from geoalign.evaluation.descriptors import load_scene_label_set
+        from geoalign.data.scene_labels import load_scene_label_set
 
         feats, coords, _ = load_scene_label_set(d.path or "yfcc26k")
         src = ArraySource(feats, coords, fraction=d.fraction, fraction_seed=d.fraction_seed)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from geoalign.nn.location_encoder import LocationEncoder
-from geoalign.zoo import cache_dir
+from geoalign.paths import cache_dir
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -49,7 +49,9 @@ def gallery_embeddings(
         if arr.shape[0] == len(latlon):
             return torch.from_numpy(arr)
     param = next(encoder.parameters())
-    coords = torch.as_tensor(latlon, dtype=torch.float32, device=param.device)
+    coords = torch.tensor(
+        latlon, dtype=torch.float32, device=param.device
+    )  # (a copy: may be read-only)
     emb = encoder.encode(coords, batch_size=batch_size, progress=progress).float().cpu()
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,344 @@
+"""The inference pipeline over any `Locator`: images or features in, ranked coordinates with
+probabilities and place names out.
+
+Separate from training (as plonk separates pipe.py): it imports no trainer. For retrieval methods
+the gallery embeddings are computed once (cached on disk) and searched by `GallerySearch`; cell
+classifiers (GeoSURGE) rank their own cells. Either way candidates, priors, ten-crop, batching and
+error records are this one code path, and so is `log_probs`, which the evaluation harness reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from geoalign.errors import DataError, GeoalignError
+from geoalign.inference.cell_gallery import CellGallery
+from geoalign.inference.gallery_cache import gallery_embeddings
+from geoalign.inference.prediction import Candidate, Prediction
+from geoalign.inference.search import GallerySearch
+from geoalign.models.base import Locator, average_crops, log_probs
+
+NO_IMAGE_BACKBONE = {"places365-scene-labels"}  # feature specs no backbone makes from photos
+
+
+class Geolocator:
+    """A trained `Locator`, the backbone (and segmenter) that read photos for it, and its
+    candidates: GPS gallery rows for retrieval methods, finest cells for cell classifiers.
+
+    `backbone`: the frozen backbone whose features a features-reading model expects (None:
+    features only, see `predict_features`); models that train their own backbone block bring it.
+    `gallery`: the GPS gallery (a DataFrame with lat/lon) a retrieval model ranks, or that refines
+    the coordinates of a cell classifier's cells (`coordinates="gallery"`).
+    """
+
+    def __init__(
+        self,
+        model: Locator,
+        *,
+        backbone: torch.nn.Module | None = None,
+        segmenter: torch.nn.Module | None = None,
+        gallery: pd.DataFrame | np.ndarray | None = None,
+        coordinates: str | None = None,
+        cache: bool = True,
+        progress: Callable[[int], None] | None = None,
+        gallery_precision: str = "float32",
+    ) -> None:
+        if not isinstance(model, Locator):
+            raise TypeError(f"{type(model).__name__} does not implement geoalign's Locator")
+        self.model = model.eval()
+        own = getattr(model, "backbone", None) if model.reads != "features" else None
+        self.backbone = own if own is not None else backbone
+        if self.backbone is not None:
+            self.backbone.eval()
+        self.segmenter = segmenter
+        if model.reads == "pixels+segmentation" and segmenter is None:
+            raise GeoalignError("this model fuses segmentation maps: pass a segmenter")
+        table = _gallery_frame(gallery)
+        self.gallery = table
+        self.search: GallerySearch | None = None
+        self.refiner: CellGallery | None = None
+        if model.ranks == "gallery":  # a retrieval method: the gallery is its candidate set
+            if table is None:
+                raise GeoalignError(f"a {model.method} model ranks a GPS gallery: pass one")
+            latlon = table[["lat", "lon"]].to_numpy(dtype=np.float64)
+            keys = None
+            if hasattr(model, "location_encoder"):
+                keys = gallery_embeddings(
+                    model.location_encoder, latlon, cache=cache, progress=progress
+                )
+            self.candidates = model.candidates(latlon, keys)
+            # "float16": a half-precision copy for one-photo calls, same top-k (see GallerySearch)
+            self.search = GallerySearch(
+                self.candidates.keys, model.temperature(), precision=gallery_precision, copy=False
+            )
+            self.coordinates = "gallery"
+        else:
+            self.candidates = model.candidates()
+            self.coordinates = coordinates or getattr(model.config, "coordinates", "mean")
+            if self.coordinates == "gallery":
+                if table is None:
+                    raise GeoalignError("coordinates='gallery' needs a GPS gallery")
+                latlon = table[["lat", "lon"]].to_numpy(dtype=np.float64)
+                self.refiner = CellGallery(latlon, model.hierarchy)
+            elif self.coordinates != "mean":
+                raise ValueError(f"coordinates must be 'mean' or 'gallery', got {coordinates!r}")
+        self._latlon = self.candidates.latlon
+        self._places = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "geoclip",
+        *,
+        backbone: str | torch.nn.Module | None = "auto",
+        gallery: str | pd.DataFrame | None = "auto",
+        segmenter: str | torch.nn.Module | None = "auto",
+        coordinates: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cache: bool = True,
+        gallery_precision: str = "float32",
+    ) -> Geolocator:
+        """Official or trained weights, through the registry (config and weights read once).
+
+        "auto" = what the checkpoint records: its backbone (features-reading models; None
+        loads none, for `predict_features`), its gallery (else geoclip-100k), its segmenter."""
+        from geoalign.models.registry import load_checkpoint, load_model
+
+        ckpt = load_checkpoint(model)
+        auto_bb = isinstance(backbone, str) and backbone == "auto"
+        own_bb = ckpt.config.get(ckpt.method, {}).get("visual", "features") != "features"
+        net = load_model(
+            ckpt,
+            device=device,
+            dtype=dtype,
+            **({"backbone": None if auto_bb else backbone} if own_bb else {}),
+        )
+        frozen = None
+        if net.reads == "features" and backbone is not None:
+            spec = (net.backbone_spec or "clip-vit-l14") if auto_bb else backbone
+            if isinstance(spec, str) and spec not in NO_IMAGE_BACKBONE:
+                from geoalign.nn.backbones import load_backbone
+
+                frozen = load_backbone(spec, device=device, dtype=dtype)
+            elif not isinstance(spec, str):
+                frozen = spec
+        seg = None
+        if net.reads == "pixels+segmentation":
+            auto_seg = segmenter is None or (isinstance(segmenter, str) and segmenter == "auto")
+            seg = net.config.segmenter if auto_seg else segmenter
+            if isinstance(seg, str):
+                from geoalign.nn.segmenters import load_segmenter
+
+                seg = load_segmenter(seg, device=device)
+        table = None
+        if net.ranks == "gallery" or (coordinates or net.config.coordinates) == "gallery":
+            auto = isinstance(gallery, str) and gallery == "auto"
+            name = (ckpt.config.get("gallery") or "geoclip-100k") if auto else gallery
+            table = name if isinstance(name, pd.DataFrame) else _load_gallery(name)
+        return cls(
+            net,
+            backbone=frozen,
+            segmenter=seg,
+            gallery=table,
+            coordinates=coordinates,
+            cache=cache,
+            gallery_precision=gallery_precision,
+        )
+
+    # -- queries -----------------------------------------------------------------------------
+    @torch.no_grad()  # not inference_mode: GeoSURGE caches its unit tables between calls
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Backbone features [B, D] (or [B, crops, D]: crops averaged) -> queries [B, E]."""
+        self._check_width(features.shape[-1])
+        return average_crops(self.model.encode_features, features.float(), 1)
+
+    @torch.no_grad()
+    def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> queries; (B, n_crops, 3, H, W) -> the mean of the crops' queries,
+        which makes the logits the mean of the crops' logits (the official ten-crop rule)."""
+        if self.backbone is None:
+            raise ValueError("this Geolocator has no backbone: pass features to predict_features")
+        return average_crops(self._encode_pixels, pixel_values, 3)
+
+    def _encode_pixels(self, flat: torch.Tensor) -> torch.Tensor:
+        reads = self.model.reads
+        if reads == "features":
+            return self.model.encode_features(self.backbone(flat))
+        if reads == "pixels":
+            return self.model.encode_pixels(flat)
+        from geoalign.data.segmentation_store import denormalize
+
+        rgb = denormalize(flat, self.backbone.preprocess)
+        return self.model.encode_pixels(flat, self.segmenter(rgb, size=tuple(flat.shape[-2:])))
+
+    def _check_width(self, width: int) -> None:
+        want = self.model.feature_dim
+        if want is not None and width != want:
+            spec = self.model.backbone_spec or "backbone not recorded"
+            raise DataError(
+                f"the model reads {want}-d features ({spec}), these are {width}-d: "
+                "features from another backbone?"
+            )
+
+    # -- the distribution ----------------------------------------------------------------------
+    @torch.no_grad()
+    def log_probs(self, queries: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, M] log-probabilities over every candidate (-inf outside a prior's `mask`)."""
+        return log_probs(self.model.logits(queries, self.candidates), mask).cpu()
+
+    @torch.no_grad()
+    def topk(
+        self, queries: torch.Tensor, k: int, mask: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate indices [B, k], probabilities [B, k]) renormalised over the allowed ones."""
+        n_allowed = len(self.candidates) if mask is None else int(mask.sum())
+        if n_allowed == 0:
+            raise DataError("the prior leaves no candidate to predict")
+        k = min(k, n_allowed)
+        if self.search is not None:
+            res = self.search.topk(queries, k, mask=mask, normalized_queries=True)
+            return res.indices.cpu().numpy(), res.probs.cpu().numpy()
+        top, idx = torch.topk(self.log_probs(queries, mask), k, dim=-1)
+        return idx.numpy(), top.exp().numpy()
+
+    def coordinates_of(self, idx: np.ndarray) -> np.ndarray:
+        """[B, k, 2] coordinates of candidate indices (cells refined by the gallery if asked)."""
+        if self.refiner is not None:
+            return self.refiner.refine(idx)[0]
+        return self._latlon[idx]
+
+    def prior_mask(self, prior) -> torch.Tensor | None:
+        """Boolean mask over the candidates for a prior (anything with .mask(latlon[N, 2]))."""
+        if prior is None:
+            return None
+        mask = np.asarray(prior.mask(self._latlon), dtype=bool)
+        if not mask.any():
+            raise DataError(f"the prior {prior} contains no candidate location")
+        return torch.from_numpy(mask)
+
+    # -- ranking -------------------------------------------------------------------------------
+    def _candidates(
+        self, idx: np.ndarray, coords: np.ndarray, probs: np.ndarray, places: bool
+    ) -> list[list[Candidate]]:
+        """Candidates from [B, k] indices, [B, k, 2] coordinates and [B, k] probabilities; with
+        `places`, each named offline (the place index loads on first use)."""
+        names = None
+        if places:
+            if self._places is None:
+                from geoalign.geo.places import PlaceFinder
+
+                self._places = PlaceFinder()
+            names = [p._asdict() for p in self._places.nearest(coords.reshape(-1, 2))]
+        k = idx.shape[1]
+        return [
+            [
+                Candidate(
+                    lat=float(coords[b, j, 0]),
+                    lon=float(coords[b, j, 1]),
+                    prob=float(probs[b, j]),
+                    gallery_index=int(idx[b, j]),
+                    place=names[b * k + j] if names else None,
+                )
+                for j in range(k)
+            ]
+            for b in range(idx.shape[0])
+        ]
+
+    def rank(
+        self,
+        queries: torch.Tensor,
+        *,
+        top_k: int = 5,
+        mask: torch.Tensor | None = None,
+        places: bool = False,
+    ) -> list[list[Candidate]]:
+        """Top-k candidates for each query (see `embed_pixels`, `embed_features`)."""
+        idx, probs = self.topk(queries, top_k, mask)
+        return self._candidates(idx, self.coordinates_of(idx), probs, places)
+
+    def predict_features(
+        self, features: torch.Tensor, *, top_k: int = 5, prior=None, places: bool = False
+    ) -> list[list[Candidate]]:
+        """Rank from precomputed backbone features (B, D), e.g. from a feature store."""
+        queries = self.embed_features(torch.as_tensor(features))
+        return self.rank(queries, top_k=top_k, mask=self.prior_mask(prior), places=places)
+
+    def iter_predict(
+        self,
+        images: Iterable[Any] | Any,
+        *,
+        top_k: int = 5,
+        prior=None,
+        ten_crop: bool = False,
+        batch_size: int = 16,
+        places: bool = False,
+        skip: set[str] | None = None,
+        recursive: bool = False,
+        num_workers: int = 0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Iterator[Prediction]:
+        """Predictions in input order, batch by batch; unreadable inputs yield an error record.
+
+        `skip` names inputs already done (resuming an interrupted run).
+        """
+        from torch.utils.data import DataLoader
+
+        from geoalign.data.images import ImageInputDataset, collate_images, expand_inputs
+        from geoalign.data.transforms import ten_crop_transform
+
+        if self.backbone is None:
+            raise ValueError("this Geolocator has no backbone: use predict_features")
+        sources = expand_inputs(images, recursive=recursive)
+        if skip:
+            sources = [s for s in sources if s.name not in skip]
+        transform = (
+            ten_crop_transform(self.backbone.preprocess) if ten_crop else self.backbone.transform
+        )
+        loader = DataLoader(
+            ImageInputDataset(sources, transform),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_images,
+        )
+        mask = self.prior_mask(prior)  # once, reused for every batch
+        position = {s.name: s.index for s in sources}
+        for batch in loader:
+            done: list[tuple[int, Prediction]] = []
+            if batch.pixel_values is not None:
+                ranked = self.rank(
+                    self.embed_pixels(batch.pixel_values), top_k=top_k, mask=mask, places=places
+                )
+                done += [
+                    (pos, Prediction(name, cands))
+                    for pos, name, cands in zip(batch.indices, batch.names, ranked, strict=True)
+                ]
+            done += [
+                (position.get(e.path, -1), Prediction(e.path, error=e.reason)) for e in batch.errors
+            ]
+            for _, prediction in sorted(done, key=lambda item: item[0]):
+                yield prediction
+            if on_batch is not None:
+                on_batch(len(batch.indices) + len(batch.errors))
+
+    def predict(self, images: Iterable[Any] | Any, **kwargs: Any) -> list[Prediction]:
+        """All predictions at once; see `iter_predict` for the options."""
+        return list(self.iter_predict(images, **kwargs))
+
+
+def _gallery_frame(gallery: pd.DataFrame | np.ndarray | None) -> pd.DataFrame | None:
+    if gallery is None or isinstance(gallery, pd.DataFrame):
+        return None if gallery is None else gallery.reset_index(drop=True)
+    arr = np.asarray(gallery, dtype=np.float64).reshape(-1, 2)
+    return pd.DataFrame({"lat": arr[:, 0], "lon": arr[:, 1]})
+
+
+def _load_gallery(name: str) -> pd.DataFrame:
+    from geoalign.geo.gallery import load_gallery
+
+    return load_gallery(name)

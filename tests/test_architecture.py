@@ -1,0 +1,128 @@
+"""The architecture's promises: every method is a Locator, the registry decides the method, and
+`predict` and `evaluate` share one ranking path (same probabilities for the same inputs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from geoalign.evaluation.harness import evaluate_model
+from geoalign.evaluation.queries import Queries
+from geoalign.evaluation.run import evaluate_checkpoint
+from geoalign.geo.cells import CellHierarchy, PartitionRules
+from geoalign.inference.locator import Geolocator
+from geoalign.models.base import Locator
+from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
+from geoalign.models.geosurge import GeoSurge, GeoSurgeConfig
+from geoalign.models.registry import checkpoint_method, load_model, methods
+from geoalign.nn.image_head import ImageHeadConfig
+from geoalign.nn.location_encoder import LocationEncoderConfig
+
+
+def tiny_geoclip(in_dim: int = 12) -> GeoCLIP:
+    torch.manual_seed(0)
+    return GeoCLIP(
+        GeoCLIPConfig(
+            location_encoder=LocationEncoderConfig(
+                n_frequencies=8, hidden_dim=16, n_hidden=1, embed_dim=8
+            ),
+            image_head=ImageHeadConfig(in_dim=in_dim, hidden_dim=16, out_dim=8),
+            queue_size=16,
+            features="tiny-features",
+        )
+    )
+
+
+def tiny_geosurge(in_dim: int = 12) -> GeoSurge:
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([-50, -170], [60, 170], size=(2000, 2))
+    hierarchy = CellHierarchy.build(
+        pts[:, 0], pts[:, 1], tau_max=(800, 200), rules=PartitionRules(tau_min=20)
+    )
+    torch.manual_seed(0)
+    cfg = GeoSurgeConfig(
+        level_sizes=tuple(hierarchy.sizes),
+        embed_dim=8,
+        feature_dim=in_dim,
+        feature_head="linear",
+        backbone="tiny-features",
+    )
+    return GeoSurge(cfg, hierarchy)
+
+
+def test_every_registered_method_is_a_locator():
+    assert {"geoclip", "concept", "geosurge"} <= set(methods())
+    assert isinstance(tiny_geoclip(), Locator)
+    assert isinstance(tiny_geosurge(), Locator)
+
+
+@pytest.mark.parametrize("method", ["geoclip", "geosurge"])
+def test_predict_and_evaluate_give_the_same_probabilities(method, tmp_path):
+    model = tiny_geoclip() if method == "geoclip" else tiny_geosurge()
+    if method == "geoclip":  # past the clamp: predict once read the raw scale, evaluate the clamped
+        with torch.no_grad():
+            model.logit_scale.fill_(model.config.max_logit_scale + 1.5)
+    path = model.save(tmp_path / "run" / "model")
+    assert checkpoint_method(tmp_path / "run") == method  # a run folder resolves to model/
+    rng = np.random.default_rng(1)
+    gallery = pd.DataFrame(
+        rng.uniform([-60, -180], [70, 180], size=(300, 2)), columns=["lat", "lon"]
+    )
+    gallery.to_csv(tmp_path / "gallery.csv", index=False)
+    feats = torch.from_numpy(rng.normal(size=(40, 12)).astype(np.float32))
+    truth = rng.uniform([-60, -180], [70, 180], size=(40, 2))
+
+    geo = Geolocator.from_pretrained(str(path), backbone=None, gallery=gallery, cache=False)
+    predicted = geo.predict_features(feats, top_k=1)
+    run = evaluate_checkpoint(
+        path,
+        Queries(feats, truth, np.arange(40), "random rows"),
+        benchmark="custom",
+        out=tmp_path / "eval",
+        gallery=str(tmp_path / "gallery.csv"),
+        modes=["top1"],
+        baselines=False,
+    )
+    (row,) = run.evaluation.results
+    np.testing.assert_allclose(row.prob, [c[0].prob for c in predicted], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(row.latlon, [[c[0].lat, c[0].lon] for c in predicted])
+    # the probabilities are the softmax of the model's own logits (one temperature)
+    queries = geo.embed_features(feats)
+    logits = model.logits(queries, geo.candidates)
+    np.testing.assert_allclose(
+        row.prob, torch.softmax(logits, -1).max(-1).values.detach().numpy(), rtol=1e-5
+    )
+
+
+def test_load_model_returns_each_methods_class(tmp_path):
+    geoclip_dir = tiny_geoclip().save(tmp_path / "g")
+    surge_dir = tiny_geosurge().save(tmp_path / "s")
+    assert type(load_model(geoclip_dir)) is GeoCLIP
+    loaded = load_model(surge_dir)
+    assert type(loaded) is GeoSurge and loaded.reads == "features"
+    (top1,) = evaluate_model(loaded, torch.randn(5, 12), np.zeros((5, 2)), modes=["top1"])
+    assert top1.name.endswith("(top-1 cell)")
+
+
+def test_feature_width_mismatch_is_a_clear_error(tmp_path):
+    from geoalign.errors import DataError
+
+    geo = Geolocator(tiny_geoclip(), gallery=np.zeros((3, 2)), cache=False)
+    with pytest.raises(DataError, match="reads 12-d features .*these are 7-d"):
+        geo.predict_features(torch.randn(2, 7))
+
+
+def test_inference_path_imports_no_lightning():
+    code = (
+        "import sys, geoalign.inference.locator, geoalign.models.registry, "
+        "geoalign.evaluation.harness; "
+        "bad = [m for m in ('lightning', 'pytorch_lightning', 'geoalign.training') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
