@@ -1,7 +1,7 @@
 """Where evaluation queries come from: features with ground truth, however they are held.
 
-- a feature store (`geoalign features` output): its rows, coordinates and ids;
-- scene labels (`scene-labels:<benchmark or CSV>`): the 387-d descriptors of the packaged label files;
+- labelled feature rows (a feature store, `scene-labels:<benchmark or CSV>`, an .npz), read by
+  `geoalign.data.feature_rows.load_feature_rows`, the one loader of them;
 - photos: a benchmark folder (`--benchmark NAME --images DIR`) or a manifest, run through the
   frozen backbone the model was trained on, optionally as ten crops.
 """
@@ -26,38 +26,25 @@ class Queries:
     description: str
 
 
-def from_store(path: str | Path, *, max_rows: int | None = None, seed: int = 0) -> Queries:
-    from geoalign.data.feature_store import FeatureStore
+def from_rows(rows) -> Queries:
+    """Queries from `geoalign.data.feature_rows.FeatureRows`."""
+    return Queries(torch.from_numpy(rows.features), rows.latlon, rows.ids, rows.description)
 
-    store = FeatureStore(path)
-    rows = np.arange(len(store))
-    if max_rows is not None and len(store) > max_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(len(store), max_rows, replace=False))
-    feats = torch.from_numpy(np.asarray(store.features[rows], dtype=np.float32))
-    return Queries(
-        feats,
-        store.coords[rows],
-        np.asarray(store.ids)[rows],
-        f"feature store {path} ({len(rows):,} of {len(store):,} rows, backbone {store.backbone})",
-    )
+
+def from_store(path: str | Path, *, max_rows: int | None = None, seed: int = 0) -> Queries:
+    return resolve(str(path), max_rows=max_rows, seed=seed)
 
 
 def from_scene_labels(name_or_path: str) -> Queries:
-    from geoalign.data.scene_labels import load_scene_label_set
-
-    feats, coords, ids = load_scene_label_set(name_or_path)
-    return Queries(torch.from_numpy(feats), coords, ids, f"scene labels of {name_or_path}")
+    return resolve(f"scene-labels:{name_or_path}")
 
 
 def resolve(spec: str, *, max_rows: int | None = None, seed: int = 0) -> Queries:
-    """`scene-labels:<name or CSV>` or a feature store folder."""
-    if spec.startswith("scene-labels:"):
-        return from_scene_labels(spec.split(":", 1)[1])
-    if Path(spec).is_dir():
-        return from_store(spec, max_rows=max_rows, seed=seed)
-    raise DataError(
-        f"{spec}: expected a feature store folder or scene-labels:<benchmark or CSV file>"
-    )
+    """`scene-labels:<name or CSV>`, a feature store folder or an .npz (the one feature-row
+    loader, `geoalign.data.feature_rows`)."""
+    from geoalign.data.feature_rows import load_feature_rows
+
+    return from_rows(load_feature_rows(spec, max_rows=max_rows, seed=seed))
 
 
 def from_images(

@@ -1,0 +1,105 @@
+"""Labelled feature rows, however they are held: the one loader that evaluation, interpretation
+and training read in-memory features with coordinates through.
+
+A spec is one of
+- a feature store folder (`geoalign features extract` output): its rows, coordinates and ids;
+- ``scene-labels:<benchmark or CSV>``: the 387-d Places365 scene-label descriptors of the packaged
+  benchmark label files (the offline quickstart's "features");
+- an ``.npz`` with `features` [N, D] (or [N, crops, D]) and `coords` [N, 2] (and optionally `ids`).
+`max_rows` draws a fixed random subset (sorted, seeded) without reading the other rows of a store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geoalign.data.scene_labels import SCENE_LABELS, load_scene_label_set
+from geoalign.errors import DataError
+from geoalign.geo.coords import as_latlon_array
+
+SCENE_PREFIX = "scene-labels:"
+
+
+@dataclass
+class FeatureRows:
+    features: np.ndarray  # [N, D] or [N, crops, D] float32
+    latlon: np.ndarray  # [N, 2] float64
+    ids: np.ndarray  # [N] str
+    description: str  # for reports: where the rows came from
+    backbone: str | None = None  # what made the features (a backbone spec or SCENE_LABELS)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[-1])
+
+    def take(self, rows: np.ndarray) -> FeatureRows:
+        return FeatureRows(
+            self.features[rows], self.latlon[rows], self.ids[rows], self.description, self.backbone
+        )
+
+
+def sample_rows(n: int, max_rows: int | None, seed: int = 0) -> np.ndarray:
+    """Row numbers of a fixed random subset of at most `max_rows` (all rows, in order, when None)."""
+    if max_rows is None or n <= max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+
+
+def _store(path: Path, max_rows: int | None, seed: int) -> FeatureRows:
+    from geoalign.data.feature_store import FeatureStore
+
+    store = FeatureStore(path)
+    rows = sample_rows(len(store), max_rows, seed)
+    feats = np.asarray(store.features[rows], dtype=np.float32)
+    backbone = store.backbone if isinstance(store.backbone, str) else None
+    what = f"feature store {path} ({len(rows):,} of {len(store):,} rows, backbone {store.backbone})"
+    return FeatureRows(
+        feats, store.coords[rows], np.asarray(store.ids).astype(str)[rows], what, backbone
+    )
+
+
+def _scene_labels(name: str, max_rows: int | None, seed: int) -> FeatureRows:
+    feats, latlon, ids = load_scene_label_set(name)
+    rows = sample_rows(len(feats), max_rows, seed)
+    return FeatureRows(
+        feats[rows].astype(np.float32),
+        latlon[rows],
+        ids.astype(str)[rows],
+        f"scene labels of {name}",
+        SCENE_LABELS,
+    )
+
+
+def _npz(path: Path, max_rows: int | None, seed: int) -> FeatureRows:
+    with np.load(path, allow_pickle=False) as data:
+        missing = {"features", "coords"} - set(data.files)
+        if missing:
+            raise DataError(f"{path}: arrays {sorted(missing)} missing (have {data.files})")
+        feats = np.asarray(data["features"], dtype=np.float32)
+        coords = as_latlon_array(data["coords"], source=f"{path} coords")
+        ids = data["ids"].astype(str) if "ids" in data.files else np.arange(len(feats)).astype(str)
+    if len(feats) != len(coords):
+        raise DataError(f"{path}: {len(feats)} feature rows but {len(coords)} coordinates")
+    rows = sample_rows(len(feats), max_rows, seed)
+    return FeatureRows(feats[rows], coords[rows], ids[rows], f"{path} ({len(rows):,} rows)")
+
+
+def load_feature_rows(spec: str, *, max_rows: int | None = None, seed: int = 0) -> FeatureRows:
+    """Features with coordinates from a store folder, scene labels or an .npz (see module doc)."""
+    if spec.startswith(SCENE_PREFIX):
+        return _scene_labels(spec[len(SCENE_PREFIX) :], max_rows, seed)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _store(path, max_rows, seed)
+    if path.suffix.lower() == ".npz" and path.is_file():
+        return _npz(path, max_rows, seed)
+    raise DataError(
+        f"{spec}: expected a feature store folder, an .npz with `features` and `coords`, or "
+        f"{SCENE_PREFIX}<benchmark or CSV file>"
+    )
