@@ -126,3 +126,28 @@ def test_inference_path_imports_no_lightning():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("method", ["geoclip", "geosurge"])
+def test_distributions_and_estimates_through_the_harness(method):
+    model = tiny_geoclip() if method == "geoclip" else tiny_geosurge()
+    rng = np.random.default_rng(2)
+    gallery = rng.uniform([-60, -180], [70, 180], size=(200, 2))
+    feats = torch.from_numpy(rng.normal(size=(12, 12)).astype(np.float32))
+    truth = rng.uniform([-60, -180], [70, 180], size=(12, 2))
+    geo = Geolocator(model, gallery=gallery, cache=False)
+    dists = geo.distributions(geo.embed_features(feats))
+    top1, median, mean = evaluate_model(
+        geo, feats, truth, modes=["top1", "median", "mean"], regions=(0.5, 0.9)
+    )
+    np.testing.assert_allclose(median.latlon, [d.estimate("median") for d in dists])
+    np.testing.assert_allclose(mean.latlon, [d.estimate("mean") for d in dists])
+    levels = np.array([d.level_of(truth[i : i + 1])[0] for i, d in enumerate(dists)])
+    assert top1.coverage["coverage@0.9"] == pytest.approx((levels <= 0.9).mean())
+    assert top1.coverage["coverage@0.5"] <= top1.coverage["coverage@0.9"]
+    # the median is the better estimate in expectation under the model's own distribution
+    for i, d in enumerate(dists):
+        assert (
+            d.expected_distance_km(median.latlon[i])
+            <= d.expected_distance_km(top1.latlon[i]) + 1e-6
+        )

@@ -15,8 +15,8 @@ from geoalign.evaluation.harness import (
     evaluate_model,
     make_gallery,
 )
-from geoalign.evaluation.modes import ModeSeeker
 from geoalign.geo.distance import haversine_km, pairwise_haversine_km
+from geoalign.inference.modes import ModeSeeker
 from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
 from geoalign.nn.image_head import ImageHeadConfig
 from geoalign.nn.location_encoder import LocationEncoderConfig

@@ -38,6 +38,7 @@ class MethodResult:
     prob: np.ndarray | None = None
     seconds: float = 0.0
     notes: str = ""
+    coverage: dict[str, float] | None = None  # region p -> fraction of truths inside; areas
 
     @classmethod
     def from_predictions(
@@ -107,17 +108,24 @@ def evaluate_model(
     batch_size: int = 256,
     cache_gallery: bool = False,
     progress: Callable[[int], None] | None = None,
+    regions: Sequence[float] = (),
 ) -> list[MethodResult]:
-    """One MethodResult per prediction mode ("top1", "mode") for any method.
+    """One MethodResult per prediction mode for any method: "top1", "mode" (mass within
+    `radius_km`), "mean", "median" (estimates of the distribution, `inference.distribution`).
+    `regions` (e.g. (0.5, 0.9)): the first row also gets the coverage of those regions (the
+    fraction of true locations inside) and their median area.
 
     `model`: a `Locator` (GeoCLIP, concept-aware, GeoSURGE: ranked through a
     `geoalign.inference.Geolocator` over `gallery`, which cell classifiers need only to refine
     coordinates) or a ready `Geolocator`. Features [N, D] or [N, crops, D] (crops averaged).
     The queries, the candidates, the temperature and the softmax are `Geolocator`'s, so
     `predict` and `evaluate` give the same probabilities for the same model and inputs."""
-    from geoalign.evaluation.modes import MODES, ModeSeeker
+    from geoalign.inference.distribution import ESTIMATES as MODES
+    from geoalign.inference.distribution import check_p
     from geoalign.inference.locator import Geolocator
+    from geoalign.inference.modes import ModeSeeker
 
+    regions = [check_p(p) for p in regions]
     unknown = set(modes) - set(MODES)
     if unknown:
         raise DataError(f"unknown prediction mode(s) {sorted(unknown)}; known: {list(MODES)}")
@@ -147,6 +155,9 @@ def evaluate_model(
         seeker = ModeSeeker(cands.latlon, radius_km) if "mode" in modes else None
         idx = {m: np.empty(len(truth), dtype=np.int64) for m in modes}
         prob = {m: np.empty(len(truth)) for m in modes}
+        point = {m: np.empty((len(truth), 2)) for m in modes if m in ("mean", "median")}
+        inside = {p: np.zeros(len(truth), dtype=bool) for p in regions}
+        area = {p: np.empty(len(truth)) for p in regions}
         seconds = {m: 0.0 for m in modes}
         shared = time.perf_counter() - start
         for s in range(0, len(truth), batch_size):
@@ -164,6 +175,18 @@ def evaluate_model(
                 best, mass = seeker.select(geo.log_probs(q).exp())
                 idx["mode"][rows], prob["mode"][rows] = best.numpy(), mass.numpy()
                 seconds["mode"] += time.perf_counter() - t
+            if point or regions:
+                t = time.perf_counter()
+                dists = geo.distributions(q, radius_km=radius_km)
+                for j, dist in enumerate(dists, start=s):
+                    for m in point:
+                        point[m][j] = dist.estimate(m)
+                    for p in regions:
+                        inside[p][j] = dist.level_of(truth[j : j + 1])[0] <= p
+                        area[p][j] = dist.region(p, countries=False).area_km2
+                each = (time.perf_counter() - t) / max(1, len(point))
+                for m in point:
+                    seconds[m] += each
             if progress is not None:
                 progress(len(q))
     finally:
@@ -175,20 +198,29 @@ def evaluate_model(
         if m == "top1":
             label = f"{name} (top-1 cell)" if cells else f"{name} (top-1)"
             note = "p = hierarchical probability of the cell" if cells else "p = top-1 probability"
-        else:
+        elif m == "mode":
             label, note = f"{name} (mode, {radius_km:g} km)", f"p = mass within {radius_km:g} km"
+        else:
+            label = f"{name} ({m})"
+            note = "posterior mean direction" if m == "mean" else "spherical geometric median"
+        latlon = point[m] if m in point else geo.coordinates_of(idx[m][:, None])[:, 0]
         out.append(
             MethodResult.from_predictions(
                 label,
                 "model",
-                geo.coordinates_of(idx[m][:, None])[:, 0],
+                latlon,
                 truth,
                 mode=m,
-                prob=prob[m],
+                prob=prob.get(m) if m not in point else None,
                 seconds=shared + seconds[m],
                 notes=note + where,
             )
         )
+    if regions and out:
+        out[0].coverage = {
+            **{f"coverage@{p:g}": float(inside[p].mean()) for p in regions},
+            **{f"median_area_km2@{p:g}": float(np.median(area[p])) for p in regions},
+        }
     return out
 
 

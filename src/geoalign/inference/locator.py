@@ -18,8 +18,15 @@ import torch
 
 from geoalign.errors import DataError, GeoalignError
 from geoalign.inference.cell_gallery import CellGallery
+from geoalign.inference.distribution import (
+    DEFAULT_LEVEL,
+    ESTIMATES,
+    CellGrid,
+    Distribution,
+    check_p,
+)
 from geoalign.inference.gallery_cache import gallery_embeddings
-from geoalign.inference.prediction import Candidate, Prediction
+from geoalign.inference.prediction import Candidate, Prediction, describe
 from geoalign.inference.search import GallerySearch
 from geoalign.models.base import Locator, average_crops, log_probs
 
@@ -89,6 +96,8 @@ class Geolocator:
                 raise ValueError(f"coordinates must be 'mean' or 'gallery', got {coordinates!r}")
         self._latlon = self.candidates.latlon
         self._places = None
+        self._grids: dict[int, CellGrid] = {}
+        self._seekers: dict[float, Any] = {}
 
     @classmethod
     def from_pretrained(
@@ -207,6 +216,28 @@ class Geolocator:
         top, idx = torch.topk(self.log_probs(queries, mask), k, dim=-1)
         return idx.numpy(), top.exp().numpy()
 
+    def distributions(
+        self,
+        queries: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        level: int | None = None,
+        radius_km: float = 750.0,
+    ) -> list[Distribution]:
+        """One `Distribution` per query (estimates, regions, density, levels) over the
+        candidates; `level` is the S2 level of its smoothing (default: the calibration's, else
+        `distribution.DEFAULT_LEVEL`), `radius_km` the mode estimate's radius."""
+        level = level if level is not None else DEFAULT_LEVEL
+        if level not in self._grids:
+            self._grids[level] = CellGrid(self._latlon, level)
+        if radius_km not in self._seekers:
+            from geoalign.inference.modes import ModeSeeker
+
+            self._seekers[radius_km] = ModeSeeker(self._latlon, radius_km)
+        probs = self.log_probs(queries, mask).exp().double().numpy()
+        grid, seeker = self._grids[level], self._seekers[radius_km]
+        return [Distribution(grid, row, seeker=seeker) for row in probs]
+
     def coordinates_of(self, idx: np.ndarray) -> np.ndarray:
         """[B, k, 2] coordinates of candidate indices (cells refined by the gallery if asked)."""
         if self.refiner is not None:
@@ -282,10 +313,14 @@ class Geolocator:
         recursive: bool = False,
         num_workers: int = 0,
         on_batch: Callable[[int], None] | None = None,
+        estimate: str | None = None,
+        regions: Iterable[float] = (),
     ) -> Iterator[Prediction]:
         """Predictions in input order, batch by batch; unreadable inputs yield an error record.
 
-        `skip` names inputs already done (resuming an interrupted run).
+        `skip` names inputs already done (resuming an interrupted run). `estimate` (top1, mode,
+        mean, median) and `regions` (probabilities in (0, 1)) add the point estimate and the
+        confidence regions of each prediction's distribution (`Prediction.distribution`).
         """
         from torch.utils.data import DataLoader
 
@@ -306,18 +341,25 @@ class Geolocator:
             num_workers=num_workers,
             collate_fn=collate_images,
         )
+        regions = tuple(check_p(p) for p in regions)
+        if estimate is not None and estimate not in ESTIMATES:
+            raise DataError(f"unknown estimate {estimate!r}; known: {', '.join(ESTIMATES)}")
         mask = self.prior_mask(prior)  # once, reused for every batch
         position = {s.name: s.index for s in sources}
         for batch in loader:
             done: list[tuple[int, Prediction]] = []
             if batch.pixel_values is not None:
-                ranked = self.rank(
-                    self.embed_pixels(batch.pixel_values), top_k=top_k, mask=mask, places=places
-                )
-                done += [
-                    (pos, Prediction(name, cands))
-                    for pos, name, cands in zip(batch.indices, batch.names, ranked, strict=True)
+                queries = self.embed_pixels(batch.pixel_values)
+                ranked = self.rank(queries, top_k=top_k, mask=mask, places=places)
+                preds = [
+                    Prediction(name, cands) for name, cands in zip(batch.names, ranked, strict=True)
                 ]
+                if estimate or regions:
+                    for pred, dist in zip(preds, self.distributions(queries, mask), strict=True):
+                        pred.distribution = dist
+                        for key, value in describe(dist, estimate, regions).items():
+                            setattr(pred, key, value)
+                done += list(zip(batch.indices, preds, strict=True))
             done += [
                 (position.get(e.path, -1), Prediction(e.path, error=e.reason)) for e in batch.errors
             ]

@@ -1,0 +1,389 @@
+"""A prediction as a distribution on the sphere: point estimates, highest-density regions with
+their area and countries, the density at any point, and the level of a claimed location.
+
+Every method gives a discrete distribution over its candidates (GPS gallery rows or geocells).
+It is smoothed with a box kernel on S2 cells of one level (`level`, ~144 km cells at the default
+6): each candidate's mass is spread uniformly over the S2 cell that contains it. We use this
+kernel rather than von Mises-Fisher kernels because then
+- the highest-density regions are exactly unions of S2 cells, with exact areas (spherical
+  quadrilaterals), polygons for maps, and a cost of one bincount and one sort per query;
+- `density`, `region` and `level_of` describe the same density (a point is in the p-region iff
+  its level is <= p), which calibration and verification rely on.
+A small uniform component (`UNIFORM_WEIGHT`) keeps the density positive everywhere, so the
+negative log-likelihood of a true location is finite. The level (the kernel's bandwidth) and the
+temperature are chosen on validation data (`geoalign.inference.calibration`).
+
+Point estimates (`estimate`): "top1" (the most probable candidate), "mode" (the candidate with the
+most mass within a radius, `ModeSeeker`), "mean" (the normalised mean direction) and "median"
+(the weighted spherical geometric median: the point minimising the expected great-circle
+distance, by Weiszfeld's algorithm in the tangent plane).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from geoalign.errors import DataError
+from geoalign.geo.distance import EARTH_RADIUS_KM
+
+DEFAULT_LEVEL = 6
+UNIFORM_WEIGHT = 1e-3
+EARTH_AREA_KM2 = 4.0 * math.pi * EARTH_RADIUS_KM**2
+ESTIMATES = ("top1", "mode", "mean", "median")
+MEDIAN_SUPPORT = 4096  # candidates the median sees at most (the most probable)
+
+
+def unit(latlon: np.ndarray) -> np.ndarray:
+    lat, lon = np.radians(latlon[..., 0]), np.radians(latlon[..., 1])
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
+
+
+def to_latlon(xyz: np.ndarray) -> np.ndarray:
+    xyz = xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
+    lat = np.degrees(np.arcsin(np.clip(xyz[..., 2], -1, 1)))
+    lon = np.degrees(np.arctan2(xyz[..., 1], xyz[..., 0]))
+    return np.stack([lat, lon], axis=-1)
+
+
+def angles(xyz: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Great-circle angles from unit vectors [N, 3] to unit x [3]: atan2(|a x b|, a . b), exact
+    for tiny angles too (arccos of a dot product loses half the digits there)."""
+    return np.arctan2(np.linalg.norm(np.cross(xyz, x), axis=-1), xyz @ x)
+
+
+def check_p(p: float) -> float:
+    p = float(p)
+    if not 0.0 < p < 1.0:
+        raise DataError(f"region probability must be strictly between 0 and 1, got {p:g}")
+    return p
+
+
+class CellGrid:
+    """Candidates binned into S2 cells of one level: computed once per candidate set."""
+
+    def __init__(self, latlon: np.ndarray, level: int = DEFAULT_LEVEL) -> None:
+        from geoalign.geo.s2.ids import latlon_to_cell_ids, parent_ids
+
+        if not 0 <= level <= 30:
+            raise DataError(f"S2 level must be in 0..30, got {level}")
+        self.level = int(level)
+        self.latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
+        leaves = latlon_to_cell_ids(self.latlon[:, 0], self.latlon[:, 1])
+        self.cell_ids, self.cell_of = np.unique(parent_ids(leaves, level), return_inverse=True)
+        self.cell_of = self.cell_of.reshape(-1)
+        self.area_km2 = cell_areas_km2(self.cell_ids)
+
+    def cell_index(self, latlon: np.ndarray) -> np.ndarray:
+        """Index into `cell_ids` of the cell holding each point (-1: no candidate there)."""
+        from geoalign.geo.s2.ids import latlon_to_cell_ids, parent_ids
+
+        pts = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
+        ids = parent_ids(latlon_to_cell_ids(pts[:, 0], pts[:, 1]), self.level)
+        pos = np.searchsorted(self.cell_ids, ids).clip(max=len(self.cell_ids) - 1)
+        return np.where(self.cell_ids[pos] == ids, pos, -1)
+
+
+def cell_areas_km2(ids: np.ndarray) -> np.ndarray:
+    """Exact areas of S2 cells (spherical quadrilaterals: two triangles, Van Oosterom-Strackee)."""
+    from geoalign.geo.s2.ids import cell_vertices
+
+    v = unit(cell_vertices(np.asarray(ids, dtype=np.uint64)))  # [M, 4, 3]
+
+    def triangle(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+        num = np.abs(np.einsum("ij,ij->i", a, np.cross(b, c)))
+        den = 1 + np.einsum("ij,ij->i", a, b) + np.einsum("ij,ij->i", b, c)
+        den = den + np.einsum("ij,ij->i", c, a)
+        return 2 * np.arctan2(num, den)
+
+    steradians = triangle(v[:, 0], v[:, 1], v[:, 2]) + triangle(v[:, 0], v[:, 2], v[:, 3])
+    return steradians * EARTH_RADIUS_KM**2
+
+
+def geometric_median(
+    xyz: np.ndarray, weights: np.ndarray, *, weiszfeld_steps: int = 10
+) -> np.ndarray:
+    """Unit vector minimising the expected angle sum_i w_i * angle(x, x_i).
+
+    A few Weiszfeld steps in the tangent plane (the log map at the current point, each step
+    halved until the objective drops: on the sphere a full step can overshoot) from the better of
+    the mean direction and the heaviest point, then L-BFGS (scipy) on x = y / |y| with the exact
+    gradient: Weiszfeld alone creeps for weight split between far-apart clusters, where the
+    objective is nearly flat. The heaviest support points are candidates too (the optimum can be
+    a point holding half the weight, where the objective has no gradient)."""
+    from scipy.optimize import minimize
+
+    w = weights / weights.sum()
+
+    def cost(x: np.ndarray) -> float:
+        return float((w * angles(xyz, x)).sum())
+
+    heavy = xyz[np.argsort(-w)[:16]]
+    starts = [heavy[0]]
+    mean = (w[:, None] * xyz).sum(0)
+    if np.linalg.norm(mean) > 1e-9:
+        starts.append(mean / np.linalg.norm(mean))
+    x = min(starts, key=cost)
+    for _ in range(weiszfeld_steps):
+        cos = np.clip(xyz @ x, -1, 1)
+        ang = angles(xyz, x)
+        far = ang > 1e-12  # a support point at x contributes no direction (and no division)
+        if not far.any():
+            break
+        tangent = xyz[far] - cos[far, None] * x
+        logs = tangent * (ang[far] / np.maximum(np.linalg.norm(tangent, axis=1), 1e-300))[:, None]
+        inv = w[far] / ang[far]
+        step = (inv[:, None] * logs).sum(0) / inv.sum()
+        size = float(np.linalg.norm(step))
+        if size < 1e-13:
+            break
+        here, direction = cost(x), step / size
+        for _ in range(40):
+            new = math.cos(size) * x + math.sin(size) * direction
+            new /= np.linalg.norm(new)
+            if cost(new) < here:
+                break
+            size /= 2
+        else:
+            break
+        x = new
+
+    def objective(y: np.ndarray) -> tuple[float, np.ndarray]:
+        norm = np.linalg.norm(y)
+        u = y / norm
+        cos = xyz @ u
+        tangent = xyz - cos[:, None] * u
+        sin = np.linalg.norm(tangent, axis=1)
+        ok = sin > 1e-15
+        grad_u = -((w[ok] / sin[ok])[:, None] * tangent[ok]).sum(0)
+        grad_y = (grad_u - (grad_u @ u) * u) / norm
+        return float((w * np.arctan2(sin, cos)).sum()), grad_y
+
+    res = minimize(
+        objective, x, jac=True, method="L-BFGS-B", options={"maxiter": 200, "gtol": 1e-9}
+    )
+    polished = res.x / np.linalg.norm(res.x)
+    return min([x, polished, *heavy], key=cost)
+
+
+@dataclass
+class Region:
+    """A highest-density region: the S2 cells (one level) holding the most density, until their
+    mass reaches `p`. `mass` is what they hold (>= p, one cell's worth more at most)."""
+
+    p: float
+    mass: float
+    cell_ids: np.ndarray
+    area_km2: float
+    country_mass: list[tuple[str, float]] = field(default_factory=list)
+
+    def polygons(self, points_per_edge: int = 2) -> Any:
+        """The region's outline as a shapely (Multi)Polygon in lon/lat degrees, split at the
+        antimeridian (GeoJSON's rule)."""
+        import shapely
+        import shapely.affinity
+        from shapely.geometry import box
+
+        from geoalign.geo.s2.ids import cell_polygons
+
+        rings = cell_polygons(np.asarray(self.cell_ids, dtype=np.uint64), points_per_edge)
+        polys = []
+        world = box(-180, -90, 180, 90)
+        for ring in rings:
+            poly = shapely.Polygon(ring[:, ::-1])
+            lo, hi = ring[:, 1].min(), ring[:, 1].max()
+            if hi > 180 or lo < -180:  # unwrapped across the antimeridian: two halves
+                shift = -360 if hi > 180 else 360
+                polys += [
+                    poly.intersection(world),
+                    shapely.affinity.translate(poly, shift).intersection(world),
+                ]
+            elif abs(ring[:, 0]).max() >= 89.999 and hi - lo > 180:  # a polar cap cell
+                polys.append(poly.intersection(world))
+            else:
+                polys.append(poly)
+        return shapely.make_valid(shapely.unary_union([q for q in polys if not q.is_empty]))
+
+    def summary(self) -> str:
+        """'90% region: 1.2 M km², mostly FR 61%, BE 20%' (country shares of the region's mass)."""
+        area = self.area_km2
+        text = f"{area / 1e6:.2g} M km²" if area >= 1e5 else f"{area:,.0f} km²"
+        top = ", ".join(f"{c} {share:.0%}" for c, share in self.country_mass[:3] if share >= 0.05)
+        return f"{self.p:.0%} region: {text}" + (f", mostly {top}" if top else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "p": self.p,
+            "mass": self.mass,
+            "area_km2": self.area_km2,
+            "cells": len(self.cell_ids),
+            "countries": [{"code": c, "share": s} for c, s in self.country_mass],
+        }
+
+
+class Distribution:
+    """One query's distribution over candidates, smoothed on S2 cells (see the module doc).
+
+    `probs` [M] over the candidates of `grid` (zero outside a prior); `calibration` maps a
+    nominal region probability to the mass that covers it on validation data (conformal), or
+    None to use p as is."""
+
+    def __init__(
+        self,
+        grid: CellGrid,
+        probs: np.ndarray,
+        *,
+        seeker: Any = None,
+        calibration: Any = None,
+    ) -> None:
+        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+        if probs.shape[0] != len(grid.latlon):
+            raise ValueError(f"{probs.shape[0]} probabilities for {len(grid.latlon)} candidates")
+        total = probs.sum()
+        if not np.isfinite(total) or total <= 0:
+            raise DataError(
+                "the distribution has no finite positive mass (damaged model or cache?)"
+            )
+        self.grid = grid
+        self.probs = probs / total
+        self.seeker = seeker
+        self.calibration = calibration
+        mass = np.bincount(grid.cell_of, weights=self.probs, minlength=len(grid.cell_ids))
+        self.cell_mass = mass
+        self.order = np.argsort(-(mass / grid.area_km2), kind="stable")
+        self.cum = np.cumsum(mass[self.order])
+        self.rank = np.empty_like(self.order)
+        self.rank[self.order] = np.arange(len(self.order))
+
+    # -- estimates -------------------------------------------------------------------------------
+    def estimate(self, kind: str = "median") -> np.ndarray:
+        """(lat, lon) of a point estimate: top1, mode, mean or median (see the module doc)."""
+        latlon = self.grid.latlon
+        if kind == "top1":
+            return latlon[int(np.argmax(self.probs))].copy()
+        if kind == "mode":
+            if self.seeker is None:
+                raise DataError("the mode estimate needs the candidates' neighbourhoods (a seeker)")
+            import torch
+
+            idx, _ = self.seeker.select(torch.from_numpy(self.probs[None]).float())
+            return latlon[int(idx[0])].copy()
+        if kind == "mean":
+            mean = (self.probs[:, None] * unit(latlon)).sum(0)
+            if np.linalg.norm(mean) < 1e-9:
+                return self.estimate("top1")  # antipodal balance: no mean direction
+            return to_latlon(mean)
+        if kind == "median":
+            top = self._support()
+            return to_latlon(geometric_median(unit(latlon[top]), self.probs[top]))
+        raise DataError(f"unknown estimate {kind!r}; known: {', '.join(ESTIMATES)}")
+
+    def _support(self) -> np.ndarray:
+        """Every candidate with mass, or the MEDIAN_SUPPORT most probable of them (for a
+        100K gallery: the rest holds too little mass to move the median measurably)."""
+        nonzero = np.flatnonzero(self.probs > 0)
+        if len(nonzero) <= MEDIAN_SUPPORT:
+            return nonzero
+        return nonzero[np.argpartition(-self.probs[nonzero], MEDIAN_SUPPORT - 1)[:MEDIAN_SUPPORT]]
+
+    def expected_distance_km(self, latlon: np.ndarray) -> float:
+        """E[great-circle distance] from a point to the distribution (what the median minimises)."""
+        x = unit(np.asarray(latlon, dtype=np.float64).reshape(2))
+        return float((self.probs * angles(unit(self.grid.latlon), x)).sum() * EARTH_RADIUS_KM)
+
+    # -- regions and levels ------------------------------------------------------------------------
+    def mass_for(self, p: float) -> float:
+        """The mass a nominal p-region holds: p itself, or its calibrated value."""
+        p = check_p(p)
+        return float(self.calibration(p)) if self.calibration is not None else p
+
+    def region(self, p: float, *, countries: bool = True) -> Region:
+        """The smallest-area union of cells whose mass reaches p (calibrated if known)."""
+        target = self.mass_for(p)
+        k = int(np.searchsorted(self.cum, target - 1e-12)) + 1
+        k = min(k, len(self.order))
+        cells = self.order[:k]
+        region = Region(
+            p=float(p),
+            mass=float(self.cum[k - 1]),
+            cell_ids=self.grid.cell_ids[cells],
+            area_km2=float(self.grid.area_km2[cells].sum()),
+        )
+        if countries:
+            region.country_mass = self._country_mass(cells)
+        return region
+
+    def _country_mass(self, cells: np.ndarray) -> list[tuple[str, float]]:
+        from geoalign.geo.regions import load_countries
+
+        inside = np.isin(self.grid.cell_of, cells) & (self.probs > 0)
+        idx = np.flatnonzero(inside)
+        if idx.size > 2000:  # the heaviest points carry the shares; the tail changes no rounding
+            idx = idx[np.argsort(-self.probs[idx])[:2000]]
+        codes = load_countries().country_codes(self.grid.latlon[idx])
+        shares: dict[str, float] = {}
+        for code, w in zip(codes, self.probs[idx], strict=True):
+            key = str(code) if code else "sea"
+            shares[key] = shares.get(key, 0.0) + float(w)
+        total = sum(shares.values()) or 1.0
+        return sorted(((c, m / total) for c, m in shares.items()), key=lambda t: -t[1])
+
+    def level_of(self, latlon: np.ndarray) -> np.ndarray:
+        """For each point [N, 2], the smallest nominal p whose region contains it (1.0 where no
+        region below 1 does). With calibration, levels are mapped back to nominal p."""
+        idx = self.grid.cell_index(latlon)
+        level = np.ones(len(idx))
+        inside = idx >= 0
+        level[inside] = self.cum[self.rank[idx[inside]]]
+        if self.calibration is not None:
+            level[inside] = self.calibration.nominal(level[inside])
+        return np.minimum(level, 1.0)
+
+    def density(self, latlon: np.ndarray) -> np.ndarray:
+        """Probability density per km² at each point [N, 2] (box kernel + the uniform floor)."""
+        idx = self.grid.cell_index(latlon)
+        dens = np.zeros(len(idx))
+        inside = idx >= 0
+        dens[inside] = self.cell_mass[idx[inside]] / self.grid.area_km2[idx[inside]]
+        return (1 - UNIFORM_WEIGHT) * dens + UNIFORM_WEIGHT / EARTH_AREA_KM2
+
+    # -- output ------------------------------------------------------------------------------------
+    def to_geojson(
+        self, regions: tuple[float, ...] = (0.5, 0.9), estimate: str = "median"
+    ) -> dict[str, Any]:
+        """A GeoJSON FeatureCollection: the point estimate and each p-region's outline."""
+        from shapely.geometry import mapping
+
+        lat, lon = self.estimate(estimate)
+        features: list[dict[str, Any]] = [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [float(lon), float(lat)]},
+                "properties": {"kind": "estimate", "estimate": estimate},
+            }
+        ]
+        for p in sorted(regions, reverse=True):
+            r = self.region(p)
+            geom = r.polygons().simplify(0.01, preserve_topology=True)
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": _rounded(mapping(geom)),
+                    "properties": {"kind": "region", **r.to_dict(), "summary": r.summary()},
+                }
+            )
+        return {"type": "FeatureCollection", "features": features}
+
+
+def _rounded(geometry: dict[str, Any], digits: int = 4) -> dict[str, Any]:
+    """GeoJSON coordinates rounded (1e-4 degrees is 11 m): regions stay small on disk."""
+
+    def walk(c: Any) -> Any:
+        if isinstance(c, (list, tuple)) and c and isinstance(c[0], (int, float)):
+            return [round(float(v), digits) for v in c]
+        return [walk(v) for v in c]
+
+    return {**geometry, "coordinates": walk(geometry["coordinates"])}

@@ -1,0 +1,177 @@
+"""Distributions on the sphere: estimates against brute force, regions against direct sums,
+levels and densities consistent with the regions, GeoJSON that maps can read."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geoalign.errors import DataError
+from geoalign.geo.distance import EARTH_RADIUS_KM, haversine_km
+from geoalign.inference.distribution import (
+    EARTH_AREA_KM2,
+    UNIFORM_WEIGHT,
+    CellGrid,
+    Distribution,
+    cell_areas_km2,
+    unit,
+)
+
+
+def _world(seed: int = 0, n: int = 400):
+    rng = np.random.default_rng(seed)
+    pts = np.concatenate(
+        [rng.normal([48, 2], [2, 3], (n // 2, 2)), rng.normal([-30, 140], [4, 8], (n // 2, 2))]
+    )
+    pts[:, 0] = pts[:, 0].clip(-89, 89)
+    return pts, rng.random(len(pts)) ** 3
+
+
+def _brute_median(pts: np.ndarray, w: np.ndarray, centre: np.ndarray, span: float = 6.0):
+    """Minimise the expected distance over a fine grid around `centre`."""
+    lat = np.linspace(centre[0] - span, centre[0] + span, 241).clip(-90, 90)
+    lon = np.linspace(centre[1] - span, centre[1] + span, 241)
+    grid = np.stack(np.meshgrid(lat, lon, indexing="ij"), -1).reshape(-1, 2)
+    cost = np.arccos(np.clip(unit(grid) @ unit(pts).T, -1, 1)) @ (w / w.sum())  # fine at 0.05 deg
+    return grid[cost.argmin()], cost.min() * EARTH_RADIUS_KM
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_median_minimises_expected_distance(seed):
+    pts, w = _world(seed)
+    dist = Distribution(CellGrid(pts), w)
+    est = dist.estimate("median")
+    _, best = _brute_median(pts, w, est)
+    got = dist.expected_distance_km(est)
+    assert got <= best + 0.01  # the grid's step is 0.05 degrees: ours is at least as good
+    for other in ("top1", "mean"):
+        assert got <= dist.expected_distance_km(dist.estimate(other)) + 1e-6
+
+
+def test_mean_and_top1():
+    pts = np.array([[0.0, 10.0], [0.0, 20.0], [10.0, 15.0]])
+    dist = Distribution(CellGrid(pts), np.array([0.2, 0.2, 0.6]))
+    assert dist.estimate("top1").tolist() == [10.0, 15.0]
+    mean = dist.estimate("mean")
+    xyz = (np.array([0.2, 0.2, 0.6])[:, None] * unit(pts)).sum(0)
+    assert (
+        haversine_km(
+            *mean,
+            *np.degrees([np.arcsin(xyz[2] / np.linalg.norm(xyz)), np.arctan2(xyz[1], xyz[0])]),
+        )
+        < 1e-6
+    )
+    with pytest.raises(DataError, match="unknown estimate"):
+        dist.estimate("centroid")
+
+
+def test_regions_mass_area_and_levels_agree_with_direct_sums():
+    pts, w = _world()
+    grid = CellGrid(pts, level=5)
+    dist = Distribution(grid, w)
+    probs = w / w.sum()
+    prev = 0.0
+    for p in (0.1, 0.5, 0.9, 0.99):
+        r = dist.region(p)
+        inside = np.isin(grid.cell_ids[grid.cell_of], r.cell_ids)
+        assert r.mass == pytest.approx(probs[inside].sum()) and r.mass >= p - 1e-9
+        assert r.area_km2 == pytest.approx(cell_areas_km2(r.cell_ids).sum())
+        assert r.area_km2 >= prev
+        prev = r.area_km2
+        # a candidate is in the p-region exactly when its level is <= the region's mass
+        levels = dist.level_of(pts)
+        assert np.array_equal(levels <= r.mass + 1e-12, inside)
+        # the region holds the densest cells: none outside is denser than any inside
+        dens = dist.cell_mass / grid.area_km2
+        chosen = np.isin(grid.cell_ids, r.cell_ids)
+        assert dens[~chosen].max(initial=0) <= dens[chosen].min() + 1e-15
+    assert dist.level_of(np.array([[0.0, -60.0]]))[0] == 1.0  # no candidate anywhere near
+    assert sum(c for _, c in dist.region(0.9).country_mass) == pytest.approx(1.0)
+
+
+def test_cell_areas_sum_to_the_sphere():
+    from geoalign.geo.s2.ids import latlon_to_cell_ids, parent_ids
+
+    faces = np.unique(
+        parent_ids(
+            latlon_to_cell_ids(
+                np.array([0, 0, 0, 0, 90, -90.0]), np.array([0, 90, 180, -90, 0, 0.0])
+            ),
+            0,
+        )
+    )
+    assert len(faces) == 6
+    assert cell_areas_km2(faces).sum() == pytest.approx(EARTH_AREA_KM2, rel=1e-9)
+
+
+def test_density_is_the_smoothed_mass_with_a_uniform_floor():
+    pts, w = _world()
+    grid = CellGrid(pts)
+    dist = Distribution(grid, w)
+    lat, lon = 48.0, 2.0
+    cell = grid.cell_index(np.array([[lat, lon]]))[0]
+    want = dist.cell_mass[cell] / grid.area_km2[cell]
+    got = dist.density(np.array([[lat, lon]]))[0]
+    assert got == pytest.approx((1 - UNIFORM_WEIGHT) * want + UNIFORM_WEIGHT / EARTH_AREA_KM2)
+    # integrating the box part over its cells gives back all the mass
+    assert (dist.cell_mass / grid.area_km2 * grid.area_km2).sum() == pytest.approx(1.0)
+    assert dist.density(np.array([[0.0, -60.0]]))[0] == pytest.approx(
+        UNIFORM_WEIGHT / EARTH_AREA_KM2
+    )
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, -0.5, 1.5, float("nan")])
+def test_p_outside_the_open_interval_is_an_error(p):
+    pts, w = _world()
+    with pytest.raises(DataError, match="strictly between 0 and 1"):
+        Distribution(CellGrid(pts), w).region(p)
+
+
+def test_zero_or_nan_mass_is_an_error():
+    pts = np.zeros((3, 2))
+    with pytest.raises(DataError, match="no finite positive mass"):
+        Distribution(CellGrid(pts), np.zeros(3))
+    with pytest.raises(DataError, match="no finite positive mass"):
+        Distribution(CellGrid(pts), np.array([np.nan, 1, 1]))
+
+
+def test_one_point_and_antimeridian_and_pole_regions_make_valid_geojson():
+    import shapely
+    from shapely.geometry import shape
+
+    one = Distribution(CellGrid(np.array([[10.0, 20.0]])), np.array([1.0]))
+    assert one.estimate("median").tolist() == pytest.approx([10.0, 20.0])
+    assert len(one.region(0.9).cell_ids) == 1
+    pts = np.array([[0.0, 179.9], [0.0, -179.9], [89.9, 0.0], [-89.9, 45.0]])
+    dist = Distribution(CellGrid(pts, level=3), np.ones(4))
+    gj = dist.to_geojson(regions=(0.99,))
+    text = json.dumps(gj)
+    assert len(text) < 100_000
+    for feature in gj["features"]:
+        geom = shape(feature["geometry"])
+        assert geom.is_valid
+        if feature["properties"]["kind"] == "region":
+            minx, miny, maxx, maxy = geom.bounds
+            assert -180 <= minx and maxx <= 180 and -90 <= miny and maxy <= 90
+            # the outline's spherical area is about the cells' area (projection aside)
+            assert shapely.area(geom) > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(-80, 80), st.floats(-179.9, 179.9), st.floats(0.01, 1.0)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_median_is_never_worse_than_any_support_point(rows):
+    arr = np.array(rows, dtype=np.float64)
+    dist = Distribution(CellGrid(arr[:, :2]), arr[:, 2])
+    got = dist.expected_distance_km(dist.estimate("median"))
+    best_point = min(dist.expected_distance_km(p) for p in arr[:, :2])
+    assert got <= best_point + 1e-6
