@@ -76,6 +76,14 @@ class CellGrid:
         self.cell_ids, self.cell_of = np.unique(parent_ids(leaves, level), return_inverse=True)
         self.cell_of = self.cell_of.reshape(-1)
         self.area_km2 = cell_areas_km2(self.cell_ids)
+        self._by_cell = np.argsort(self.cell_of, kind="stable")
+        self._offsets = np.searchsorted(
+            self.cell_of[self._by_cell], np.arange(len(self.cell_ids) + 1)
+        )
+
+    def members(self, cell: int) -> np.ndarray:
+        """Candidate indices inside cell number `cell` (an index into `cell_ids`)."""
+        return self._by_cell[self._offsets[cell] : self._offsets[cell + 1]]
 
     def cell_index(self, latlon: np.ndarray) -> np.ndarray:
         """Index into `cell_ids` of the cell holding each point (-1: no candidate there)."""

@@ -54,6 +54,7 @@ class Geolocator:
         cache: bool = True,
         progress: Callable[[int], None] | None = None,
         gallery_precision: str = "float32",
+        calibration: Any = None,
     ) -> None:
         if not isinstance(model, Locator):
             raise TypeError(f"{type(model).__name__} does not implement geoalign's Locator")
@@ -98,6 +99,8 @@ class Geolocator:
         self._places = None
         self._grids: dict[int, CellGrid] = {}
         self._seekers: dict[float, Any] = {}
+        self.calibration = None
+        self.set_calibration(calibration)
 
     @classmethod
     def from_pretrained(
@@ -116,7 +119,8 @@ class Geolocator:
         """Official or trained weights, through the registry (config and weights read once).
 
         "auto" = what the checkpoint records: its backbone (features-reading models; None
-        loads none, for `predict_features`), its gallery (else geoclip-100k), its segmenter."""
+        loads none, for `predict_features`), its gallery (else geoclip-100k), its segmenter.
+        A calibration stored in the checkpoint (`geoalign calibrate`) is applied."""
         from geoalign.models.registry import load_checkpoint, load_model
 
         ckpt = load_checkpoint(model)
@@ -150,6 +154,11 @@ class Geolocator:
             auto = isinstance(gallery, str) and gallery == "auto"
             name = (ckpt.config.get("gallery") or "geoclip-100k") if auto else gallery
             table = name if isinstance(name, pd.DataFrame) else _load_gallery(name)
+        calibration = None
+        if ckpt.config.get("calibration"):
+            from geoalign.inference.calibration import Calibration
+
+            calibration = Calibration.from_dict(ckpt.config["calibration"])
         return cls(
             net,
             backbone=frozen,
@@ -158,6 +167,7 @@ class Geolocator:
             coordinates=coordinates,
             cache=cache,
             gallery_precision=gallery_precision,
+            calibration=calibration,
         )
 
     # -- queries -----------------------------------------------------------------------------
@@ -197,9 +207,13 @@ class Geolocator:
 
     # -- the distribution ----------------------------------------------------------------------
     @torch.no_grad()
-    def log_probs(self, queries: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, M] log-probabilities over every candidate (-inf outside a prior's `mask`)."""
-        return log_probs(self.model.logits(queries, self.candidates), mask).cpu()
+    def log_probs(
+        self, queries: torch.Tensor, mask: torch.Tensor | None = None, *, scale: float | None = None
+    ) -> torch.Tensor:
+        """[B, M] log-probabilities over every candidate (-inf outside a prior's `mask`); the
+        model's logits times the calibration's factor (or `scale`, when given)."""
+        factor = self._factor() if scale is None else float(scale)
+        return log_probs(self.model.logits(queries, self.candidates) * factor, mask).cpu()
 
     @torch.no_grad()
     def topk(
@@ -222,21 +236,35 @@ class Geolocator:
         mask: torch.Tensor | None = None,
         *,
         level: int | None = None,
+        scale: float | None = None,
         radius_km: float = 750.0,
     ) -> list[Distribution]:
         """One `Distribution` per query (estimates, regions, density, levels) over the
-        candidates; `level` is the S2 level of its smoothing (default: the calibration's, else
-        `distribution.DEFAULT_LEVEL`), `radius_km` the mode estimate's radius."""
-        level = level if level is not None else DEFAULT_LEVEL
+        candidates. By default the stored calibration's logit factor, smoothing level and
+        conformal region masses apply; an explicit `level` or `scale` (calibration fitting)
+        gives the uncalibrated distribution at those settings. `radius_km`: the mode's radius."""
+        cal = self.calibration if level is None and scale is None else None
+        if level is None:
+            level = cal.level if cal is not None else DEFAULT_LEVEL
         if level not in self._grids:
             self._grids[level] = CellGrid(self._latlon, level)
         if radius_km not in self._seekers:
             from geoalign.inference.modes import ModeSeeker
 
             self._seekers[radius_km] = ModeSeeker(self._latlon, radius_km)
-        probs = self.log_probs(queries, mask).exp().double().numpy()
+        probs = self.log_probs(queries, mask, scale=scale).exp().double().numpy()
         grid, seeker = self._grids[level], self._seekers[radius_km]
-        return [Distribution(grid, row, seeker=seeker) for row in probs]
+        return [Distribution(grid, row, seeker=seeker, calibration=cal) for row in probs]
+
+    def set_calibration(self, calibration: Any) -> None:
+        """Use a `geoalign.inference.calibration.Calibration` (None: none) from now on: its logit
+        factor scales every probability (top-k and distributions alike)."""
+        self.calibration = calibration
+        if self.search is not None:
+            self.search.scale = self.model.temperature() * self._factor()
+
+    def _factor(self) -> float:
+        return float(self.calibration.scale) if self.calibration is not None else 1.0
 
     def coordinates_of(self, idx: np.ndarray) -> np.ndarray:
         """[B, k, 2] coordinates of candidate indices (cells refined by the gallery if asked)."""
