@@ -81,7 +81,8 @@ def test_build_show_assign(tmp_path, lat_name, lon_name):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "1500" in res.output and str(h.sizes[2]) in res.output
+    assert "1500" in res.stdout and str(h.sizes[2]) in res.stdout  # the table is the result
+    assert "m.html" in res.stderr and "m.html" not in res.stdout  # "wrote ..." is a message
     html = (tmp_path / "m.html").read_text()
     assert "FeatureCollection" in html and h.partitions[1].tokens[0] in html
 

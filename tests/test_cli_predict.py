@@ -79,6 +79,16 @@ def test_folder_jsonl_errors_and_resume(tiny_clip, small_gallery, photos, tmp_pa
     assert len(out.read_text().splitlines()) == 5
 
 
+def test_table_on_stdout_errors_and_progress_on_stderr(tiny_clip, small_gallery, photos):
+    """`geoalign predict x.jpg > o.txt` captures the table; the broken file is named on stderr."""
+    good, bad = photos / "p0.jpg", photos / "broken.jpg"
+    res = runner.invoke(app, _args(tiny_clip, small_gallery, str(good), str(bad), "-k", "2"))
+    assert res.exit_code == 1, res.output
+    assert str(good) in res.stdout and "prob" in res.stdout
+    assert str(bad) not in res.stdout and str(bad) in res.stderr
+    assert "loading model" not in res.stdout
+
+
 def test_prior_restricts_to_country_and_maps(tiny_clip, small_gallery, photos, tmp_path):
     from geoalign.geo.priors import Country
 

@@ -38,16 +38,22 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    """Worldwide image geo-localization: predict, explain, train and evaluate."""
-    if version:
+def _print_version(value: bool) -> None:
+    """Eager, so that `geoalign --version` works without a command."""
+    if value:
         from geoalign import __version__
 
         typer.echo(f"geoalign {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the version."
+    ),
+) -> None:
+    """Worldwide image geo-localization: predict, explain, train and evaluate."""
 
 
 def _register_command_modules() -> None:
@@ -63,7 +69,17 @@ def _register_command_modules() -> None:
         register(app)
 
 
+def _plain_help(typer_app: typer.Typer) -> None:
+    """Click's own help layout for every command: it wraps option help at 80 columns, where
+    rich's boxed panels truncate it ("Countries/region…"), and it reads the same in a pipe."""
+    typer_app.rich_markup_mode = None
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _plain_help(group.typer_instance)
+
+
 _register_command_modules()
+_plain_help(app)
 
 
 def main() -> None:

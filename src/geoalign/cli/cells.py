@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geoalign.cli.common import console, fail, progress_bar
+from geoalign.cli.common import console, fail, print_result, progress_bar
 
 cells_app = typer.Typer(
     help="S2 geocell partition hierarchies (GeoSURGE): build, show, assign, import.",
@@ -106,7 +106,8 @@ def _write_labels(path: Path, rows, labels, hierarchy) -> None:
         frame.to_csv(path, index=False)
 
 
-def _summary(hierarchy) -> None:
+def _summary(hierarchy, *, result: bool = False) -> None:
+    """The per-level table: a result for `show` (stdout), a log line for the writers (stderr)."""
     import numpy as np
     from rich.table import Table
 
@@ -132,7 +133,10 @@ def _summary(hierarchy) -> None:
         )
         tau = "?" if part.tau_max is None else str(part.tau_max)
         table.add_row(str(k), tau, str(len(part)), str(int(counts.sum())), *stats, nested)
-    console.print(table)
+    if result:
+        print_result(table)
+    else:
+        console.print(table)
 
 
 @cells_app.command("build")
@@ -222,8 +226,8 @@ def show(
         for k in ("tau_min", "min_level", "max_level", "min_inclusive", "n_samples")
         if k in params
     }
-    console.print(f"[bold]{folder}[/]: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
-    _summary(hierarchy)
+    print_result(f"[bold]{folder}[/]: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    _summary(hierarchy, result=True)
     if map_html is not None:
         from geoalign.geo.s2.cellmap import write_cell_map
 

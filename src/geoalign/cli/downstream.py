@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geoalign.cli.common import console, fail, progress_bar
+from geoalign.cli.common import console, fail, print_result, progress_bar
 
 downstream_app = typer.Typer(
     help="Location embeddings on downstream tasks: country, temperature, Köppen, elevation, "
@@ -124,11 +124,11 @@ def list_tasks() -> None:
     table = Table("task", "kind", "target")
     for spec in TASKS.values():
         table.add_row(spec.name, spec.kind, spec.target)
-    console.print(table)
+    print_result(table)
     enc = Table("encoder", "what it is")
     for name, text in ENCODER_DESCRIPTIONS.items():
         enc.add_row(name, text)
-    console.print(enc)
+    print_result(enc)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.markup import escape
 
-from geoalign.cli.common import console, fail
+from geoalign.cli.common import fail, print_result
 
 places_app = typer.Typer(
     help="Offline place names (GeoNames, Natural Earth) and geographic priors.",
@@ -60,7 +60,7 @@ def lookup(
         country = f"{p.country_name} ({p.country_code})" + (", at sea" if p.at_sea else "")
         cells = (f"{lat:g}", f"{lon:g}", p.city, p.region, country, f"{p.distance_km:.1f}")
         table.add_row(*(escape(c) for c in cells))
-    console.print(table)
+    print_result(table)
 
 
 @places_app.command("countries")
@@ -83,7 +83,7 @@ def countries(
         shown += 1
     if not shown:
         fail(f"no country matches {search!r}")
-    console.print(table)
+    print_result(table)
 
 
 @places_app.command("regions")
@@ -148,7 +148,7 @@ def prior(
         seconds = time.perf_counter() - start
     except GeoalignError as err:
         fail(escape(str(err)))
-    console.print(
+    print_result(
         f"prior [bold]{escape(str(rule))}[/]: keeps {kept.size:,} of {len(latlon):,} gallery points "
         f"({100 * kept.size / len(latlon):.2f}%) in {seconds:.2f} s"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from geoalign.cli.common import console, fail, progress_bar
+from geoalign.cli.common import console, fail, print_result, progress_bar
 
 
 def _done_sources(jsonl: Path) -> set[str]:
@@ -26,12 +26,13 @@ def _done_sources(jsonl: Path) -> set[str]:
 
 
 def _print_prediction(prediction) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if not prediction.ok:
-        console.print(f"[red]✗ {prediction.source}[/]: {prediction.error}")
+        console.print(f"[red]✗ {escape(prediction.source)}[/]: {escape(prediction.error)}")
         return
-    table = Table(title=prediction.source, title_justify="left", show_edge=False)
+    table = Table(title=escape(prediction.source), title_justify="left", show_edge=False)
     for column in ("#", "lat", "lon", "prob", "place"):
         table.add_column(column, justify="right" if column != "place" else "left")
     for rank, c in enumerate(prediction.candidates, 1):
@@ -41,7 +42,7 @@ def _print_prediction(prediction) -> None:
                 p for p in (c.place["city"], c.place["region"], c.place["country_name"]) if p
             )
         table.add_row(str(rank), f"{c.lat:.4f}", f"{c.lon:.4f}", f"{c.prob:.4f}", place)
-    console.print(table)
+    print_result(table)
 
 
 def predict(
