@@ -74,9 +74,13 @@ def test_folder_jsonl_errors_and_resume(tiny_clip, small_gallery, photos, tmp_pa
         assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
         assert "country_code" in r["predictions"][0]["place"]
     # resume: the three done photos are skipped, only the broken one is retried
-    res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos), "--json", str(out)))
-    assert "resuming: 3 inputs" in res.output
-    assert len(out.read_text().splitlines()) == 5
+    res = runner.invoke(
+        app, _args(tiny_clip, small_gallery, str(photos), "--json", str(out), "-k", "3")
+    )
+    assert "resuming: 3 inputs" in res.stderr and "retrying 1" in res.stderr
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(again) == 4  # the failed input is recorded once, not once per run
+    assert [r["source"] for r in again if "error" in r] == [bad[0]["source"]]
 
 
 def test_table_on_stdout_errors_and_progress_on_stderr(tiny_clip, small_gallery, photos):
@@ -141,3 +145,130 @@ def test_python_api_accepts_mixed_inputs(tiny_clip, small_gallery, photos):
     ten = g.predict([pil], top_k=2, ten_crop=True)[0]
     assert ten.ok and len(ten.candidates) == 2
     assert isinstance(g.embed_pixels(torch.stack([tensor[0]] * 2)), torch.Tensor)
+
+
+# ------------------------------------------------------------------ output formats and manifests
+
+
+def test_json_dash_writes_jsonl_to_stdout(tiny_clip, small_gallery, photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos), "--json", "-", "-k", "2"))
+    assert res.exit_code == 1, res.output
+    assert not (tmp_path / "-").exists()
+    records = [json.loads(line) for line in res.stdout.splitlines()]  # nothing but JSONL
+    assert len(records) == 4
+    assert {r["schema"] for r in records} == {"geoalign.prediction/v1"}
+    assert all(r["settings"]["top_k"] == 2 for r in records)
+    ok = [r for r in records if "predictions" in r]
+    assert [p["rank"] for p in ok[0]["predictions"]] == [1, 2]
+    assert "broken.jpg" in res.stderr
+
+
+def test_csv_and_geojson_outputs(tiny_clip, small_gallery, photos, tmp_path):
+    import csv
+    import io
+
+    geo = tmp_path / "out.geojson"
+    res = runner.invoke(
+        app,
+        _args(
+            tiny_clip, small_gallery, str(photos), "--csv", "-", "--geojson", str(geo), "-k", "3"
+        ),
+    )
+    assert res.exit_code == 1, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 3 * 3 + 1
+    failed = [r for r in rows if r["error"]]
+    assert len(failed) == 1 and failed[0]["source"].endswith("broken.jpg")
+    good = [r for r in rows if not r["error"]]
+    assert [r["rank"] for r in good[:3]] == ["1", "2", "3"]
+    assert all(-90 <= float(r["lat"]) <= 90 and r["country_code"] for r in good)
+
+    collection = json.loads(geo.read_text())
+    assert collection["type"] == "FeatureCollection"
+    features = collection["features"]
+    assert len(features) == 9
+    for feature, row in zip(features, good, strict=True):
+        lon, lat = feature["geometry"]["coordinates"]
+        assert feature["geometry"]["type"] == "Point"
+        assert (lat, lon) == (float(row["lat"]), float(row["lon"]))
+        props = feature["properties"]
+        assert props["source"] == row["source"] and props["rank"] == int(row["rank"])
+        assert props["prob"] == float(row["prob"]) and props["place"]
+
+
+def test_only_one_output_can_use_stdout(tiny_clip, small_gallery, photos):
+    res = runner.invoke(
+        app, _args(tiny_clip, small_gallery, str(photos), "--json", "-", "--csv", "-")
+    )
+    assert res.exit_code == 2 and "only one output" in res.stderr
+
+
+def test_manifest_inputs(tiny_clip, small_gallery, photos, tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"image": ["photos/p0.jpg", "photos/p1.jpg"]}).to_csv(
+        photos.parent / "m.csv", index=False
+    )
+    pd.DataFrame({"path": [str(photos / "p2.jpg")]}).to_parquet(tmp_path / "m.parquet")
+    res = runner.invoke(
+        app,
+        _args(
+            tiny_clip,
+            small_gallery,
+            str(photos.parent / "m.csv"),
+            str(tmp_path / "m.parquet"),
+            "--json",
+            "-",
+        ),
+    )
+    assert res.exit_code == 0, res.output
+    sources = [json.loads(line)["source"] for line in res.stdout.splitlines()]
+    assert sources == [str(photos / f"p{i}.jpg") for i in range(3)]
+
+    pd.DataFrame({"file": ["p0.jpg"]}).to_csv(tmp_path / "bad.csv", index=False)
+    res = runner.invoke(app, _args(tiny_clip, small_gallery, str(tmp_path / "bad.csv")))
+    assert res.exit_code == 2
+    assert "bad.csv" in res.stderr and "`path` or `image` column" in res.stderr
+    assert "file" in res.stderr
+
+
+def test_resume_refuses_other_settings_and_repairs_a_torn_line(
+    tiny_clip, small_gallery, photos, tmp_path
+):
+    import csv
+    import io
+
+    out = tmp_path / "out.jsonl"
+    first = _args(tiny_clip, small_gallery, str(photos / "p0.jpg"), "--json", str(out), "-k", "2")
+    assert runner.invoke(app, first).exit_code == 0
+    before = out.read_text()
+    with out.open("a") as fh:
+        fh.write('{"schema": "geoalign.prediction/v1", "source": "x.jpg", "predic')  # a kill
+
+    res = runner.invoke(app, [*first[:-2], "-k", "3", "--within", "FR"])
+    assert res.exit_code == 2
+    assert "--top-k was 2, now 3" in res.stderr and "--within" in res.stderr
+    assert out.read_text().startswith(before)  # refused: nothing changed but the torn tail
+
+    both = _args(
+        tiny_clip, small_gallery, str(photos / "p0.jpg"), str(photos / "p1.jpg"), "-k", "2"
+    )
+    res = runner.invoke(app, [*both, "--json", str(out), "--csv", "-"])
+    assert res.exit_code == 0, res.output
+    assert "torn last line" in res.stderr and "resuming: 1 inputs" in res.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]  # valid JSONL again
+    assert [r["source"] for r in records] == [str(photos / "p0.jpg"), str(photos / "p1.jpg")]
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 4  # the CSV covers the resumed input too
+
+    res = runner.invoke(app, [*both, "-k", "3", "--json", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 and all(len(r["predictions"]) == 3 for r in records)
+
+
+def test_quiet_prints_results_but_no_progress(tiny_clip, small_gallery, photos):
+    res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos / "p0.jpg"), "--quiet"))
+    assert res.exit_code == 0, res.output
+    assert "prob" in res.stdout and res.stderr == ""

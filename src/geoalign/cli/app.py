@@ -60,7 +60,7 @@ def _register_command_modules() -> None:
     import geoalign.cli as package
 
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if info.name in {"app", "common"} or info.name.startswith("_"):
+        if info.name in {"app", "common", "output"} or info.name.startswith("_"):
             continue
         module = importlib.import_module(f"geoalign.cli.{info.name}")
         register = getattr(module, "register", None)

@@ -50,7 +50,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 @contextmanager
-def progress_bar(transient: bool = False) -> Iterator[Progress]:
+def progress_bar(transient: bool = False, disable: bool = False) -> Iterator[Progress]:
+    """A progress bar on stderr; `disable` (for --quiet) keeps the API but draws nothing."""
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -59,5 +60,6 @@ def progress_bar(transient: bool = False) -> Iterator[Progress]:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
+        disable=disable,
     ) as progress:
         yield progress
