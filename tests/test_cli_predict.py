@@ -272,3 +272,28 @@ def test_quiet_prints_results_but_no_progress(tiny_clip, small_gallery, photos):
     res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos / "p0.jpg"), "--quiet"))
     assert res.exit_code == 0, res.output
     assert "prob" in res.stdout and res.stderr == ""
+
+
+def test_broken_links_and_empty_folders_are_reported_with_the_rest(
+    tiny_clip, small_gallery, photos, tmp_path
+):
+    (photos / "dangling.jpg").symlink_to(photos / "nowhere.jpg")
+    (photos / "loop.jpg").symlink_to(photos / "loop.jpg")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out.jsonl"
+    res = runner.invoke(
+        app, _args(tiny_clip, small_gallery, str(photos), str(empty), "--json", str(out))
+    )
+    assert res.exit_code == 1, res.output  # partial failure, not a usage error
+    errors = {
+        r["source"]: r["error"]
+        for r in map(json.loads, out.read_text().splitlines())
+        if "error" in r
+    }
+    assert "broken symbolic link" in errors[str(photos / "dangling.jpg")]
+    assert "loop" in errors[str(photos / "loop.jpg")]
+    assert "no image files" in errors[str(empty)]
+    assert str(photos / "broken.jpg") in errors
+    assert str(photos / "p0.jpg") in res.stdout
+    assert "4 of 7 inputs could not be read" in res.stderr

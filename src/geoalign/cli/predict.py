@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
+import os
 import sys
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -47,6 +50,50 @@ def _expand_manifests(inputs: list[Path]) -> list[str]:
         else:
             sources.append(str(item))
     return sources
+
+
+def _broken_links(folder: Path, recursive: bool) -> list[tuple[str, str]]:
+    """(path, reason) for image-named symbolic links in `folder` that lead nowhere or in a
+    loop: a folder scan leaves them out, so they are reported here instead of vanishing."""
+    from geoalign.data.images import IMAGE_EXTENSIONS
+
+    found = []
+    for path in sorted(folder.glob("**/*" if recursive else "*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if hidden or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_symlink():
+            continue
+        try:
+            path.stat()
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                found.append((str(path), "symbolic link loop"))
+            else:
+                found.append((str(path), f"broken symbolic link (to {os.readlink(path)})"))
+    return found
+
+
+def _scan_inputs(sources: list[str], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """Split inputs into those to predict and (input, reason) pairs to report with the rest:
+    one empty folder or broken link must not abort a batch."""
+    from geoalign.data.images import expand_image_paths
+    from geoalign.errors import DataError
+
+    usable, problems = [], []
+    for source in sources:
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            usable.append(source)
+            continue
+        broken = _broken_links(path, recursive)
+        problems.extend(broken)
+        try:
+            expand_image_paths(path, recursive=recursive)
+        except DataError as err:
+            if not broken:
+                problems.append((source, str(err).removeprefix(f"{path}: ")))
+            continue
+        usable.append(source)
+    return usable, problems
 
 
 def _settings(**options) -> dict:
@@ -146,7 +193,7 @@ def predict(
     from geoalign.cli.output import STDOUT, prepare_jsonl
     from geoalign.data.images import expand_inputs
     from geoalign.geo.priors import parse_prior
-    from geoalign.geolocator import Geolocator
+    from geoalign.geolocator import Geolocator, Prediction
 
     targets = {"--json": json_out, "--csv": csv_out, "--geojson": geojson_out}
     piped = [name for name, target in targets.items() if target == STDOUT]
@@ -154,10 +201,10 @@ def predict(
         fail(f"only one output can go to stdout, got {' and '.join(f'{n} -' for n in piped)}")
     say = (lambda _message: None) if quiet else console.print
     prior = parse_prior(within, near, radius_km, bbox, land_only)
-    sources = _expand_manifests(inputs)
-    n_inputs = len(expand_inputs(sources, recursive=recursive))
-    if n_inputs == 0:
-        fail(f"no images found in {', '.join(map(str, inputs))}")
+    sources, problems = _scan_inputs(_expand_manifests(inputs), recursive)
+    if not sources and all(not Path(p).is_symlink() for p, _ in problems):
+        fail("; ".join(f"{path}: {reason}" for path, reason in problems))
+    n_inputs = len(expand_inputs(sources, recursive=recursive)) + len(problems)
     settings = _settings(
         model=model,
         backbone=backbone,
@@ -193,7 +240,8 @@ def predict(
         bar = stack.enter_context(progress_bar(transient=True, disable=quiet))
         task = bar.add_task("predicting", total=todo)
         failed, mapped = 0, []
-        for prediction in geolocator.iter_predict(
+        bad = [Prediction(path, error=reason) for path, reason in problems if path not in skip]
+        found = geolocator.iter_predict(
             sources,
             recursive=recursive,
             top_k=top_k,
@@ -204,7 +252,8 @@ def predict(
             skip=skip,
             num_workers=workers,
             on_batch=lambda n: bar.advance(task, n),
-        ):
+        )
+        for prediction in itertools.chain(bad, found):
             record = prediction_record(prediction, settings)
             for writer in writers:
                 writer.write(record)
