@@ -88,3 +88,11 @@ def test_places_results_are_on_stdout(args):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() and res.stderr == ""
+
+
+def test_transient_progress_leaves_nothing_in_a_log(capsys):
+    from geoalign.cli.common import progress_bar
+
+    with progress_bar(transient=True) as bar:
+        bar.advance(bar.add_task("predicting", total=2), 2)
+    assert capsys.readouterr().err == ""

@@ -51,7 +51,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 @contextmanager
 def progress_bar(transient: bool = False, disable: bool = False) -> Iterator[Progress]:
-    """A progress bar on stderr; `disable` (for --quiet) keeps the API but draws nothing."""
+    """A progress bar on stderr; `disable` (for --quiet) keeps the API but draws nothing.
+
+    A transient bar is off when stderr is not a terminal: it would only leave a blank line."""
+    disable = disable or (transient and not console.is_terminal)
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
