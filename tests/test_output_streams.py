@@ -96,3 +96,28 @@ def test_transient_progress_leaves_nothing_in_a_log(capsys):
     with progress_bar(transient=True) as bar:
         bar.advance(bar.add_task("predicting", total=2), 2)
     assert capsys.readouterr().err == ""
+
+
+HEAVY = ("torch", "transformers", "lightning", "open_clip")
+
+
+def test_help_imports_no_heavy_library():
+    """`geoalign --help` (and every command's help) stays instant: no torch behind it."""
+    script = f"""
+import sys
+import typer
+from typer.testing import CliRunner
+from geoalign.cli import app
+
+def walk(command, path=()):
+    yield path
+    for name, sub in getattr(command, "commands", {{}}).items():
+        yield from walk(sub, (*path, name))
+
+for path in walk(typer.main.get_command(app)):
+    assert CliRunner().invoke(app, [*path, "--help"]).exit_code == 0, path
+print(",".join(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "", f"imported by --help: {res.stdout}"
