@@ -121,3 +121,9 @@ print(",".join(m for m in {HEAVY!r} if m in sys.modules))
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "", f"imported by --help: {res.stdout}"
+
+
+def test_concepts_list_table_is_on_stdout():
+    res = runner.invoke(app, ["concepts", "list", "geography"])
+    assert res.exit_code == 0, res.output
+    assert "skyscraper" in res.stdout and "skyscraper" not in res.stderr
