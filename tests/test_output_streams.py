@@ -127,3 +127,22 @@ def test_concepts_list_table_is_on_stdout():
     res = runner.invoke(app, ["concepts", "list", "geography"])
     assert res.exit_code == 0, res.output
     assert "skyscraper" in res.stdout and "skyscraper" not in res.stderr
+
+
+def test_inspecting_commands_print_json_on_stdout():
+    import json
+
+    res = runner.invoke(app, ["downstream", "tasks", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.stdout)
+    assert {"task", "kind", "target"} <= set(listed["tasks"][0]) and listed["encoders"]
+
+    res = runner.invoke(app, ["places", "countries", "korea", "--json"])
+    assert res.exit_code == 0, res.output
+    codes = {json.loads(line)["code"] for line in res.stdout.splitlines()}
+    assert codes == {"KR", "KP"}
+
+    res = runner.invoke(app, ["places", "prior", "--within", "FR", "--json"])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record["total"] == 100_000 and 0 < record["kept"] < record["total"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -114,12 +115,20 @@ def report(
 
 
 @downstream_app.command("tasks")
-def list_tasks() -> None:
+def list_tasks(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
     """List the tasks, what they predict and which data package each reads."""
     from rich.table import Table
 
     from geoalign.downstream.encoders import ENCODER_DESCRIPTIONS
     from geoalign.downstream.tasks import TASKS
+
+    if as_json:
+        tasks = [{"task": t.name, "kind": t.kind, "target": t.target} for t in TASKS.values()]
+        encoders = [{"encoder": n, "description": d} for n, d in ENCODER_DESCRIPTIONS.items()]
+        typer.echo(json.dumps({"tasks": tasks, "encoders": encoders}, ensure_ascii=False))
+        return
 
     table = Table("task", "kind", "target")
     for spec in TASKS.values():
