@@ -26,7 +26,9 @@ def run(
         "--encoders",
         help="Comma list: built-in names or checkpoint folders (e.g. runs/concept/last).",
     ),
-    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Folder for results.json, maps, report."),
+    out: Path = typer.Option(
+        DEFAULT_OUT, "--out", "-o", help="Folder for results.json, maps, report."
+    ),
     probes: str = typer.Option("mlp,linear", "--probes", help="Probe kinds: mlp, linear."),
     n_points: int | None = typer.Option(None, "--n-points", help="Land points sampled per task."),
     seeds: int | None = typer.Option(None, "--seeds", help="Probe seeds for the final scores."),
