@@ -297,3 +297,20 @@ def test_broken_links_and_empty_folders_are_reported_with_the_rest(
     assert str(photos / "broken.jpg") in errors
     assert str(photos / "p0.jpg") in res.stdout
     assert "4 of 7 inputs could not be read" in res.stderr
+
+
+def test_resume_with_fewer_inputs_counts_only_this_runs(tiny_clip, small_gallery, photos, tmp_path):
+    import csv
+    import io
+
+    out = tmp_path / "out.jsonl"
+    args = _args(tiny_clip, small_gallery, "-k", "2", "--json", str(out))
+    assert (
+        runner.invoke(app, [*args, str(photos / "p0.jpg"), str(photos / "p1.jpg")]).exit_code == 0
+    )
+    res = runner.invoke(app, [*args, str(photos / "p1.jpg"), "--csv", "-"])
+    assert res.exit_code == 0, res.output
+    assert "resuming: 1 inputs" in res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert {r["source"] for r in rows} == {str(photos / "p1.jpg")}  # only this run's inputs
+    assert len(out.read_text().splitlines()) == 2  # the file keeps both

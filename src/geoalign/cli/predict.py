@@ -204,7 +204,9 @@ def predict(
     sources, problems = _scan_inputs(_expand_manifests(inputs), recursive)
     if not sources and all(not Path(p).is_symlink() for p, _ in problems):
         fail("; ".join(f"{path}: {reason}" for path, reason in problems))
-    n_inputs = len(expand_inputs(sources, recursive=recursive)) + len(problems)
+    names = [s.name for s in expand_inputs(sources, recursive=recursive)]
+    names += [path for path, _ in problems]
+    n_inputs = len(names)
     settings = _settings(
         model=model,
         backbone=backbone,
@@ -221,12 +223,13 @@ def predict(
         resumed = prepare_jsonl(Path(json_out), settings, overwrite=overwrite)
         if resumed.torn:
             console.print(f"[yellow]{json_out}: cut off a torn last line (an interrupted write)[/]")
-        if resumed.records:
-            say(f"resuming: {len(resumed.records)} inputs already in {json_out}")
-        if resumed.retried:
-            say(f"retrying {resumed.retried} inputs that failed before")
-    earlier = resumed.records if resumed else []
+    wanted = set(names)  # records of inputs not in this run stay in the file but not in this run
+    earlier = [r for r in resumed.records if r["source"] in wanted] if resumed else []
     skip = {r["source"] for r in earlier}
+    if earlier:
+        say(f"resuming: {len(earlier)} inputs already in {json_out}")
+    if resumed and resumed.retried:
+        say(f"retrying {resumed.retried} inputs that failed before")
     dtype = torch.bfloat16 if bf16 else torch.float32
     status = "loading model and gallery (embedded once, then cached)"
     with nullcontext() if quiet else console.status(status):
@@ -241,6 +244,7 @@ def predict(
         task = bar.add_task("predicting", total=todo)
         failed, mapped = 0, []
         bad = [Prediction(path, error=reason) for path, reason in problems if path not in skip]
+        bar.advance(task, len(bad))
         found = geolocator.iter_predict(
             sources,
             recursive=recursive,
