@@ -314,3 +314,53 @@ def test_resume_with_fewer_inputs_counts_only_this_runs(tiny_clip, small_gallery
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert {r["source"] for r in rows} == {str(photos / "p1.jpg")}  # only this run's inputs
     assert len(out.read_text().splitlines()) == 2  # the file keeps both
+
+
+def test_sigkilled_predict_resumes_to_the_uninterrupted_result(tiny_clip, small_gallery, tmp_path):
+    """A real SIGKILL mid-run, then a rerun: the JSONL equals an uninterrupted run's, line for line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+            folder / f"img{i:02d}.png"
+        )
+    args = _args(tiny_clip, small_gallery, str(folder), "-k", "2", "--batch-size", "1", "--quiet")
+    reference, killed = tmp_path / "reference.jsonl", tmp_path / "killed.jsonl"
+    assert runner.invoke(app, [*args, "--json", str(reference)]).exit_code == 0
+
+    slow_decoder = (  # 50 ms per photo, so that the kill lands mid-run
+        "import sys, time, geoalign.data.images as m\n"
+        "prepare = m.prepare_image\n"
+        "m.prepare_image = lambda *a, **k: (time.sleep(0.05), prepare(*a, **k))[1]\n"
+        "from geoalign.cli import main\n"
+        "sys.argv = ['geoalign', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", slow_decoder, *args, "--json", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if killed.exists() and killed.read_text().count("\n") >= 3:
+            child.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert child.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert killed.read_text().count("\n") < 20
+
+    res = runner.invoke(app, [*args, "--json", str(killed)])
+    assert res.exit_code == 0, res.output
+    assert killed.read_text() == reference.read_text()
