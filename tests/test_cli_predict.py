@@ -364,3 +364,22 @@ def test_sigkilled_predict_resumes_to_the_uninterrupted_result(tiny_clip, small_
     res = runner.invoke(app, [*args, "--json", str(killed)])
     assert res.exit_code == 0, res.output
     assert killed.read_text() == reference.read_text()
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv", "--geojson", "--map", "--png"])
+def test_an_output_that_is_a_folder_is_refused_up_front(
+    tiny_clip, small_gallery, photos, tmp_path, option
+):
+    res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos), option, str(tmp_path)))
+    assert res.exit_code == 2
+    assert f"{option} {tmp_path}: is a folder" in res.stderr and "Traceback" not in res.output
+
+
+def test_bad_device_and_workers_are_usage_errors(tiny_clip, small_gallery, photos):
+    import torch
+
+    res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos), "--workers", "-1"))
+    assert res.exit_code == 2 and "--workers" in res.stderr
+    if not torch.cuda.is_available():
+        res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos), "--device", "cuda"))
+        assert res.exit_code == 2 and "no CUDA GPU" in res.stderr

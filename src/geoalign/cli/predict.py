@@ -199,6 +199,9 @@ def predict(
     piped = [name for name, target in targets.items() if target == STDOUT]
     if len(piped) > 1:
         fail(f"only one output can go to stdout, got {' and '.join(f'{n} -' for n in piped)}")
+    _check_outputs({**targets, "--map": map_out, "--png": png_out})
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
     say = (lambda _message: None) if quiet else console.print
     prior = parse_prior(within, near, radius_km, bbox, land_only)
     sources, problems = _scan_inputs(_expand_manifests(inputs), recursive)
@@ -274,6 +277,18 @@ def predict(
     if failed:
         console.print(f"[yellow]{failed} of {todo} inputs could not be read[/]")
         raise typer.Exit(1)
+
+
+def _check_outputs(targets: dict) -> None:
+    """Refuse output paths that cannot be written before the model is loaded, not after."""
+    for option, target in targets.items():
+        if target is None or str(target) == "-":
+            continue
+        path = Path(target)
+        if path.is_dir():
+            fail(f"{option} {path}: is a folder; give a file name, e.g. {path / 'predictions'}")
+        if not path.parent.is_dir() and path.parent.exists():
+            fail(f"{option} {path}: {path.parent} is not a folder")
 
 
 def _open_writers(stack: ExitStack, json_out, csv_out, geojson_out, earlier: list[dict]) -> list:
