@@ -383,3 +383,17 @@ def test_bad_device_and_workers_are_usage_errors(tiny_clip, small_gallery, photo
     if not torch.cuda.is_available():
         res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos), "--device", "cuda"))
         assert res.exit_code == 2 and "no CUDA GPU" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("path\n", "lists no images (header only)"), ('path\np0.jpg\n""\n', "row 2: empty `path`")],
+)
+def test_manifest_errors_name_the_file_and_row(
+    tiny_clip, small_gallery, tmp_path, content, message
+):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(content)
+    res = runner.invoke(app, _args(tiny_clip, small_gallery, str(manifest)))
+    assert res.exit_code == 2
+    assert f"{manifest}" in res.stderr and message in res.stderr

@@ -31,7 +31,7 @@ def _manifest_paths(manifest: Path) -> list[str]:
             f"{', '.join(map(str, table.columns)) or 'none'}); name the image files in one"
         )
     paths: list[str] = []
-    for row, value in enumerate(table[column].tolist(), 2):
+    for row, value in enumerate(table[column].tolist(), 1):  # data rows, header not counted
         if not isinstance(value, str) or not value.strip():
             fail(f"{manifest}, row {row}: empty `{column}`; give an image path or drop the row")
         path = Path(value.strip()).expanduser()
