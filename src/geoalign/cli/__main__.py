@@ -1,5 +1,5 @@
-"""`python -m geoalign.cli`: the same CLI as the `geoalign` script."""
+"""`python -m geoalign.cli`: the same CLI as the `geoalign` script, under the same name."""
 
-from geoalign.cli.app import main
+from geoalign.cli.app import app
 
-main()
+app(prog_name="geoalign")
