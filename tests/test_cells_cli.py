@@ -81,8 +81,17 @@ def test_build_show_assign(tmp_path, lat_name, lon_name):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "1500" in res.output and str(h.sizes[2]) in res.output
+    assert "1500" in res.stdout and str(h.sizes[2]) in res.stdout  # the table is the result
+    assert "m.html" in res.stderr and "m.html" not in res.stdout  # "wrote ..." is a message
     html = (tmp_path / "m.html").read_text()
+    res = runner.invoke(app, ["cells", "show", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    shown = json.loads(res.stdout)
+    assert [lv["cells"] for lv in shown["levels"]] == h.sizes
+    assert [lv["tau_max"] for lv in shown["levels"]] == [1500, 400, 100]
+    assert shown["levels"][0]["not_nested"] is None and shown["levels"][2]["not_nested"] == 0
     assert "FeatureCollection" in html and h.partitions[1].tokens[0] in html
 
     queries = tmp_path / "q.parquet"

@@ -139,6 +139,12 @@ def test_cli_lookup_json(cli):
     assert rows[1]["lat"] == -33.87 and rows[1]["country_code"] == "AU"
 
 
+def test_cli_lookup_table_is_on_stdout(cli):
+    result = cli("places", "lookup", "48.8566", "2.3522")
+    assert result.exit_code == 0, result.output
+    assert "Paris" in result.stdout and result.stderr == ""
+
+
 def test_cli_lookup_errors(cli):
     result = cli("places", "lookup", "48.8")
     assert result.exit_code == 2 and "pairs" in result.output

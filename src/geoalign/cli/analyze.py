@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from geoalign.cli.common import console, fail
+from geoalign.cli.common import console, fail, print_result
 
 analyze_app = typer.Typer(
     help="Global analyses of a model: embedding maps, concept activation by error.",
@@ -160,7 +160,7 @@ def error_bins(
     (out / "concepts_by_error_bin.md").write_text(md + "\n")
     counts = table.groupby("bin", sort=False)["n_images"].first()
     console.print(", ".join(f"{b}: {n} photos" for b, n in counts.items()))
-    console.print(md)
+    print_result(md)
     console.print(f"table: [bold]{out / 'concepts_by_error_bin.md'}[/]")
 
 

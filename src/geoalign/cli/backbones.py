@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from geoalign.cli.common import console, fail
+from geoalign.cli.common import console, fail, out
 
 backbone_app = typer.Typer(help="Image backbones: list specs, check weights.", no_args_is_help=True)
 
@@ -17,7 +17,7 @@ def list_specs() -> None:
     for form in SPEC_FORMS:
         note = f"  = {ALIASES[form]}" if form in ALIASES else ""
         default = "  (default)" if form == DEFAULT_BACKBONE else ""
-        console.print(f"{form}{note}{default}", highlight=False, markup=False)
+        out.print(f"{form}{note}{default}", highlight=False, markup=False)
 
 
 @backbone_app.command("check")
@@ -38,9 +38,9 @@ def check(
         fail(str(err))
     n_params = sum(p.numel() for p in backbone.parameters())
     cfg = backbone.preprocess
-    console.print(f"[bold]{escape(backbone.name)}[/]: {n_params / 1e6:.1f} M parameters")
-    console.print(f"pooled embedding: {backbone.embed_dim}; token dim: {backbone.token_dim}")
-    console.print(
+    out.print(f"[bold]{escape(backbone.name)}[/]: {n_params / 1e6:.1f} M parameters")
+    out.print(f"pooled embedding: {backbone.embed_dim}; token dim: {backbone.token_dim}")
+    out.print(
         f"input: {cfg.image_size}x{cfg.image_size}, shortest side resized to {cfg.shortest_side} "
         f"({cfg.interpolation}), mean {cfg.mean}, std {cfg.std}",
         highlight=False,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
-from geoalign.cli.common import console, fail, progress_bar
+from geoalign.cli.common import console, fail, print_result, progress_bar
 
 cells_app = typer.Typer(
     help="S2 geocell partition hierarchies (GeoSURGE): build, show, assign, import.",
@@ -106,33 +107,61 @@ def _write_labels(path: Path, rows, labels, hierarchy) -> None:
         frame.to_csv(path, index=False)
 
 
-def _summary(hierarchy) -> None:
+def _levels(hierarchy) -> list[dict]:
+    """One row per level (coarse to fine): the numbers behind `cells show`, table or JSON."""
     import numpy as np
+
+    reports = {(r.fine, r.coarse): r for r in hierarchy.nesting()}
+    rows = []
+    for k, part in enumerate(hierarchy.partitions):
+        counts, lv = part.counts, part.levels
+        coarser = [reports[(part.name, c.name)] for c in hierarchy.partitions[:k]]
+        empty = not len(part)
+        rows.append(
+            {
+                "level": k,
+                "tau_max": part.tau_max,
+                "cells": len(part),
+                "samples": int(counts.sum()),
+                "min": None if empty else int(counts.min()),
+                "median": None if empty else float(np.median(counts)),
+                "max": None if empty else int(counts.max()),
+                "s2_levels": None if empty else [int(lv.min()), int(lv.max())],
+                "not_nested": None if k == 0 else sum(r.fine_cells - r.inside_one for r in coarser),
+            }
+        )
+    return rows
+
+
+def _summary(hierarchy, *, result: bool = False) -> None:
+    """The per-level table: a result for `show` (stdout), a log line for the writers (stderr)."""
     from rich.table import Table
 
     table = Table(title="partition hierarchy (coarse to fine)")
     for col in ("#", "tau_max", "cells", "samples", "min", "median", "max", "S2 lvl"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("nested", no_wrap=True)
-    reports = {(r.fine, r.coarse): r for r in hierarchy.nesting()}
-    for k, part in enumerate(hierarchy.partitions):
-        counts, lv = part.counts, part.levels
-        coarser = [reports[(part.name, c.name)] for c in hierarchy.partitions[:k]]
-        bad = sum(r.fine_cells - r.inside_one for r in coarser)
-        nested = "-" if k == 0 else ("yes" if bad == 0 else f"[red]{bad} cells not[/]")
+    for row in _levels(hierarchy):
+        bad = row["not_nested"]
+        nested = "-" if bad is None else ("yes" if bad == 0 else f"[red]{bad} cells not[/]")
         stats = (
-            [
-                str(counts.min()),
-                f"{np.median(counts):g}",
-                str(counts.max()),
-                f"{lv.min()}-{lv.max()}",
+            ["-"] * 4
+            if row["min"] is None
+            else [
+                str(row["min"]),
+                f"{row['median']:g}",
+                str(row["max"]),
+                "{}-{}".format(*row["s2_levels"]),
             ]
-            if len(part)
-            else ["-"] * 4
         )
-        tau = "?" if part.tau_max is None else str(part.tau_max)
-        table.add_row(str(k), tau, str(len(part)), str(int(counts.sum())), *stats, nested)
-    console.print(table)
+        tau = "?" if row["tau_max"] is None else str(row["tau_max"])
+        table.add_row(
+            str(row["level"]), tau, str(row["cells"]), str(row["samples"]), *stats, nested
+        )
+    if result:
+        print_result(table)
+    else:
+        console.print(table)
 
 
 @cells_app.command("build")
@@ -207,6 +236,7 @@ def show(
     map_html: Path | None = typer.Option(None, "--map", help="Write an HTML map of one level."),
     level: int = typer.Option(-1, "--level", help="Level index for --map (default: finest)."),
     no_tiles: bool = typer.Option(False, "--no-tiles", help="Map without the OSM background."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Per-level table of cell and sample counts; optionally a folium map of one level."""
     from geoalign.errors import GeoalignError
@@ -222,8 +252,12 @@ def show(
         for k in ("tau_min", "min_level", "max_level", "min_inclusive", "n_samples")
         if k in params
     }
-    console.print(f"[bold]{folder}[/]: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
-    _summary(hierarchy)
+    if as_json:
+        record = {"folder": str(folder), "params": shown, "levels": _levels(hierarchy)}
+        typer.echo(json.dumps(record))
+    else:
+        print_result(f"[bold]{folder}[/]: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        _summary(hierarchy, result=True)
     if map_html is not None:
         from geoalign.geo.s2.cellmap import write_cell_map
 

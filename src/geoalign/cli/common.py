@@ -1,10 +1,17 @@
-"""Shared CLI helpers: one console, one way to fail cleanly, one progress bar style."""
+"""Shared CLI helpers: two consoles, one way to fail cleanly, one progress bar style.
+
+The output contract: results (tables, JSON, CSV) go to `out` (stdout) so that
+`geoalign predict x.jpg > o.txt` captures them; progress, logs, warnings and errors go to
+`console` (stderr) so that they never mix into a pipe.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,6 +26,21 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay greppable: no hard wraps
+out = Console(highlight=False, soft_wrap=True)  # result lines; tables go through print_result
+
+PIPE_WIDTH = 200
+"""Width of a result table written to a file or pipe: rich's 80-column fallback would wrap
+cells (method names over three lines) for no reader's benefit. COLUMNS, when set, wins."""
+
+
+def print_result(renderable: Any) -> None:
+    """Print a result on stdout: a table at the terminal's width on a TTY, wide in a pipe."""
+    if isinstance(renderable, str) or sys.stdout.isatty():
+        out.print(renderable)
+        return
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() else PIPE_WIDTH
+    Console(width=width, highlight=False).print(renderable, crop=False)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -28,7 +50,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 @contextmanager
-def progress_bar(transient: bool = False) -> Iterator[Progress]:
+def progress_bar(transient: bool = False, disable: bool = False) -> Iterator[Progress]:
+    """A progress bar on stderr; `disable` (for --quiet) keeps the API but draws nothing.
+
+    A transient bar is off when stderr is not a terminal: it would only leave a blank line."""
+    disable = disable or (transient and not console.is_terminal)
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -37,5 +63,6 @@ def progress_bar(transient: bool = False) -> Iterator[Progress]:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
+        disable=disable,
     ) as progress:
         yield progress

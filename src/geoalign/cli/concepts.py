@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from geoalign.cli.common import console, fail
+from geoalign.cli.common import console, fail, print_result
 
 concepts_app = typer.Typer(
     help="Concept sets (list, build, enrich) and concept similarity maps.", no_args_is_help=True
@@ -55,7 +55,7 @@ def list_concepts(
     tbl.add_column("concepts")
     for group, cat, names in rows:
         tbl.add_row(group, cat, str(len(names)), ", ".join(names))
-    console.print(tbl)
+    print_result(tbl)
     others = [n for n in list_concept_sets() if n != s.name]
     if others:
         console.print(f"[dim]other bundled sets: {', '.join(others)}[/]")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
-from geoalign.cli.common import console, fail, progress_bar
+from geoalign.cli.common import console, fail, print_result, progress_bar
 
 downstream_app = typer.Typer(
     help="Location embeddings on downstream tasks: country, temperature, Köppen, elevation, "
@@ -25,7 +26,9 @@ def run(
         "--encoders",
         help="Comma list: built-in names or checkpoint folders (e.g. runs/concept/last).",
     ),
-    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Folder for results.json, maps, report."),
+    out: Path = typer.Option(
+        DEFAULT_OUT, "--out", "-o", help="Folder for results.json, maps, report."
+    ),
     probes: str = typer.Option("mlp,linear", "--probes", help="Probe kinds: mlp, linear."),
     n_points: int | None = typer.Option(None, "--n-points", help="Land points sampled per task."),
     seeds: int | None = typer.Option(None, "--seeds", help="Probe seeds for the final scores."),
@@ -114,21 +117,29 @@ def report(
 
 
 @downstream_app.command("tasks")
-def list_tasks() -> None:
+def list_tasks(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
     """List the tasks, what they predict and which data package each reads."""
     from rich.table import Table
 
     from geoalign.downstream.encoders import ENCODER_DESCRIPTIONS
     from geoalign.downstream.tasks import TASKS
 
+    if as_json:
+        tasks = [{"task": t.name, "kind": t.kind, "target": t.target} for t in TASKS.values()]
+        encoders = [{"encoder": n, "description": d} for n, d in ENCODER_DESCRIPTIONS.items()]
+        typer.echo(json.dumps({"tasks": tasks, "encoders": encoders}, ensure_ascii=False))
+        return
+
     table = Table("task", "kind", "target")
     for spec in TASKS.values():
         table.add_row(spec.name, spec.kind, spec.target)
-    console.print(table)
+    print_result(table)
     enc = Table("encoder", "what it is")
     for name, text in ENCODER_DESCRIPTIONS.items():
         enc.add_row(name, text)
-    console.print(enc)
+    print_result(enc)
 
 
 def register(app: typer.Typer) -> None:

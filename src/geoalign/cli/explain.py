@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from geoalign.cli.common import console, fail
+from geoalign.cli.common import out as result_console
 
 DEFAULT_SUBCOMMAND = "image"
 
@@ -35,6 +36,7 @@ explain_app = typer.Typer(
 
 
 def _print_explanation(exp) -> None:
+    """The explanation is the result: stdout."""
     c0 = exp.candidates[0] if exp.candidates else None
     where = ""
     if c0:
@@ -43,24 +45,24 @@ def _print_explanation(exp) -> None:
             p for p in (place.get("city"), place.get("region"), place.get("country_name")) if p
         )
         where = f"{name} ({c0['lat']:.4f}, {c0['lon']:.4f}), p = {100 * c0['prob']:.2g}%"
-    console.print(f"[bold]{exp.source}[/]: {where}")
+    result_console.print(f"[bold]{exp.source}[/]: {where}")
     if exp.truth is not None:
-        console.print(
+        result_console.print(
             f"  true location: {exp.truth_place} ({exp.truth[0]:.4f}, {exp.truth[1]:.4f})"
         )
     if exp.country:
         cc = exp.country
-        console.print(
+        result_console.print(
             f"  country (concept bottleneck): [bold]{cc['name']}[/] ({cc['code']}) {100 * cc['prob']:.0f}%"
         )
         for c in exp.contributions[:8]:
-            console.print(
+            result_console.print(
                 f"    {100 * c.contribution:+6.1f}%  {c.concept} [dim]({c.category}, activation {c.activation:.3f})[/]"
             )
     acts = ", ".join(f"{a.concept} {a.activation:.3f}" for a in exp.activations[:8])
-    console.print(f"  strongest concepts: {acts}")
+    result_console.print(f"  strongest concepts: {acts}")
     for note in exp.notes:
-        console.print(f"  [dim]{note}[/]")
+        result_console.print(f"  [dim]{note}[/]")
 
 
 def _load(model: str):
@@ -275,7 +277,7 @@ def rules(
         f"[cyan]•[/] {result.n_a} photos {by} {names[codes[0]]}, {result.n_b} {by} {names[codes[1]]} "
         f"({fs.source})"
     )
-    console.print(
+    result_console.print(
         f"share of photos with the concept among their top {top_k or net.concept_config.top_k}:"
     )
     for code, frame in ((codes[0], result.for_a), (codes[1], result.for_b)):
@@ -283,7 +285,7 @@ def rules(
             f"{r.concept} ({100 * r.share_a:.0f}% vs {100 * r.share_b:.0f}%)"
             for r in frame.itertuples()
         )
-        console.print(f"[bold]{names[code]}[/]: {items}")
+        result_console.print(f"[bold]{names[code]}[/]: {items}")
     console.print(f"Sankey: [bold]{png}[/]" + (f", {html}" if html else ""))
 
 

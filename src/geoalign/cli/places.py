@@ -7,7 +7,7 @@ import json
 import typer
 from rich.markup import escape
 
-from geoalign.cli.common import console, fail
+from geoalign.cli.common import fail, print_result
 
 places_app = typer.Typer(
     help="Offline place names (GeoNames, Natural Earth) and geographic priors.",
@@ -60,12 +60,13 @@ def lookup(
         country = f"{p.country_name} ({p.country_code})" + (", at sea" if p.at_sea else "")
         cells = (f"{lat:g}", f"{lon:g}", p.city, p.region, country, f"{p.distance_km:.1f}")
         table.add_row(*(escape(c) for c in cells))
-    console.print(table)
+    print_result(table)
 
 
 @places_app.command("countries")
 def countries(
     search: str = typer.Argument("", help="Only names/codes containing this text."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
 ) -> None:
     """Country codes and names accepted by `--within` (Natural Earth admin-0)."""
     from rich.table import Table
@@ -74,16 +75,21 @@ def countries(
 
     key = normalize_name(search)
     table = Table("code", "alpha-3", "name", "type")
-    shown = 0
+    rows = []
     for code, country in sorted(load_countries().by_code().items()):
         text = normalize_name(f"{code} {country.alpha3} {country.name}")
         if key and key not in text:
             continue
-        table.add_row(code, country.alpha3, country.name, country.kind)
-        shown += 1
-    if not shown:
+        row = {"code": code, "alpha3": country.alpha3, "name": country.name, "type": country.kind}
+        rows.append(row)
+        table.add_row(*row.values())
+    if not rows:
         fail(f"no country matches {search!r}")
-    console.print(table)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+    else:
+        print_result(table)
 
 
 @places_app.command("regions")
@@ -122,6 +128,7 @@ def prior(
     ),
     land_only: bool = typer.Option(False, "--land-only", help="Drop open-sea gallery points."),
     coast_km: float = typer.Option(5.0, "--coast-km", help=_COAST_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
     """How many gallery points a prior (--within, --near/--radius-km, --bbox, --land-only) keeps."""
     import time
@@ -148,7 +155,17 @@ def prior(
         seconds = time.perf_counter() - start
     except GeoalignError as err:
         fail(escape(str(err)))
-    console.print(
+    if as_json:
+        record = {
+            "prior": str(rule),
+            "gallery": gallery,
+            "kept": int(kept.size),
+            "total": len(latlon),
+            "seconds": round(seconds, 4),
+        }
+        typer.echo(json.dumps(record, ensure_ascii=False))
+        return
+    print_result(
         f"prior [bold]{escape(str(rule))}[/]: keeps {kept.size:,} of {len(latlon):,} gallery points "
         f"({100 * kept.size / len(latlon):.2f}%) in {seconds:.2f} s"
     )

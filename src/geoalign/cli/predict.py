@@ -2,36 +2,120 @@
 
 from __future__ import annotations
 
-import json
+import errno
+import itertools
+import os
+import sys
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import typer
 
-from geoalign.cli.common import console, fail, progress_bar
+from geoalign.cli.common import console, fail, print_result, progress_bar
+from geoalign.cli.output import prediction_record
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".csv.gz", ".tsv.gz")
+MANIFEST_COLUMNS = ("path", "image")
 
 
-def _done_sources(jsonl: Path) -> set[str]:
-    """Inputs already written by an earlier, interrupted run (a torn last line is ignored)."""
-    done: set[str] = set()
-    if not jsonl.is_file():
-        return done
-    for line in jsonl.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+def _manifest_paths(manifest: Path) -> list[str]:
+    """Image paths listed in a CSV/Parquet manifest; relative ones are under its folder."""
+    from geoalign.data.manifest import read_table
+
+    table = read_table(manifest)
+    by_name = {str(c).strip().lower(): c for c in table.columns}
+    column = next((by_name[c] for c in MANIFEST_COLUMNS if c in by_name), None)
+    if column is None:
+        fail(
+            f"{manifest}: no `path` or `image` column (columns: "
+            f"{', '.join(map(str, table.columns)) or 'none'}); name the image files in one"
+        )
+    paths: list[str] = []
+    for row, value in enumerate(table[column].tolist(), 1):  # data rows, header not counted
+        if not isinstance(value, str) or not value.strip():
+            fail(f"{manifest}, row {row}: empty `{column}`; give an image path or drop the row")
+        path = Path(value.strip()).expanduser()
+        paths.append(str(path if path.is_absolute() else manifest.parent / path))
+    if not paths:
+        fail(f"{manifest}: the manifest lists no images (header only)")
+    return paths
+
+
+def _expand_manifests(inputs: list[Path]) -> list[str]:
+    """Inputs as path strings, with every CSV/TSV/Parquet file replaced by the images it lists."""
+    sources: list[str] = []
+    for item in inputs:
+        if item.name.lower().endswith(MANIFEST_SUFFIXES) and item.is_file():
+            sources.extend(_manifest_paths(item))
+        else:
+            sources.append(str(item))
+    return sources
+
+
+def _broken_links(folder: Path, recursive: bool) -> list[tuple[str, str]]:
+    """(path, reason) for image-named symbolic links in `folder` that lead nowhere or in a
+    loop: a folder scan leaves them out, so they are reported here instead of vanishing."""
+    from geoalign.data.images import IMAGE_EXTENSIONS
+
+    found = []
+    for path in sorted(folder.glob("**/*" if recursive else "*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if hidden or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_symlink():
             continue
-        if "predictions" in record:  # failed inputs are retried
-            done.add(record["source"])
-    return done
+        try:
+            path.stat()
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                found.append((str(path), "symbolic link loop"))
+            else:
+                found.append((str(path), f"broken symbolic link (to {os.readlink(path)})"))
+    return found
+
+
+def _scan_inputs(sources: list[str], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """Split inputs into those to predict and (input, reason) pairs to report with the rest:
+    one empty folder or broken link must not abort a batch."""
+    from geoalign.data.images import expand_image_paths
+    from geoalign.errors import DataError
+
+    usable, problems = [], []
+    for source in sources:
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            usable.append(source)
+            continue
+        broken = _broken_links(path, recursive)
+        problems.extend(broken)
+        try:
+            expand_image_paths(path, recursive=recursive)
+        except DataError as err:
+            if not broken:
+                problems.append((source, str(err).removeprefix(f"{path}: ")))
+            continue
+        usable.append(source)
+    return usable, problems
+
+
+def _settings(**options) -> dict:
+    """The options that shape a prediction, with file paths made absolute (a rerun from another
+    folder names the same model and gallery)."""
+    for key in ("model", "gallery", "backbone"):
+        value = options[key]
+        spec = value.split(":", 1)[1] if key == "backbone" and ":" in value else value
+        if Path(spec).exists():
+            options[key] = value.replace(spec, str(Path(spec).resolve()))
+    return options
 
 
 def _print_prediction(prediction) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if not prediction.ok:
-        console.print(f"[red]✗ {prediction.source}[/]: {prediction.error}")
+        console.print(f"[red]✗ {escape(prediction.source)}[/]: {escape(prediction.error)}")
         return
-    table = Table(title=prediction.source, title_justify="left", show_edge=False)
+    print_result(f"[bold]{escape(prediction.source)}[/]")  # a title would wrap at table width
+    table = Table(show_edge=False)
     for column in ("#", "lat", "lon", "prob", "place"):
         table.add_column(column, justify="right" if column != "place" else "left")
     for rank, c in enumerate(prediction.candidates, 1):
@@ -41,11 +125,15 @@ def _print_prediction(prediction) -> None:
                 p for p in (c.place["city"], c.place["region"], c.place["country_name"]) if p
             )
         table.add_row(str(rank), f"{c.lat:.4f}", f"{c.lon:.4f}", f"{c.prob:.4f}", place)
-    console.print(table)
+    print_result(table)
 
 
 def predict(
-    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders."),
+    inputs: list[Path] = typer.Argument(
+        ...,
+        help="Image files, folders, and/or CSV/TSV/Parquet manifests with a `path` or `image` "
+        "column (relative paths are under the manifest's folder).",
+    ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1),
     model: str = typer.Option("geoclip", help="Checkpoint name or folder."),
     backbone: str = typer.Option(
@@ -60,8 +148,24 @@ def predict(
     land_only: bool = typer.Option(False, help="Only gallery points on land."),
     ten_crop: bool = typer.Option(False, help="Average the logits of 10 crops (official rule)."),
     batch_size: int = typer.Option(16, min=1),
-    json_out: Path | None = typer.Option(
-        None, "--json", help="JSON Lines output, appended as it goes; rerun to resume."
+    json_out: str | None = typer.Option(
+        None,
+        "--json",
+        metavar="PATH|-",
+        help="JSON Lines, one record per input; a file is appended to as it goes and a rerun "
+        "resumes it; - writes to stdout.",
+    ),
+    csv_out: str | None = typer.Option(
+        None, "--csv", metavar="PATH|-", help="CSV, one row per candidate; - writes to stdout."
+    ),
+    geojson_out: str | None = typer.Option(
+        None,
+        "--geojson",
+        metavar="PATH|-",
+        help="GeoJSON FeatureCollection, one point per candidate; - writes to stdout.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start the --json file afresh instead of resuming it."
     ),
     map_out: Path | None = typer.Option(None, "--map", help="Interactive HTML map of the top-k."),
     png_out: Path | None = typer.Option(None, "--png", help="Static PNG map of the top-k."),
@@ -73,63 +177,138 @@ def predict(
         help="Also keep the gallery in float16 for single photos: ~3x faster gallery stage on a "
         "CPU, same top-k, probabilities within ~1e-4 (relative).",
     ),
-    workers: int = typer.Option(0, help="Image decoding worker processes."),
+    workers: int = typer.Option(0, min=0, help="Image decoding worker processes."),
     recursive: bool = typer.Option(False, help="Also look for images in sub-folders."),
-    quiet: bool = typer.Option(False, help="No per-image tables (with --json)."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Results and errors only: no progress or status lines."
+    ),
 ) -> None:
-    """Predict where each photo was taken: top-k coordinates, probabilities and places."""
+    """Predict where each photo was taken: top-k coordinates, probabilities and places.
+
+    Results go to stdout (a table per photo, or the one format written to `-`); progress and
+    errors go to stderr. Exit 0: all inputs predicted; 1: some could not be read; 2: usage.
+    """
     import torch
 
+    from geoalign.cli.output import STDOUT, prepare_jsonl
     from geoalign.data.images import expand_inputs
     from geoalign.geo.priors import parse_prior
-    from geoalign.inference.locator import Geolocator
+    from geoalign.inference.locator import Geolocator, Prediction
 
+    targets = {"--json": json_out, "--csv": csv_out, "--geojson": geojson_out}
+    piped = [name for name, target in targets.items() if target == STDOUT]
+    if len(piped) > 1:
+        fail(f"only one output can go to stdout, got {' and '.join(f'{n} -' for n in piped)}")
+    _check_outputs({**targets, "--map": map_out, "--png": png_out})
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    say = (lambda _message: None) if quiet else console.print
     prior = parse_prior(within, near, radius_km, bbox, land_only)
-    sources = [str(p) for p in inputs]
-    n_inputs = len(expand_inputs(sources, recursive=recursive))
-    if n_inputs == 0:
-        fail(f"no images found in {', '.join(map(str, inputs))}")
-    skip = _done_sources(json_out) if json_out else set()
-    if skip:
-        console.print(f"resuming: {len(skip)} inputs already in {json_out}")
+    sources, problems = _scan_inputs(_expand_manifests(inputs), recursive)
+    if not sources and all(not Path(p).is_symlink() for p, _ in problems):
+        fail("; ".join(f"{path}: {reason}" for path, reason in problems))
+    names = [s.name for s in expand_inputs(sources, recursive=recursive)]
+    names += [path for path, _ in problems]
+    n_inputs = len(names)
+    settings = _settings(
+        model=model,
+        backbone=backbone,
+        gallery=gallery,
+        top_k=top_k,
+        prior=None if prior is None else str(prior),
+        ten_crop=ten_crop,
+        places=places,
+        bf16=bf16,
+        half_gallery=half_gallery,
+    )
+    resumed = None
+    if json_out not in (None, STDOUT):
+        resumed = prepare_jsonl(Path(json_out), settings, overwrite=overwrite)
+        if resumed.torn:
+            console.print(f"[yellow]{json_out}: cut off a torn last line (an interrupted write)[/]")
+    wanted = set(names)  # records of inputs not in this run stay in the file but not in this run
+    earlier = [r for r in resumed.records if r["source"] in wanted] if resumed else []
+    skip = {r["source"] for r in earlier}
+    if earlier:
+        say(f"resuming: {len(earlier)} inputs already in {json_out}")
+    if resumed and resumed.retried:
+        say(f"retrying {resumed.retried} inputs that failed before")
     dtype = torch.bfloat16 if bf16 else torch.float32
-    with console.status("loading model and gallery (embedded once, then cached)"):
+    status = "loading model and gallery (embedded once, then cached)"
+    with nullcontext() if quiet else console.status(status):
         kwargs = {"gallery_precision": "float16"} if half_gallery else {}
         geolocator = Geolocator.from_pretrained(
             model, backbone=backbone, gallery=gallery, device=device, dtype=dtype, **kwargs
         )
-    failed, written = 0, []
-    sink = json_out.open("a") if json_out else None
-    try:
-        with progress_bar(transient=True) as progress:
-            task = progress.add_task("predicting", total=n_inputs - len(skip))
-            for prediction in geolocator.iter_predict(
-                sources,
-                recursive=recursive,
-                top_k=top_k,
-                prior=prior,
-                ten_crop=ten_crop,
-                batch_size=batch_size,
-                places=places,
-                skip=skip,
-                num_workers=workers,
-                on_batch=lambda n: progress.advance(task, n),
-            ):
-                failed += not prediction.ok
-                if sink:
-                    sink.write(json.dumps(prediction.to_dict()) + "\n")
-                    sink.flush()
-                if not quiet or not prediction.ok:
-                    _print_prediction(prediction)
-                if prediction.ok:
-                    written.append(prediction)
-    finally:
-        if sink:
-            sink.close()
-    _write_maps(written, map_out, png_out)
+    todo = n_inputs - len(skip)
+    with ExitStack() as stack:
+        writers = _open_writers(stack, json_out, csv_out, geojson_out, earlier)
+        bar = stack.enter_context(progress_bar(transient=True, disable=quiet))
+        task = bar.add_task("predicting", total=todo)
+        failed, mapped = 0, []
+        bad = [Prediction(path, error=reason) for path, reason in problems if path not in skip]
+        bar.advance(task, len(bad))
+        found = geolocator.iter_predict(
+            sources,
+            recursive=recursive,
+            top_k=top_k,
+            prior=prior,
+            ten_crop=ten_crop,
+            batch_size=batch_size,
+            places=places,
+            skip=skip,
+            num_workers=workers,
+            on_batch=lambda n: bar.advance(task, n),
+        )
+        for prediction in itertools.chain(bad, found):
+            record = prediction_record(prediction, settings)
+            for writer in writers:
+                writer.write(record)
+            failed += not prediction.ok
+            if not piped or not prediction.ok:
+                _print_prediction(prediction)
+            if prediction.ok:
+                mapped.append(prediction)
+        for writer in writers:
+            writer.close()
+    _write_maps(mapped, map_out, png_out)
+    written = ", ".join(t for t in targets.values() if t not in (None, STDOUT))
+    say(f"predicted {todo - failed} of {todo} inputs" + (f" -> {written}" if written else ""))
     if failed:
-        console.print(f"[yellow]{failed} of {n_inputs - len(skip)} inputs could not be read[/]")
+        console.print(f"[yellow]{failed} of {todo} inputs could not be read[/]")
         raise typer.Exit(1)
+
+
+def _check_outputs(targets: dict) -> None:
+    """Refuse output paths that cannot be written before the model is loaded, not after."""
+    for option, target in targets.items():
+        if target is None or str(target) == "-":
+            continue
+        path = Path(target)
+        if path.is_dir():
+            fail(f"{option} {path}: is a folder; give a file name, e.g. {path / 'predictions'}")
+        if not path.parent.is_dir() and path.parent.exists():
+            fail(f"{option} {path}: {path.parent} is not a folder")
+
+
+def _open_writers(stack: ExitStack, json_out, csv_out, geojson_out, earlier: list[dict]) -> list:
+    """One writer per requested format; CSV and GeoJSON also get the records a resumed JSONL
+    file already holds, so that every output covers every input."""
+    from geoalign.cli.output import CsvWriter, GeoJsonWriter, JsonlWriter, open_target
+
+    writers = []
+    if json_out is not None:
+        if json_out == "-":
+            writers.append(JsonlWriter(sys.stdout))
+        else:
+            writers.append(JsonlWriter(stack.enter_context(open(json_out, "a", encoding="utf-8"))))
+    for target, kind in ((csv_out, CsvWriter), (geojson_out, GeoJsonWriter)):
+        if target is not None:
+            writer = kind(stack.enter_context(open_target(target)))
+            for record in earlier:
+                writer.write(record)
+            writers.append(writer)
+    return writers
 
 
 def _map_paths(base: Path, n: int) -> list[Path]:
