@@ -397,3 +397,52 @@ def test_manifest_errors_name_the_file_and_row(
     res = runner.invoke(app, _args(tiny_clip, small_gallery, str(manifest)))
     assert res.exit_code == 2
     assert f"{manifest}" in res.stderr and message in res.stderr
+
+
+def test_estimates_regions_and_abstention(tiny_clip, small_gallery, photos, tmp_path):
+    from shapely.geometry import shape
+
+    geo = tmp_path / "out.geojson"
+    res = runner.invoke(
+        app,
+        _args(
+            tiny_clip,
+            small_gallery,
+            str(photos),
+            "--json",
+            "-",
+            "--geojson",
+            str(geo),
+            "--estimate",
+            "median",
+            "--regions",
+            "0.5,0.9",
+            "--abstain-above-km",
+            "1",
+        ),
+    )
+    assert res.exit_code == 1, res.output  # broken.jpg
+    ok = [json.loads(line) for line in res.stdout.splitlines()]
+    ok = [r for r in ok if "predictions" in r]
+    assert len(ok) == 3
+    for r in ok:
+        assert r["estimate"]["kind"] == "median" and -90 <= r["estimate"]["lat"] <= 90
+        (r50, r90) = r["regions"]
+        assert (r50["p"], r90["p"]) == (0.5, 0.9)
+        assert 0 < r50["area_km2"] <= r90["area_km2"] and r90["mass"] >= 0.9
+        assert "90% region" in r90["summary"]
+        # a random tiny model is not localizable within 1 km: every photo abstains
+        assert r["localizability_km"] > 1 and "abstain-above-km 1" in r["abstained"]
+    regions = [
+        f
+        for f in json.loads(geo.read_text())["features"]
+        if f["properties"].get("kind") == "region"
+    ]
+    assert len(regions) == 6 and all(shape(f["geometry"]).is_valid for f in regions)
+    table = runner.invoke(
+        app, _args(tiny_clip, small_gallery, str(photos / "p0.jpg"), "--regions", "0.9")
+    )
+    assert table.exit_code == 0 and "90% region:" in table.stdout
+    for bad, message in (("--regions", "1.5"), ("--regions", "x"), ("--estimate", "centroid")):
+        res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos), bad, message))
+        assert res.exit_code == 2 and "error" in res.stderr

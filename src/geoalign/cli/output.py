@@ -127,7 +127,8 @@ class CsvWriter:
 
 
 class GeoJsonWriter:
-    """A FeatureCollection with one Point per candidate (failed inputs have no point).
+    """A FeatureCollection with one Point per candidate (failed inputs have no point), and,
+    when asked for, each input's point estimate and region outlines (`add_distribution`).
 
     Properties: source, rank, prob, place (one line) and the place fields; coordinates are
     [lon, lat] as GeoJSON (RFC 7946) requires. Written whole on close.
@@ -156,6 +157,12 @@ class GeoJsonWriter:
                     },
                 }
             )
+
+    def add_distribution(self, source: str, collection: Mapping[str, Any]) -> None:
+        """The point estimate and region outlines of one input (`Distribution.to_geojson`)."""
+        for feature in collection["features"]:
+            props = {"source": source, **feature["properties"]}
+            self.features.append({**feature, "properties": props})
 
     def close(self) -> None:
         collection = {"type": "FeatureCollection", "features": self.features}

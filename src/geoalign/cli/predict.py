@@ -126,6 +126,13 @@ def _print_prediction(prediction) -> None:
             )
         table.add_row(str(rank), f"{c.lat:.4f}", f"{c.lon:.4f}", f"{c.prob:.4f}", place)
     print_result(table)
+    if prediction.estimate is not None:
+        e = prediction.estimate
+        print_result(f"{e['kind']} estimate: {e['lat']:.4f}, {e['lon']:.4f}")
+    for r in prediction.regions:
+        print_result(r["summary"])
+    if prediction.abstained is not None:
+        print_result(f"abstained: {escape(prediction.abstained)}")
 
 
 def predict(
@@ -140,13 +147,31 @@ def predict(
         "auto",
         help="Backbone spec (clip-vit-l14, hf:<dir>, torchvision:..., ...); auto = the model's.",
     ),
-    gallery: str = typer.Option("geoclip-100k", help="Gallery name or CSV/Parquet file."),
+    gallery: str = typer.Option(
+        "auto", help="Gallery name or CSV/Parquet file; auto = the model's (else geoclip-100k)."
+    ),
     within: str | None = typer.Option(None, help="Countries/regions, e.g. FR or US-CA,MX."),
     near: str | None = typer.Option(None, help="lat,lon centre of a radius prior."),
     radius_km: float | None = typer.Option(None, help="Radius for --near, in km."),
     bbox: str | None = typer.Option(None, help="min_lat,min_lon,max_lat,max_lon."),
     land_only: bool = typer.Option(False, help="Only gallery points on land."),
     ten_crop: bool = typer.Option(False, help="Average the logits of 10 crops (official rule)."),
+    estimate: str | None = typer.Option(
+        None,
+        help="Point estimate of each photo's distribution: top1, mode, mean, or median (the "
+        "point with the least expected distance).",
+    ),
+    regions: str | None = typer.Option(
+        None,
+        metavar="P[,P...]",
+        help="Confidence regions, e.g. 0.5,0.9: area and countries; outlines in --geojson and "
+        "the maps.",
+    ),
+    abstain_above_km: float | None = typer.Option(
+        None,
+        min=0,
+        help="Abstain where the 90% region is larger than a disc of this radius (km).",
+    ),
     batch_size: int = typer.Option(16, min=1),
     json_out: str | None = typer.Option(
         None,
@@ -193,6 +218,7 @@ def predict(
     from geoalign.cli.output import STDOUT, prepare_jsonl
     from geoalign.data.images import expand_inputs
     from geoalign.geo.priors import parse_prior
+    from geoalign.inference.distribution import ESTIMATES
     from geoalign.inference.locator import Geolocator, Prediction
 
     targets = {"--json": json_out, "--csv": csv_out, "--geojson": geojson_out}
@@ -203,6 +229,9 @@ def predict(
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
     say = (lambda _message: None) if quiet else console.print
+    region_ps = _parse_regions(regions)
+    if estimate is not None and estimate not in ESTIMATES:
+        fail(f"--estimate {estimate}: expected one of {', '.join(ESTIMATES)}")
     prior = parse_prior(within, near, radius_km, bbox, land_only)
     sources, problems = _scan_inputs(_expand_manifests(inputs), recursive)
     if not sources and all(not Path(p).is_symlink() for p, _ in problems):
@@ -220,6 +249,9 @@ def predict(
         places=places,
         bf16=bf16,
         half_gallery=half_gallery,
+        estimate=estimate,
+        regions=list(region_ps) or None,
+        abstain_above_km=abstain_above_km,
     )
     resumed = None
     if json_out not in (None, STDOUT):
@@ -259,11 +291,17 @@ def predict(
             skip=skip,
             num_workers=workers,
             on_batch=lambda n: bar.advance(task, n),
+            estimate=estimate,
+            regions=region_ps,
+            abstain_above_km=abstain_above_km,
         )
         for prediction in itertools.chain(bad, found):
             record = prediction_record(prediction, settings)
             for writer in writers:
                 writer.write(record)
+                if prediction.distribution is not None and hasattr(writer, "add_distribution"):
+                    collection = prediction.distribution.to_geojson(region_ps, estimate or "median")
+                    writer.add_distribution(prediction.source, collection)
             failed += not prediction.ok
             if not piped or not prediction.ok:
                 _print_prediction(prediction)
@@ -277,6 +315,22 @@ def predict(
     if failed:
         console.print(f"[yellow]{failed} of {todo} inputs could not be read[/]")
         raise typer.Exit(1)
+
+
+def _parse_regions(text: str | None) -> tuple[float, ...]:
+    """'0.5,0.9' -> (0.5, 0.9); each strictly between 0 and 1."""
+    if not text:
+        return ()
+    out = []
+    for part in text.split(","):
+        try:
+            p = float(part)
+        except ValueError:
+            fail(f"--regions {text}: {part.strip()!r} is not a number (e.g. --regions 0.5,0.9)")
+        if not 0 < p < 1:
+            fail(f"--regions {text}: {p:g} is not strictly between 0 and 1")
+        out.append(p)
+    return tuple(out)
 
 
 def _check_outputs(targets: dict) -> None:

@@ -343,12 +343,15 @@ class Geolocator:
         on_batch: Callable[[int], None] | None = None,
         estimate: str | None = None,
         regions: Iterable[float] = (),
+        abstain_above_km: float | None = None,
     ) -> Iterator[Prediction]:
         """Predictions in input order, batch by batch; unreadable inputs yield an error record.
 
         `skip` names inputs already done (resuming an interrupted run). `estimate` (top1, mode,
         mean, median) and `regions` (probabilities in (0, 1)) add the point estimate and the
-        confidence regions of each prediction's distribution (`Prediction.distribution`).
+        confidence regions of each prediction's distribution (`Prediction.distribution`);
+        `abstain_above_km` marks predictions whose 90% region is larger than a disc of that
+        radius as abstained (selective prediction).
         """
         from torch.utils.data import DataLoader
 
@@ -382,10 +385,11 @@ class Geolocator:
                 preds = [
                     Prediction(name, cands) for name, cands in zip(batch.names, ranked, strict=True)
                 ]
-                if estimate or regions:
+                if estimate or regions or abstain_above_km is not None:
                     for pred, dist in zip(preds, self.distributions(queries, mask), strict=True):
                         pred.distribution = dist
-                        for key, value in describe(dist, estimate, regions).items():
+                        found = describe(dist, estimate, regions, abstain_above_km)
+                        for key, value in found.items():
                             setattr(pred, key, value)
                 done += list(zip(batch.indices, preds, strict=True))
             done += [

@@ -36,6 +36,8 @@ class Prediction:
     error: str | None = None
     estimate: dict[str, Any] | None = None
     regions: list[dict[str, Any]] = field(default_factory=list)
+    localizability_km: float | None = None  # equivalent radius of the 90% region
+    abstained: str | None = None  # why no answer is given (the photo is not localizable enough)
     distribution: Any = field(default=None, repr=False)
 
     @property
@@ -64,14 +66,41 @@ class Prediction:
                 record["estimate"] = self.estimate
             if self.regions:
                 record["regions"] = self.regions
+            if self.localizability_km is not None:
+                record["localizability_km"] = self.localizability_km
+            if self.abstained is not None:
+                record["abstained"] = self.abstained
         if settings is not None:
             record["settings"] = dict(settings)
         return record
 
 
-def describe(distribution: Any, estimate: str | None, regions: tuple[float, ...]) -> dict[str, Any]:
-    """The estimate and region fields of a prediction from its distribution."""
+LOCALIZABILITY_P = 0.9
+
+
+def localizability_km(distribution: Any) -> float:
+    """How localizable a photo is: the radius of a disc with the area of its 90% region (km)."""
+    import math
+
+    return math.sqrt(distribution.region(LOCALIZABILITY_P, countries=False).area_km2 / math.pi)
+
+
+def describe(
+    distribution: Any,
+    estimate: str | None,
+    regions: tuple[float, ...],
+    abstain_above_km: float | None = None,
+) -> dict[str, Any]:
+    """The estimate, region and abstention fields of a prediction from its distribution."""
     out: dict[str, Any] = {}
+    if abstain_above_km is not None:
+        radius = localizability_km(distribution)
+        out["localizability_km"] = radius
+        if radius > abstain_above_km:
+            out["abstained"] = (
+                f"the 90% region is as large as a disc of radius {radius:,.0f} km "
+                f"(more than --abstain-above-km {abstain_above_km:g})"
+            )
     if estimate:
         lat, lon = distribution.estimate(estimate)
         out["estimate"] = {"kind": estimate, "lat": float(lat), "lon": float(lon)}
