@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 
 from geoalign import __version__
 from geoalign.errors import DataError
+from geoalign.io_atomic import atomic_write
 
 INDEX_NAME = "index.json"
 # Every file a store writes: shard files, and the hidden temporary files they are written through.
@@ -42,39 +42,7 @@ _STORE_FILE_RE = re.compile(r"^(\.)?shard-\d{5,}\.(npy|parquet)(\.tmp-\d+)?$")
 
 
 # ----------------------------------------------------------------------------------------------
-# Atomic file operations
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (renames into it) to disk; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms/filesystems cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temp file in the same folder, fsync, then os.replace: all or nothing.
-
-    `write(fh)` gets a binary file handle. Readers see the old file or the whole new one, never
-    a partial one; the temp file (`.<name>.tmp-<pid>`) is removed if `write` fails.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+# File helpers
 
 
 def sha256_file(path: Path) -> str:
@@ -246,7 +214,6 @@ class ShardWriter:
         self.index["shards"].sort(key=lambda e: e["shard"])
         text = json.dumps(self.index, indent=1, sort_keys=True).encode() + b"\n"
         atomic_write(self.out_dir / INDEX_NAME, lambda fh: fh.write(text))
-        fsync_dir(self.out_dir)
 
     def record_shard(
         self, shard: int, array: np.ndarray, meta: pa.Table, **fields: Any
@@ -257,8 +224,13 @@ class ShardWriter:
         list, which the next run redoes. Returns the entry.
         """
         array_name, meta_name = shard_file_names(shard)
-        atomic_write(self.out_dir / array_name, lambda fh: np.save(fh, array, allow_pickle=False))
-        atomic_write(self.out_dir / meta_name, lambda fh: pq.write_table(meta, fh))
+        # The folder is fsynced once, with the index (save), not after each shard file.
+        atomic_write(
+            self.out_dir / array_name,
+            lambda fh: np.save(fh, array, allow_pickle=False),
+            durable=False,
+        )
+        atomic_write(self.out_dir / meta_name, lambda fh: pq.write_table(meta, fh), durable=False)
         entry = {
             "shard": int(shard),
             self.kind.array_key: array_name,
