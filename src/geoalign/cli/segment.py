@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from geoalign.cli._options import check_device
 from geoalign.cli.common import console
 
 segment_app = typer.Typer(
@@ -30,9 +31,9 @@ def extract_cmd(
     image_root: Path | None = typer.Option(None, help="Folder relative image paths start from."),
     batch_size: int = typer.Option(16, min=1),
     shard_size: int = typer.Option(2048, min=1, help="Maps per shard file."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     bf16: bool = typer.Option(False, help="Run the segmenter in bfloat16."),
-    workers: int = typer.Option(0, help="Image decoding threads."),
+    workers: int = typer.Option(0, min=0, help="Image decoding threads (0: decode inline)."),
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Skip manifest rows with errors (written to a file)."
     ),
@@ -49,6 +50,7 @@ def extract_cmd(
     from geoalign.nn.backbones import load_backbone
     from geoalign.nn.segmenters import load_segmenter
 
+    check_device(device)
     table = load_manifest(manifest, image_root=image_root, check_files=True)
     table = table.clean(on_error="skip" if skip_bad_rows else "raise")
     # Only the backbone's preprocessing is needed; loading it also checks the spec is usable.

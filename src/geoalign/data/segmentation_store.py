@@ -130,6 +130,16 @@ class SegmentationStoreWriter(ShardWriter):
     def total(self) -> int:
         return int(self.index["total"])
 
+    def _recover_fields(
+        self, shard: int, array: np.ndarray, meta: pa.Table
+    ) -> dict[str, Any] | None:
+        """A shard on disk is taken back only if it holds this store's map size and rows."""
+        fields = super()._recover_fields(shard, array, meta)
+        if fields is None or array.dtype != np.uint8:
+            return None
+        size = int(self.index["size"])
+        return fields if array.shape == (fields["stop"] - fields["start"], size, size) else None
+
     def write_shard(self, shard: int, maps: np.ndarray, meta: dict[str, Sequence[Any]]) -> None:
         """maps: uint8 [rows of the shard, S, S]; meta: position, row, image, ok, error."""
         start, stop = self.shard_range(shard)
