@@ -304,6 +304,11 @@ def extract_segmentations(
     )
     transform = crop_transform(preprocess)
     paths, images, rows = manifest.paths(), manifest.images, manifest.rows
+    for shard in list(writer.recovered):  # a rebuilt index: keep only shards of these images
+        start, stop = writer.shard_range(shard)
+        meta = pq.read_table(writer.out_dir / f"shard-{shard:05d}.parquet", columns=["image"])
+        if meta.column("image").to_pylist() != [str(x) for x in images[start:stop]]:
+            writer.forget(shard)
     todo, done = writer.pending()
     load = recording_errors(lambda path: transform(load_image(path)))
     with (
