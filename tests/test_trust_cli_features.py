@@ -150,11 +150,15 @@ def test_torn_index_is_repaired_by_the_next_run(
     assert _files(out) == reference
 
 
-# The CLI process SIGKILLs itself half-way through writing shard 1's metadata (atomic_write calls:
-# index on open, then features, metadata, index per shard).
-_KILL_IN_SHARD_1 = """
-import io, os, signal
+# Run in one fresh CLI process: first an uninterrupted extraction (the reference), then the same
+# extraction into another folder, SIGKILLed half-way through writing shard 1's metadata
+# (atomic_write calls: index on open, then features, metadata, index per shard).
+_REFERENCE_THEN_KILL_IN_SHARD_1 = """
+import io, os, signal, sys
 import geoalign.data.shards as shards
+from geoalign.cli import app
+reference = sys.argv.pop()  # the last argument; the rest end in --out <killed store>
+app(args=sys.argv[1:-2] + ["--out", reference], standalone_mode=False)
 _real, _calls = shards.atomic_write, [0]
 def _write(path, fn, **kw):
     _calls[0] += 1
@@ -174,18 +178,15 @@ shards.atomic_write = _write
 def test_sigkill_mid_run_then_rerun_is_byte_identical(
     manifest: Path, tmp_path: Path, tiny_clip: str
 ) -> None:
-    def args(out: Path) -> list[str]:
-        return [
-            "features", "extract", str(manifest), "--out", str(out), "--backbone", tiny_clip,
-            "--shard-size", "4", "--batch-size", "2",
-        ]  # fmt: skip
-
-    reference = tmp_path / "uninterrupted"
-    assert geoalign(args(reference)).returncode == 0
-    out = tmp_path / "killed"
-    killed = geoalign(args(out), _KILL_IN_SHARD_1)
+    reference, out = tmp_path / "uninterrupted", tmp_path / "killed"
+    args = [
+        "features", "extract", str(manifest), "--backbone", tiny_clip,
+        "--shard-size", "4", "--batch-size", "2",
+    ]  # fmt: skip
+    killed = geoalign([*args, "--out", str(out), str(reference)], _REFERENCE_THEN_KILL_IN_SHARD_1)
     assert killed.returncode == -9, killed.stderr[-3000:]
+    assert json.loads((reference / "index.json").read_text())["complete"]
     assert [e["shard"] for e in json.loads((out / "index.json").read_text())["shards"]] == [0]
-    resumed = geoalign(args(out))
+    resumed = geoalign([*args, "--out", str(out)])  # a fresh process resumes
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _files(out) == _files(reference)

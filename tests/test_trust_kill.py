@@ -54,6 +54,20 @@ def _visible(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
+# Run in one fresh CLI process: a complete embed-locations run, then the same run over its output,
+# SIGKILLed half-way through writing the new file.
+_COMPLETE_THEN_DIE_HALFWAY = (
+    """
+import sys
+from geoalign.cli import app
+app(args=sys.argv[1:], standalone_mode=False)
+with open(sys.argv[-1], "rb") as fh:
+    sys.stderr.write("complete:" + fh.read().hex() + "\\n")
+"""
+    + _DIE_HALFWAY_THROUGH_NPY
+)
+
+
 def test_embed_locations_killed_while_writing_leaves_no_partial_output(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     coords = np.c_[rng.uniform(-80, 80, 200), rng.uniform(-179, 179, 200)]
@@ -68,13 +82,11 @@ def test_embed_locations_killed_while_writing_leaves_no_partial_output(tmp_path:
     assert killed.returncode == -9, killed.stderr
     assert _visible(out_dir) == []  # no 0-byte or truncated emb.npy, only a hidden temp file
 
-    done = geoalign(args)
-    assert done.returncode == 0, done.stderr
-    assert [p.name for p in out_dir.iterdir()] == ["emb.npy"]  # the dead run's temp is gone
+    killed = geoalign(args, _COMPLETE_THEN_DIE_HALFWAY)  # a rerun, then a rerun over its output
+    assert killed.returncode == -9, killed.stderr
+    assert [p.name for p in out_dir.iterdir() if ".tmp-" not in p.name] == ["emb.npy"]
+    assert len([p for p in out_dir.iterdir() if ".tmp-" in p.name]) == 1  # the first run's: gone
+    complete = bytes.fromhex(killed.stderr.split("complete:")[1].split()[0])
+    assert out.read_bytes() == complete  # the earlier output is intact
     expected = load_location_encoder("geoclip")(torch.tensor(coords, dtype=torch.float32))
     np.testing.assert_allclose(np.load(out), expected.detach().numpy(), atol=1e-6)
-    complete = out.read_bytes()
-
-    killed = geoalign(args, _DIE_HALFWAY_THROUGH_NPY)  # a rerun over the finished output
-    assert killed.returncode == -9, killed.stderr
-    assert out.read_bytes() == complete  # the earlier output is intact

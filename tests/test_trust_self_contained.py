@@ -4,6 +4,7 @@ hidden."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -58,14 +59,52 @@ def test_no_test_names_a_path_outside_the_repository() -> None:
     assert offenders == []
 
 
-def test_reference_data_modules_pass_with_the_shared_folder_hidden(tmp_path: Path) -> None:
+def _names(node: ast.AST) -> set[str]:
+    """Every name a statement reads, and the parameters (fixtures) of a function."""
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {
+        n.arg for n in ast.walk(node) if isinstance(n, ast.arg)
+    }
+
+
+def _tests_reading_reference_data(path: Path) -> list[str]:
+    """Node ids of the tests of `path` that use a `_shared` helper, directly or through a
+    module-level name or fixture built from one (found statically, so only those run again)."""
+    tree = ast.parse(path.read_text())
+    tainted = {
+        alias.asname or alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module == "_shared"
+        for alias in node.names
+    }
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assigns = [n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))]
+    size = -1
+    while size != len(tainted):  # grow to a fixed point: FILES = [...] -> fixture mp16 -> tests
+        size = len(tainted)
+        for node in assigns:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if _names(node.value or ast.Constant(None)) & tainted:
+                tainted |= {t.id for t in targets if isinstance(t, ast.Name)}
+        for name, func in funcs.items():
+            if not name.startswith("test_") and _names(func) & tainted:
+                tainted.add(name)
+    return [
+        f"{path}::{name}"
+        for name, func in funcs.items()
+        if name.startswith("test_") and _names(func) & tainted
+    ]
+
+
+def test_reference_data_tests_pass_with_the_shared_folder_hidden(tmp_path: Path) -> None:
     users = [p for p in _test_modules() if re.search(r"^from _shared import", p.read_text(), re.M)]
     assert len(users) >= 4
+    selected = [node for p in users for node in _tests_reading_reference_data(p)]
+    assert len(selected) >= 10  # the MP-16 cell and benchmark label tests
     empty = tmp_path / "no-shared-data"
     empty.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-rs"]
-        + [str(p) for p in users],
+        + selected,
         env={**os.environ, SHARED_ENV: str(empty)},
         cwd=TESTS.parent,
         capture_output=True,
