@@ -31,17 +31,40 @@ def check_device(device: str, option: str = "--device") -> str:
     return device
 
 
-def check_output_file(path: Path, suffixes: tuple[str, ...], option: str = "--out") -> str:
+def check_output_file(path: Path, suffixes: tuple[str, ...] = (), option: str = "--out") -> str:
     """The lower-case suffix of an output file path; usage error if it is a folder, sits below a
-    file, or has none of `suffixes` (compared case-insensitively: X.NPY is a .npy file)."""
+    file, or has none of `suffixes` (compared case-insensitively: X.NPY is a .npy file; no
+    suffixes: any name)."""
     suffix = path.suffix.lower()
+    wanted = " or ".join(suffixes) if suffixes else "a file name"
     if path.is_dir():
-        fail(f"{option} {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
-    if suffix not in suffixes:
-        fail(f"{option} must end in {' or '.join(suffixes)}, got {path.name}")
+        fail(
+            f"{option} {path} is a folder; give a file name"
+            + (f" ending in {wanted}" if suffixes else "")
+        )
+    if suffixes and suffix not in suffixes:
+        fail(f"{option} must end in {wanted}, got {path.name}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 fail(f"{option} {path}: {parent} is a file, not a folder")
             break
     return suffix
+
+
+def write_json_file(path: Path, data: object) -> None:
+    """Write `data` as indented JSON to `path` atomically (a kill never leaves half a report);
+    `-` writes it to stdout instead."""
+    import json
+
+    import typer
+
+    from geoalign.io_atomic import atomic_write, remove_stale_temps
+
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if str(path) == "-":
+        typer.echo(text, nl=False)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    atomic_write(path, lambda fh: fh.write(text.encode()))
