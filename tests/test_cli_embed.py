@@ -91,3 +91,15 @@ def test_cuda_without_a_gpu_names_the_option(tmp_path):
     assert res.exit_code == 2 and "--device cuda: no CUDA GPU" in _text(res)
     res = runner.invoke(app, [*args[:-1], "warp-drive"])
     assert res.exit_code == 2 and "--device 'warp-drive' is not a device" in _text(res)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"), [("lat,lon\n", "no rows"), ("lat,lon\n95,1\n", "all 1 rows have bad")]
+)
+def test_no_usable_rows_is_an_error_not_a_traceback(tmp_path, text, why):
+    src = tmp_path / "c.csv"
+    src.write_text(text)
+    out = tmp_path / "e.npy"
+    res = runner.invoke(app, ["embed-locations", str(src), "--out", str(out), "--skip-bad-rows"])
+    assert res.exit_code == 2 and "no usable coordinates" in _text(res) and why in _text(res)
+    assert not out.exists()

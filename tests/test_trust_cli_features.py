@@ -190,3 +190,8 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(
     resumed = geoalign([*args, "--out", str(out)])  # a fresh process resumes
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _files(out) == _files(reference)
+
+
+def test_out_that_is_a_file_is_refused(manifest: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["features", "extract", str(manifest), "--out", str(manifest)])
+    assert res.exit_code == 2 and "is a file; give a folder" in _text(res)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from geoalign.cli._options import check_device, check_output_file
-from geoalign.cli.common import console, progress_bar
+from geoalign.cli.common import console, fail, progress_bar
 
 
 def embed_locations(
@@ -38,6 +38,9 @@ def embed_locations(
     check_device(device)
     coords_table = read_coordinate_table(source, skip_bad_rows=skip_bad_rows)
     good, errors = coords_table.good, coords_table.errors
+    if not good.any():
+        why = f"all {len(good):,} rows have bad coordinates" if len(good) else "it has no rows"
+        fail(f"{source}: no usable coordinates ({why}); nothing written to {out}")
     lat, lon = coords_table.lat, coords_table.lon
     n_rows = len(coords_table.table)
 
