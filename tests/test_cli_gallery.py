@@ -90,3 +90,23 @@ def test_gallery_build_upper_case_suffix_and_folder_out(tmp_path):
     ]
     res = runner.invoke(app, ["gallery", "build", "--from", str(src), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "is a folder" in " ".join(res.output.split())
+
+
+def test_gallery_info_prints_on_stdout_and_as_json(tmp_path):
+    import json
+
+    src = tmp_path / "g.csv"
+    src.write_text("lat,lon\n48.85,2.35\n48.86,2.34\n-33.9,151.2\n")
+    res = runner.invoke(app, ["gallery", "info", str(src)])
+    assert res.exit_code == 0 and "3 points" in res.stdout and "FR 2" in res.stdout
+    res = runner.invoke(app, ["gallery", "info", str(src), "--json"])
+    summary = json.loads(res.stdout)
+    assert summary["points"] == 3 and summary["countries"] == {"FR": 2, "AU": 1}
+    assert summary["lat"] == [-33.9, 48.86]
+
+
+def test_gallery_info_on_an_empty_gallery_is_an_error(tmp_path):
+    src = tmp_path / "g.csv"
+    src.write_text("lat,lon\n")
+    res = runner.invoke(app, ["gallery", "info", str(src)])
+    assert res.exit_code == 2 and "has no points" in " ".join(res.output.split())

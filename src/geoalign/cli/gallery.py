@@ -62,22 +62,40 @@ def build(
 
 
 @gallery_app.command("info")
-def info(gallery: str = typer.Argument(..., help="Gallery name (geoclip-100k) or file.")) -> None:
-    """Size, extent and the countries a gallery covers."""
+def info(
+    gallery: str = typer.Argument(..., help="Gallery name (geoclip-100k) or file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Size, extent and the countries a gallery covers (on stdout)."""
+    import json
+
     import numpy as np
 
     from geoalign.geo.gallery import load_gallery
     from geoalign.geo.places import default as places
 
     g = load_gallery(gallery)
+    if len(g) == 0:
+        fail(f"{gallery}: the gallery has no points; build one with `geoalign gallery build`")
     latlon = g[["lat", "lon"]].to_numpy()
     codes = places().columns(latlon)["country_code"]
     values, counts = np.unique(codes.astype(str), return_counts=True)
-    top = sorted(zip(counts, values, strict=True), reverse=True)[:10]
-    console.print(
-        f"{gallery}: {len(g):,} points; lat {latlon[:, 0].min():.2f}…{latlon[:, 0].max():.2f}"
+    top = sorted(zip(counts.tolist(), values.tolist(), strict=True), reverse=True)[:10]
+    summary = {
+        "gallery": gallery,
+        "points": len(g),
+        "lat": [float(latlon[:, 0].min()), float(latlon[:, 0].max())],
+        "lon": [float(latlon[:, 1].min()), float(latlon[:, 1].max())],
+        "countries": {c or "sea": n for n, c in top},
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    lat, lon = summary["lat"], summary["lon"]
+    typer.echo(
+        f"{gallery}: {len(g):,} points; lat {lat[0]:.2f}…{lat[1]:.2f}, lon {lon[0]:.2f}…{lon[1]:.2f}"
     )
-    console.print("most common countries: " + ", ".join(f"{c or 'sea'} {n:,}" for n, c in top))
+    typer.echo("most common countries: " + ", ".join(f"{c or 'sea'} {n:,}" for n, c in top))
 
 
 def register(app: typer.Typer) -> None:
