@@ -466,5 +466,7 @@ def test_cli_import_and_info(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert (info["rows"], info["dim"], info["dtype"], info["shards"]) == (10, 3, "float16", 3)
+    result = runner.invoke(app, ["features", "info", str(tmp_path / "s")])
+    assert result.exit_code == 0 and "float16" in result.stdout  # the table is the result
     result = runner.invoke(app, ["features", "info", str(tmp_path)])
     assert result.exit_code == 2 and "not a feature store" in " ".join(result.output.split())

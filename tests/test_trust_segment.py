@@ -89,3 +89,12 @@ def test_segment_extract_checks_options_first(tmp_path: Path, extra: list[str], 
         app, ["segment", "extract", str(tmp_path / "m.csv"), "--out", str(tmp_path / "s"), *extra]
     )
     assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
+
+
+def test_segment_info_prints_the_summary_on_stdout(manifest: Manifest, tmp_path: Path):
+    out = tmp_path / "segs"
+    _run(manifest, out)
+    res = CliRunner().invoke(app, ["segment", "info", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert "rows: 7" in lines and "shards: 3" in lines and "complete: True" in lines

@@ -171,12 +171,15 @@ def info(
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
+    from rich.console import Console
+
+    stdout = Console(soft_wrap=True)  # the summary is the result: stdout, so it pipes
     table = Table(title=str(store_dir), show_header=False)
     table.add_column("key")
     table.add_column("value", overflow="fold")
     for key, value in summary.items():
         table.add_row(key, str(value))
-    console.print(table)
+    stdout.print(table)
     if not store.complete:
         console.print("[yellow]incomplete[/]: rerun the extraction to finish it")
     if failed is not None and failures > 0:
@@ -185,7 +188,7 @@ def info(
             rows.add_column(col, overflow="fold")
         for rec in failed.head(failures).itertuples():
             rows.add_row(str(rec.row), str(rec.image), str(rec.error))
-        console.print(rows)
+        stdout.print(rows)
 
 
 def register(app: typer.Typer) -> None:

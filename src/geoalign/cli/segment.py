@@ -94,11 +94,11 @@ def info_cmd(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    for key, value in summary.items():
-        console.print(f"{key}: {value}", highlight=False, markup=False)
+    for key, value in summary.items():  # the summary is the result: stdout, so it pipes
+        typer.echo(f"{key}: {value}")
     if store.n_failed and failures:
         for rec in store.failures().head(failures).itertuples():
-            console.print(f"  row {rec.row} ({rec.image}): {rec.error}", markup=False)
+            typer.echo(f"  row {rec.row} ({rec.image}): {rec.error}")
 
 
 def register(app: typer.Typer) -> None:
