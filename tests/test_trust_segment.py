@@ -98,3 +98,11 @@ def test_segment_info_prints_the_summary_on_stdout(manifest: Manifest, tmp_path:
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert "rows: 7" in lines and "shards: 3" in lines and "complete: True" in lines
+
+
+@pytest.mark.parametrize("command", [["segment", "extract"], ["features", "import", "f.npy"]])
+def test_store_out_that_is_a_file_is_refused(tmp_path: Path, command: list[str]):
+    afile = tmp_path / "m.csv"
+    afile.write_text("image,lat,lon\n")
+    res = CliRunner().invoke(app, [*command, str(afile), "--out", str(afile)])
+    assert res.exit_code == 2 and "is a file; give a folder" in " ".join(res.output.split())

@@ -118,6 +118,8 @@ def import_cmd(
     from geoalign.data.feature_store import import_features
     from geoalign.errors import GeoalignError
 
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder for the feature store")
     columns = {k: v for k, v in {"image": image_col, "lat": lat_col, "lon": lon_col}.items() if v}
     try:
         store = import_features(

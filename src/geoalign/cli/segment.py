@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from geoalign.cli._options import check_device
-from geoalign.cli.common import console
+from geoalign.cli.common import console, fail
 
 segment_app = typer.Typer(
     help="Semantic segmentation maps (ADE20K) for GeoSURGE: extract, inspect.",
@@ -51,6 +51,8 @@ def extract_cmd(
     from geoalign.nn.segmenters import load_segmenter
 
     check_device(device)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder for the segmentation store")
     table = load_manifest(manifest, image_root=image_root, check_files=True)
     table = table.clean(on_error="skip" if skip_bad_rows else "raise")
     # Only the backbone's preprocessing is needed; loading it also checks the spec is usable.
