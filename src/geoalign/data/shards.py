@@ -163,7 +163,9 @@ class ShardWriter:
     Opening a folder that holds an index resumes it: every setting given (not None) must equal
     the recorded one, else DataError (or, with `adopt_missing`, a setting the index lacks is
     taken over). Entries whose files are missing or truncated are forgotten, so those shards are
-    redone. `overwrite=True` deletes the old store files first. `settings` must hold shard_size;
+    redone. A torn, unreadable or missing index beside shard files is rebuilt from the whole shard
+    files that fit this run's settings (listed in `recovered`; callers compare their rows with the
+    source and `forget` the others). `overwrite=True` deletes the old store files first. `settings` must hold shard_size;
     a "total" setting (source rows) is the default of `shard_range` and `pending`.
     """
 
