@@ -17,9 +17,10 @@ features_app = typer.Typer(
 
 
 # Rows per shard when --shard-size is not given. A kill loses at most the shard being written, so
-# a shard should be minutes of work: clip-vit-l14 encodes ~0.8 photos/s on a 2-core CPU (256 rows
-# ~ 5 min) and a few hundred per second on a GPU (4096 rows ~ 10 s, and MP-16's 4.7M photos
-# still make an index of ~1,200 shards rather than ~18,000).
+# a shard should be minutes of work: clip-vit-l14 encodes 0.83 photos/s on a 2-core CPU
+# (benchmarks/RESULTS.md), so 256 rows ~ 5 min. A GPU is orders of magnitude faster (not measured
+# here), so its shards can be larger: 4096 rows keeps MP-16's 4.7M photos to ~1,200 shards, where
+# 256 would make ~18,000 entries that index.json rewrites after every shard.
 CPU_SHARD_SIZE = 256
 GPU_SHARD_SIZE = 4096
 
@@ -42,8 +43,8 @@ def extract_cmd(
         help=(
             f"Rows per shard; a kill loses at most one shard of work. Default: the size of the "
             f"store being resumed, else {CPU_SHARD_SIZE} on CPU (~5 min of clip-vit-l14 at "
-            f"~0.8 photos/s) or {GPU_SHARD_SIZE} on a GPU (seconds each, and few enough shards "
-            f"for millions of photos)."
+            f"0.83 photos/s on 2 cores) or {GPU_SHARD_SIZE} on a GPU (far faster; keeps the "
+            f"index small for millions of photos)."
         ),
     ),
     dtype: str = typer.Option("float16", help="Stored feature dtype: float16 or float32."),
