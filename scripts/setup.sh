@@ -8,8 +8,14 @@
 #   TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu" bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="train"
-[[ "${1:-}" == "--dev" ]] && extras="dev"
+case "$#:${1:-}" in
+    0:) extras="train" ;;
+    1:--dev) extras="dev" ;;
+    *)
+        echo "usage: bash scripts/setup.sh [--dev] (got: $*)" >&2
+        exit 2
+        ;;
+esac
 py="${PYTHON:-python3}"
 torch_spec="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 

@@ -11,7 +11,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from _shared import SHARED_DATA as SHARED  # noqa: E402
+from _shared import (  # noqa: E402
+    content_sha256,
+    published_sha256,
+    reference_file,
+    shared_file,
+)
 from geoalign.cli.data import register
 from geoalign.data.benchmarks import (
     BENCHMARKS,
@@ -50,8 +55,8 @@ def test_registry_sizes_and_aliases() -> None:
 
 def test_im2gps3k_reports_exactly_what_is_missing(tmp_path: Path) -> None:
     root = tmp_path / "im2gps3k"
-    shutil.copy(SHARED / "im2gps3k_places365.csv", root.parent / "im2gps3k_places365.csv")
-    labels = pd.read_csv(SHARED / "im2gps3k_places365.csv")
+    shutil.copy(reference_file("im2gps3k_places365.csv"), root.parent / "im2gps3k_places365.csv")
+    labels = pd.read_csv(reference_file("im2gps3k_places365.csv"))
     present = [0, 5, 2996]
     _touch(root / "im2gps3ktest", labels["IMG_ID"].iloc[present].tolist())
     bench = get_benchmark("im2gps3k")
@@ -91,25 +96,25 @@ def test_label_file_not_found_names_every_place_looked(tmp_path: Path) -> None:
 
 
 def test_im2gps_complete_with_explicit_labels(tmp_path: Path) -> None:
-    labels = pd.read_csv(SHARED / "im2gps_places365.csv")
+    labels = pd.read_csv(reference_file("im2gps_places365.csv"))
     _touch(tmp_path, labels["IMG_ID"].tolist())
-    manifest = get_benchmark("im2gps").load(tmp_path, labels=SHARED / "im2gps_places365.csv")
+    manifest = get_benchmark("im2gps").load(tmp_path, labels=reference_file("im2gps_places365.csv"))
     assert len(manifest) == 237
     assert manifest.report is not None and manifest.report.ok
     assert manifest.frame["AUTHOR"].tolist() == labels["AUTHOR"].tolist()
-    assert get_benchmark("im2gps").verify(tmp_path, SHARED / "im2gps_places365.csv").ok
+    assert get_benchmark("im2gps").verify(tmp_path, reference_file("im2gps_places365.csv")).ok
 
 
 def test_yfcc26k_nested_paths_and_flat_fallback(tmp_path: Path) -> None:
-    labels = pd.read_csv(SHARED / "yfcc25600_places365.csv")
+    labels = pd.read_csv(reference_file("yfcc25600_places365.csv"))
     ids = labels["IMG_ID"].tolist()
     assert ids[0] == "45/77/3228511372.jpg"
     _touch(tmp_path, ids[:3])  # as published: two-level folders
     _touch(tmp_path / "flat", [Path(i).name for i in ids[3:5]])  # flattened copies elsewhere below
-    status = get_benchmark("yfcc26k").verify(tmp_path, SHARED / "yfcc25600_places365.csv")
+    status = get_benchmark("yfcc26k").verify(tmp_path, reference_file("yfcc25600_places365.csv"))
     assert (status.n_found, len(status.missing)) == (5, 25595)
     manifest = get_benchmark("yfcc26k").load(
-        tmp_path, SHARED / "yfcc25600_places365.csv", on_missing="skip"
+        tmp_path, reference_file("yfcc25600_places365.csv"), on_missing="skip"
     )
     assert manifest.images.tolist() == ids[:3] + [f"flat/{Path(i).name}" for i in ids[3:5]]
     assert all(p.is_file() for p in manifest.paths())
@@ -226,9 +231,19 @@ def test_packaged_reference_labels_match_the_published_files(
 ) -> None:
     packaged = reference_labels(name)
     assert len(packaged) == rows
-    pd.testing.assert_frame_equal(packaged, pd.read_csv(SHARED / file))
+    assert content_sha256(reference_file(file)) == published_sha256()[file]
     manifest = Manifest.from_frame(packaged, columns=reference_columns())
     assert manifest.report is not None and manifest.report.ok
+
+
+@pytest.mark.parametrize(
+    "file", ["im2gps_places365.csv", "im2gps3k_places365.csv", "yfcc25600_places365.csv"]
+)
+def test_recorded_hashes_are_those_of_the_shared_copies(file: str) -> None:
+    """tests/data/published.sha256 was taken from the shared copy of each published file."""
+    path = shared_file(file)
+    assert content_sha256(path) == published_sha256()[file]
+    pd.testing.assert_frame_equal(pd.read_csv(reference_file(file)), pd.read_csv(path))
 
 
 def test_no_packaged_labels_for_other_benchmarks() -> None:
@@ -244,9 +259,9 @@ def test_cli_benchmark_exit_codes(tmp_path: Path) -> None:
     def _root() -> None:
         pass
 
-    labels = pd.read_csv(SHARED / "im2gps_places365.csv")
+    labels = pd.read_csv(reference_file("im2gps_places365.csv"))
     _touch(tmp_path, labels["IMG_ID"].tolist()[:-1])
-    shutil.copy(SHARED / "im2gps_places365.csv", tmp_path)
+    shutil.copy(reference_file("im2gps_places365.csv"), tmp_path)
     runner = CliRunner()
     result = runner.invoke(app, ["data", "benchmark", "im2gps", str(tmp_path)])
     assert result.exit_code == 1 and "1 of 237 images missing" in " ".join(result.output.split())

@@ -16,7 +16,7 @@ def _text(res) -> str:
     return " ".join(res.output.split())
 
 
-from _shared import SHARED_DATA as DATA  # noqa: E402
+from _shared import mp16_cells  # noqa: E402
 
 
 def _points(n=3000, seed=0):
@@ -200,11 +200,8 @@ def test_missing_columns_and_folder(tmp_path):
     assert res.exit_code == 2 and "no hierarchy.json" in _text(res)
 
 
-@pytest.mark.skipif(
-    not (DATA / "cells_50_5000_copy.csv").is_file(), reason="MP-16 cell files absent"
-)
 def test_import_mp16(tmp_path):
-    files = [str(DATA / f"cells_50_{t}_copy.csv") for t in (1000, 5000)]
+    files = [str(mp16_cells(t)) for t in (1000, 5000)]
     res = runner.invoke(app, ["cells", "import", *files, "-o", str(tmp_path / "mp16")])
     assert res.exit_code == 0, res.output
     assert "repaired 121 tokens" in _text(res)

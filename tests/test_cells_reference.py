@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import s2geometry as s2
 
-from _shared import SHARED_DATA as DATA  # noqa: E402
+from _shared import mp16_cells  # noqa: E402
 from geoalign.errors import DataError
 from geoalign.geo.cells import (
     CellHierarchy,
@@ -18,10 +18,7 @@ from geoalign.geo.cells import (
 )
 from geoalign.geo.s2.reference import spreadsheet_token_candidates
 
-FILES = [DATA / f"cells_50_{t}_copy.csv" for t in (5000, 2000, 1000)]
-needs_data = pytest.mark.skipif(
-    not all(f.is_file() for f in FILES), reason="MP-16 cell files absent"
-)
+FILES = [mp16_cells(t) for t in (5000, 2000, 1000)]  # shipped in tests/data
 
 
 @pytest.mark.parametrize(
@@ -49,7 +46,6 @@ def mp16():
     return read_cell_csvs(FILES)
 
 
-@needs_data
 def test_mp16_tokens_repaired_and_valid(mp16):
     hierarchy, repairs = mp16
     raw = {f.name: pd.read_csv(f, dtype={"hex_id": str}) for f in FILES}
@@ -67,7 +63,7 @@ def test_mp16_tokens_repaired_and_valid(mp16):
     by_tau = {p.tau_max: p for p in hierarchy.partitions}
     assert {t: len(p) for t, p in by_tau.items()} == {5000: 3298, 2000: 7199, 1000: 12888}
     for tau, part in by_tau.items():
-        df = raw[f"cells_50_{tau}_copy.csv"].set_index("class_label")
+        df = raw[mp16_cells(tau).name].set_index("class_label")
         # every kept token parses with s2geometry, holds its mean location, and keeps its label
         for k in range(0, len(part), 97):
             cell = s2.S2CellId.FromToken(part.tokens[k])
@@ -78,7 +74,6 @@ def test_mp16_tokens_repaired_and_valid(mp16):
         assert part.overlaps().size == 0
 
 
-@needs_data
 def test_mp16_rules_and_nesting(mp16):
     hierarchy, _ = mp16
     for part in hierarchy.partitions:
@@ -111,7 +106,6 @@ def test_unrepaired_read_names_the_row(tmp_path):
         read_cell_csv(bad)
 
 
-@needs_data
 def test_builder_reproduces_mp16_counts_on_synthetic_sample(mp16, tmp_path):
     """Points drawn inside the tau=1000 cells (their counts, uniform within each cell): our builder
     with the GeoEstimation rules lands within a few percent of the published cell counts."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import pickle
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,7 +18,6 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-import geoalign.data.feature_store as fs
 from geoalign.cli.features import register
 from geoalign.data.feature_store import (
     FeatureDataset,
@@ -132,21 +135,67 @@ def test_indexing_matches_a_plain_array(tmp_path: Path) -> None:
     np.testing.assert_array_equal(half[:], x.astype(np.float16))
 
 
-def test_crash_then_resume_is_byte_identical(manifest: Manifest, tmp_path: Path) -> None:
+# A real SIGKILL at a chosen moment: the extraction runs in a fresh interpreter (this module's
+# _extract, _encode and _load) with one function wrapped to kill its own process. No cleanup or
+# exception handler runs, exactly as with `kill -9`; only the timing is fixed, so the test is
+# deterministic. atomic_write calls, in order: index (on open), then per shard: features, metadata,
+# index.
+_KILLER = """
+import io, os, pickle, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import test_feature_store as t
+import geoalign.data.shards as shards
+
+mode, at = sys.argv[3], int(sys.argv[4])
+calls = {{"encode": 0, "write": 0}}
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+def encode(images):
+    calls["encode"] += 1
+    if mode == "encode" and calls["encode"] == at:
+        die()
+    return t._encode(images)
+real_write = shards.atomic_write
+def write(path, fn, **kw):
+    calls["write"] += 1
+    if mode == "write" and calls["write"] == at:
+        def half(fh):  # half the bytes reach the temp file, then the kill
+            buf = io.BytesIO()
+            fn(buf)
+            fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            fh.flush()
+            die()
+        return real_write(path, half, **kw)
+    return real_write(path, fn, **kw)
+shards.atomic_write = write
+with open(sys.argv[1], "rb") as fh:
+    manifest = pickle.load(fh)
+t._extract(manifest, Path(sys.argv[2]), encode=encode)
+"""
+
+
+def _extract_killed(manifest: Manifest, out: Path, mode: str, at: int) -> None:
+    """Run _extract in a subprocess that SIGKILLs itself at encode call / file write `at`."""
+    pickled = out.parent / f"{out.name}-manifest.pkl"
+    pickled.write_bytes(pickle.dumps(manifest))
+    script = _KILLER.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(pickled), str(out), mode, str(at)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+def test_killed_mid_shard_then_resumed_is_byte_identical(
+    manifest: Manifest, tmp_path: Path
+) -> None:
     reference = tmp_path / "uninterrupted"
     _extract(manifest, reference)
-
-    calls = {"n": 0, "armed": True}
-
-    def crashing(images: list[np.ndarray]) -> np.ndarray:
-        calls["n"] += 1
-        if calls["armed"] and calls["n"] == 5:  # shard 0 takes 3 batches; die inside shard 1
-            raise RuntimeError("killed")
-        return _encode(images)
-
     out = tmp_path / "resumed"
-    with pytest.raises(RuntimeError, match="killed"):
-        _extract(manifest, out, encode=crashing)
+    _extract_killed(manifest, out, "encode", 5)  # shard 0 takes 3 batches; die inside shard 1
     index = json.loads((out / "index.json").read_text())
     assert [e["shard"] for e in index["shards"]] == [0] and not index["complete"]
     assert not (out / "shard-00001.npy").exists()
@@ -154,36 +203,72 @@ def test_crash_then_resume_is_byte_identical(manifest: Manifest, tmp_path: Path)
         partial = FeatureStore(out)
     assert len(partial) == 7  # shard 0 without the corrupt image 7
 
-    calls.update(n=0, armed=False)
-    _extract(manifest, out, encode=crashing)
+    calls = {"n": 0}
+
+    def counting(images: list[np.ndarray]) -> np.ndarray:
+        calls["n"] += 1
+        return _encode(images)
+
+    _extract(manifest, out, encode=counting)
     assert calls["n"] == 8  # only shards 1..3 were encoded (3 + 3 + 2 batches)
     assert _files(out) == _files(reference)
 
 
-def test_crash_between_shard_files_leaves_index_consistent(
-    manifest: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("at", "listed"),
+    [
+        (9, [0, 1]),  # half-way through shard 2's metadata: its features file already in place
+        (4, []),  # half-way through the first index rewrite: the old index stays whole
+    ],
+)
+def test_killed_while_writing_files_leaves_a_consistent_store(
+    manifest: Manifest, tmp_path: Path, at: int, listed: list[int]
 ) -> None:
     reference = tmp_path / "ref"
     _extract(manifest, reference)
     out = tmp_path / "out"
-    real = fs.pq.write_table
-    written = {"n": 0}
-
-    def flaky(table, where, *a, **k):
-        written["n"] += 1
-        if written["n"] == 3:  # the metadata of shard 2: its features file is already in place
-            raise OSError("disk full")
-        return real(table, where, *a, **k)
-
-    monkeypatch.setattr(fs.pq, "write_table", flaky)
-    with pytest.raises(OSError, match="disk full"):
-        _extract(manifest, out)
-    monkeypatch.setattr(fs.pq, "write_table", real)
-    index = json.loads((out / "index.json").read_text())
-    assert [e["shard"] for e in index["shards"]] == [0, 1]
-    assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # temp files removed
+    _extract_killed(manifest, out, "write", at)
+    index = json.loads((out / "index.json").read_text())  # always whole: never torn by a kill
+    assert [e["shard"] for e in index["shards"]] == listed and not index["complete"]
+    assert [p for p in out.iterdir() if ".tmp-" in p.name]  # the dead writer's temp file
     _extract(manifest, out)
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # temp files removed
     assert _files(out) == _files(reference)
+
+
+def test_torn_index_is_rebuilt_from_the_shards_on_the_next_run(
+    manifest: Manifest, tmp_path: Path
+) -> None:
+    """A truncated index.json used to be reported and refused; the next run now rebuilds it."""
+    out = tmp_path / "s"
+    _extract(manifest, out)
+    reference = _files(out)
+    text = (out / "index.json").read_text()
+    (out / "index.json").write_text(text[: len(text) // 3])
+    (out / "shard-00002.parquet").write_bytes(b"PAR1 torn")
+    with pytest.raises(DataError, match="corrupt index.*rerun the extraction"):
+        FeatureStore(out)
+    calls = {"n": 0}
+
+    def counting(images: list[np.ndarray]) -> np.ndarray:
+        calls["n"] += 1
+        return _encode(images)
+
+    _extract(manifest, out, encode=counting)
+    assert calls["n"] == 3  # only shard 2 (3 batches) was encoded again
+    assert _files(out) == reference
+
+    # shards from other images (the index that named their manifest is gone) are redone
+    moved = Manifest.from_frame(
+        manifest.frame.assign(lat=manifest.frame["lat"] + 1e-6),
+        image_root=manifest.image_root,
+        source=manifest.source,
+    )
+    (out / "index.json").write_text("{")
+    calls["n"] = 0
+    store = _extract(moved, out, encode=counting)
+    assert calls["n"] == 11 and store.manifest_hash == moved.content_hash()
+    np.testing.assert_array_equal(store.coords, moved.coords()[store.positions])
 
 
 def test_truncated_shard_is_detected_and_redone(manifest: Manifest, tmp_path: Path) -> None:
@@ -381,5 +466,7 @@ def test_cli_import_and_info(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert (info["rows"], info["dim"], info["dtype"], info["shards"]) == (10, 3, "float16", 3)
+    result = runner.invoke(app, ["features", "info", str(tmp_path / "s")])
+    assert result.exit_code == 0 and "float16" in result.stdout  # the table is the result
     result = runner.invoke(app, ["features", "info", str(tmp_path)])
     assert result.exit_code == 2 and "not a feature store" in " ".join(result.output.split())

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from _shared import SHARED_DATA as SHARED  # noqa: E402
+from _shared import reference_file  # noqa: E402
 from geoalign.cli.data import register
 from geoalign.data.manifest import (
     DUPLICATE_IMAGE,
@@ -240,8 +240,8 @@ def test_parquet_manifest_with_typed_bad_values(tmp_path: Path) -> None:
 
 
 def test_real_label_file_loads_clean() -> None:
-    manifest = load_manifest(SHARED / "im2gps3k_places365.csv")
-    raw = pd.read_csv(SHARED / "im2gps3k_places365.csv")
+    manifest = load_manifest(reference_file("im2gps3k_places365.csv"))
+    raw = pd.read_csv(reference_file("im2gps3k_places365.csv"))
     assert len(manifest) == 2997
     assert manifest.report is not None and manifest.report.ok
     np.testing.assert_array_equal(manifest.coords(), raw[["LAT", "LON"]].to_numpy())

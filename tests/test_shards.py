@@ -141,3 +141,58 @@ def test_reader_warns_about_an_unfinished_store_and_pickles_without_maps(tmp_pat
 class Subclassed(shards.ShardReader):
     def __init__(self, path: Path) -> None:
         super().__init__(path, KIND)
+
+
+def _complete_store(folder: Path) -> dict[str, bytes]:
+    index = _open(folder, settings={"total": TOTAL})
+    for k in range(3):
+        _write(index, k)
+    index.mark_complete()
+    return _files(folder)
+
+
+@pytest.mark.parametrize("damage", ["torn", "empty", "binary", "missing"])
+def test_a_damaged_index_is_rebuilt_from_the_whole_shards(tmp_path: Path, damage: str) -> None:
+    """A torn index.json used to be detected and refused; the shards beside it are kept now."""
+    reference = _complete_store(tmp_path / "ref")
+    out = tmp_path / "out"
+    _complete_store(out)
+    path = out / "index.json"
+    text = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(
+            {"torn": text[: len(text) // 2], "empty": b"", "binary": b"\xff\xfe"}[damage]
+        )
+    (out / "shard-00001.npy").write_bytes((out / "shard-00001.npy").read_bytes()[:20])  # torn too
+    with pytest.warns(UserWarning, match=r"rebuilt it from 2 whole shard file\(s\)"):
+        index = _open(out, settings={"total": TOTAL})
+    assert index.recovered == [0, 2] and index.pending(TOTAL) == ([1], 6)
+    _write(index, 1)
+    index.mark_complete()
+    assert _files(out) == reference
+
+
+def test_rebuild_skips_shards_of_another_shard_size(tmp_path: Path) -> None:
+    _complete_store(tmp_path)
+    (tmp_path / "index.json").write_text("{")
+    with pytest.warns(UserWarning, match="from 0 whole"):  # size-4 shards are not size-3 shards
+        index = _open(tmp_path, settings={"total": TOTAL, "shard_size": 3})
+    assert index.recovered == [] and index.pending(TOTAL) == ([0, 1, 2, 3], 0)
+    assert shards.recorded_shard_size(tmp_path) == 3  # the rebuilt index is saved at once
+
+
+def test_recorded_shard_size_comes_from_index_or_shard_files(tmp_path: Path) -> None:
+    assert shards.recorded_shard_size(tmp_path / "none") is None
+    _complete_store(tmp_path)
+    assert shards.recorded_shard_size(tmp_path) == SIZE
+    (tmp_path / "index.json").write_text("[1, 2")
+    assert shards.recorded_shard_size(tmp_path) == SIZE  # shard 1 starts at row 4
+
+
+def test_corrupt_index_message_says_how_to_repair(tmp_path: Path) -> None:
+    _complete_store(tmp_path)
+    (tmp_path / "index.json").write_text('{"format": ')
+    with pytest.raises(shards.CorruptIndexError, match="rerun the extraction to rebuild it"):
+        read_index(tmp_path, KIND)

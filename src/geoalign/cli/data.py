@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from geoalign.cli._options import check_output_file, write_json_file
 from geoalign.cli.common import console, fail
 
 data_app = typer.Typer(
@@ -26,7 +27,9 @@ def check(
         None, "--image-root", help="Folder image paths are relative to (default: the manifest's)."
     ),
     no_files: bool = typer.Option(False, "--no-files", help="Do not check that images exist."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the full report here."),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Also write the full report here (-: to stdout)."
+    ),
     max_rows: int = typer.Option(20, "--max-rows", help="How many bad rows to list."),
     image_col: str | None = typer.Option(None, "--image-col", help="Image path/id column."),
     lat_col: str | None = typer.Option(None, "--lat-col", help="Latitude column."),
@@ -38,6 +41,8 @@ def check(
     from geoalign.data.manifest import ROW_CONVENTION, check_manifest
     from geoalign.errors import GeoalignError
 
+    if json_out is not None and str(json_out) != "-":
+        check_output_file(json_out, option="--json")
     try:
         with console.status(f"checking {manifest} ..."):
             report = check_manifest(
@@ -49,7 +54,7 @@ def check(
     except GeoalignError as err:
         fail(str(err))
     if json_out is not None:
-        report.write_json(json_out)
+        write_json_file(json_out, report.to_dict())
     cols = ", ".join(f"{k}={v!r}" for k, v in report.columns.items())
     console.print(f"[bold]{manifest}[/]: {report.n_rows} rows; columns {cols}")
     if report.checked_files:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from geoalign.cli._options import check_device, check_output_file
 from geoalign.cli.common import console, fail, progress_bar
 
 
@@ -13,9 +14,11 @@ def embed_locations(
     source: str = typer.Argument(
         ..., help="CSV/Parquet with latitude/longitude columns, or a gallery name (geoclip-100k)."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file: .npy or .parquet."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output file: .npy or .parquet (written atomically)."
+    ),
     model: str = typer.Option("geoclip", "--model", "-m", help="Checkpoint name or folder."),
-    batch_size: int = typer.Option(4096, help="Coordinates per forward pass."),
+    batch_size: int = typer.Option(4096, min=1, help="Coordinates per forward pass."),
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Embed the valid rows and leave bad ones empty (NaN/null)."
     ),
@@ -28,13 +31,16 @@ def embed_locations(
     import torch
 
     from geoalign.geo.gallery import format_row_errors, read_coordinate_table
+    from geoalign.io_atomic import atomic_write, remove_stale_temps
     from geoalign.models.registry import load_location_encoder
 
-    suffix = out.suffix.lower()
-    if suffix not in {".npy", ".parquet"}:
-        fail(f"--out must end in .npy or .parquet, got {out.name}")
+    suffix = check_output_file(out, (".npy", ".parquet"))
+    check_device(device)
     coords_table = read_coordinate_table(source, skip_bad_rows=skip_bad_rows)
     good, errors = coords_table.good, coords_table.errors
+    if not good.any():
+        why = f"all {len(good):,} rows have bad coordinates" if len(good) else "it has no rows"
+        fail(f"{source}: no usable coordinates ({why}); nothing written to {out}")
     lat, lon = coords_table.lat, coords_table.lon
     n_rows = len(coords_table.table)
 
@@ -51,13 +57,16 @@ def embed_locations(
     full[good] = emb.float().cpu().numpy()
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    # Written through a temp file and renamed: a kill never leaves a truncated output, and a file
+    # handle keeps np.save from appending ".npy" to a name like X.NPY.
     if suffix == ".npy":
-        np.save(out, full)
+        atomic_write(out, lambda fh: np.save(fh, full, allow_pickle=False))
     else:
         frame = pd.DataFrame({"lat": lat, "lon": lon})
         frame["embedding"] = [row if ok else None for row, ok in zip(full, good, strict=True)]
         frame["error"] = [errors.get(i + 1) for i in range(n_rows)]
-        frame.to_parquet(out, index=False)
+        atomic_write(out, lambda fh: frame.to_parquet(fh, index=False))
     norms = np.linalg.norm(full[good], axis=1)
     console.print(
         f"[green]wrote[/] {out}: {int(good.sum())} embeddings of dim {encoder.embed_dim} "

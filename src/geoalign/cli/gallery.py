@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from geoalign.cli._options import check_output_file
 from geoalign.cli.common import console, fail
 
 gallery_app = typer.Typer(
@@ -17,7 +18,7 @@ gallery_app = typer.Typer(
 def build(
     source: Path = typer.Option(..., "--from", help="Training manifest or coordinate table."),
     size: int = typer.Option(100_000, help="Number of gallery points.", min=1),
-    out: Path = typer.Option(..., "--out", help="Output .parquet or .csv."),
+    out: Path = typer.Option(..., "--out", help="Output .parquet or .csv (written atomically)."),
     seed: int = typer.Option(0),
     dedupe_decimals: int = typer.Option(
         4, help="Merge coordinates equal to this many decimals first (-1: keep duplicates)."
@@ -30,11 +31,15 @@ def build(
     import pandas as pd
 
     from geoalign.geo.gallery import read_coordinate_table, sample_gallery
+    from geoalign.io_atomic import atomic_write, remove_stale_temps
 
-    if out.suffix.lower() not in {".parquet", ".csv"}:
-        fail(f"--out must end in .parquet or .csv, got {out.name}")
+    suffix = check_output_file(out, (".parquet", ".csv"))
     coords = read_coordinate_table(source, skip_bad_rows=skip_bad_rows)
     good, errors = coords.good, coords.errors
+    if not good.any():
+        # An empty gallery would only fail later, in predict and gallery info.
+        why = f"all {len(good):,} rows have bad coordinates" if len(good) else "it has no rows"
+        fail(f"{source}: no usable coordinates ({why}); nothing written to {out}")
     points = sample_gallery(
         coords.latlon,
         size,
@@ -43,9 +48,11 @@ def build(
     )
     frame = pd.DataFrame({"lat": points[:, 0], "lon": points[:, 1]})
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(out, index=False) if out.suffix.lower() == ".parquet" else frame.to_csv(
-        out, index=False
-    )
+    remove_stale_temps(out)
+    if suffix == ".parquet":
+        atomic_write(out, lambda fh: frame.to_parquet(fh, index=False))
+    else:
+        atomic_write(out, lambda fh: fh.write(frame.to_csv(index=False).encode()))
     note = f" (only {len(frame):,} distinct coordinates available)" if len(frame) < size else ""
     console.print(
         f"[green]gallery[/] {out}: {len(frame):,} points from {int(good.sum()):,} training rows{note}"
@@ -55,22 +62,40 @@ def build(
 
 
 @gallery_app.command("info")
-def info(gallery: str = typer.Argument(..., help="Gallery name (geoclip-100k) or file.")) -> None:
-    """Size, extent and the countries a gallery covers."""
+def info(
+    gallery: str = typer.Argument(..., help="Gallery name (geoclip-100k) or file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Size, extent and the countries a gallery covers (on stdout)."""
+    import json
+
     import numpy as np
 
     from geoalign.geo.gallery import load_gallery
     from geoalign.geo.places import default as places
 
     g = load_gallery(gallery)
+    if len(g) == 0:
+        fail(f"{gallery}: the gallery has no points; build one with `geoalign gallery build`")
     latlon = g[["lat", "lon"]].to_numpy()
     codes = places().columns(latlon)["country_code"]
     values, counts = np.unique(codes.astype(str), return_counts=True)
-    top = sorted(zip(counts, values, strict=True), reverse=True)[:10]
-    console.print(
-        f"{gallery}: {len(g):,} points; lat {latlon[:, 0].min():.2f}…{latlon[:, 0].max():.2f}"
+    top = sorted(zip(counts.tolist(), values.tolist(), strict=True), reverse=True)[:10]
+    summary = {
+        "gallery": gallery,
+        "points": len(g),
+        "lat": [float(latlon[:, 0].min()), float(latlon[:, 0].max())],
+        "lon": [float(latlon[:, 1].min()), float(latlon[:, 1].max())],
+        "countries": {c or "sea": n for n, c in top},
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    lat, lon = summary["lat"], summary["lon"]
+    typer.echo(
+        f"{gallery}: {len(g):,} points; lat {lat[0]:.2f}…{lat[1]:.2f}, lon {lon[0]:.2f}…{lon[1]:.2f}"
     )
-    console.print("most common countries: " + ", ".join(f"{c or 'sea'} {n:,}" for n, c in top))
+    typer.echo("most common countries: " + ", ".join(f"{c or 'sea'} {n:,}" for n, c in top))
 
 
 def register(app: typer.Typer) -> None:

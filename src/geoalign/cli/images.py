@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from geoalign.cli._options import check_output_file, write_json_file
 from geoalign.cli.common import console, fail, progress_bar
 
 images_app = typer.Typer(help="Check image files and folders.", no_args_is_help=True)
@@ -21,7 +21,7 @@ def check(
     ),
     workers: int = typer.Option(4, "--workers", min=1, help="Decoding threads."),
     json_out: Path | None = typer.Option(
-        None, "--json", help="Write every failure as JSON (path, reason)."
+        None, "--json", help="Write every failure as JSON (path, reason); -: to stdout."
     ),
     max_rows: int = typer.Option(20, "--max-rows", help="How many failures to list."),
 ) -> None:
@@ -34,6 +34,8 @@ def check(
     from geoalign.data.images import ImageLoadError, expand_image_paths, load_image
     from geoalign.errors import GeoalignError
 
+    if json_out is not None and str(json_out) != "-":
+        check_output_file(json_out, option="--json")
     try:
         paths = expand_image_paths(inputs, recursive=recursive)
     except GeoalignError as err:
@@ -56,8 +58,7 @@ def check(
             bar.advance(task)
     console.print(f"{len(paths) - len(failures)} of {len(paths)} images readable")
     if json_out is not None:
-        records = [{"path": e.path, "reason": e.reason} for e in failures]
-        json_out.write_text(json.dumps(records, indent=1))
+        write_json_file(json_out, [{"path": e.path, "reason": e.reason} for e in failures])
     if failures:
         table = Table(title=f"{len(failures)} unreadable images")
         table.add_column("file")

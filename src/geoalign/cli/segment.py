@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from geoalign.cli.common import console
+from geoalign.cli._options import check_device
+from geoalign.cli.common import console, fail
 
 segment_app = typer.Typer(
     help="Semantic segmentation maps (ADE20K) for GeoSURGE: extract, inspect.",
@@ -30,9 +31,9 @@ def extract_cmd(
     image_root: Path | None = typer.Option(None, help="Folder relative image paths start from."),
     batch_size: int = typer.Option(16, min=1),
     shard_size: int = typer.Option(2048, min=1, help="Maps per shard file."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     bf16: bool = typer.Option(False, help="Run the segmenter in bfloat16."),
-    workers: int = typer.Option(0, help="Image decoding threads."),
+    workers: int = typer.Option(0, min=0, help="Image decoding threads (0: decode inline)."),
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Skip manifest rows with errors (written to a file)."
     ),
@@ -49,6 +50,9 @@ def extract_cmd(
     from geoalign.nn.backbones import load_backbone
     from geoalign.nn.segmenters import load_segmenter
 
+    check_device(device)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder for the segmentation store")
     table = load_manifest(manifest, image_root=image_root, check_files=True)
     table = table.clean(on_error="skip" if skip_bad_rows else "raise")
     # Only the backbone's preprocessing is needed; loading it also checks the spec is usable.
@@ -92,11 +96,11 @@ def info_cmd(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    for key, value in summary.items():
-        console.print(f"{key}: {value}", highlight=False, markup=False)
+    for key, value in summary.items():  # the summary is the result: stdout, so it pipes
+        typer.echo(f"{key}: {value}")
     if store.n_failed and failures:
         for rec in store.failures().head(failures).itertuples():
-            console.print(f"  row {rec.row} ({rec.image}): {rec.error}", markup=False)
+            typer.echo(f"  row {rec.row} ({rec.image}): {rec.error}")
 
 
 def register(app: typer.Typer) -> None:

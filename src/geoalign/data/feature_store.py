@@ -39,8 +39,10 @@ from geoalign.data.shards import (
     meta_schema,
     progress_bar,
     read_index,
+    recorded_shard_size,
     recording_errors,
     sha256_file,
+    shard_file_names,
     thread_map,
 )
 from geoalign.errors import DataError
@@ -106,6 +108,19 @@ class FeatureStoreWriter(ShardWriter):
         self.dim: int | None = self.index.get("dim")
         shards = self.index["shards"]
         self._next_position = int(shards[-1]["stop"]) if shards else 0
+
+    def _recover_fields(
+        self, shard: int, array: np.ndarray, meta: pa.Table
+    ) -> dict[str, Any] | None:
+        """A shard on disk is taken back only with this store's dtype, dim and row count."""
+        fields = super()._recover_fields(shard, array, meta)
+        if fields is None or array.ndim != 2 or array.dtype != np.dtype(self.dtype):
+            return None
+        n_ok = fields["stop"] - fields["start"] - fields["failed"]
+        if array.shape[0] != n_ok or self.index.get("dim") not in (None, array.shape[1]):
+            return None
+        self.index["dim"] = int(array.shape[1])
+        return {**fields, "count": n_ok}
 
     # -- writing ----------------------------------------------------------------------------
     def write_shard(
@@ -229,7 +244,7 @@ def extract_features(
     load_fn: Callable[[Path], Any] | None = None,
     batch_size: int = 64,
     dtype: str = "float16",
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int | None = None,
     num_workers: int = 0,
     backbone: dict[str, Any] | str | None = None,
     overwrite: bool = False,
@@ -242,6 +257,9 @@ def extract_features(
     row failed (recorded in the shard metadata) without stopping the run. Exceptions raised by
     encode_fn stop the run; rerunning resumes from the last completed shard and yields the same
     bytes as an uninterrupted run. num_workers > 0 loads images in that many threads.
+    shard_size=None keeps the size of the store being resumed, else DEFAULT_SHARD_SIZE. If the
+    store's index.json is torn, it is rebuilt from the whole shards whose rows are this
+    manifest's (images and coordinates compared); the others are redone.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
@@ -258,6 +276,9 @@ def extract_features(
             f"(e.g. rows {rows}); clean the manifest first (Manifest.clean)"
         )
     total = len(manifest)
+    if shard_size is None:
+        recorded = None if overwrite else recorded_shard_size(out_dir)
+        shard_size = recorded or DEFAULT_SHARD_SIZE
     writer = FeatureStoreWriter(
         out_dir,
         None,
@@ -272,6 +293,7 @@ def extract_features(
     paths = manifest.paths()
     images = manifest.images
     rows = manifest.rows
+    _forget_foreign_shards(writer, images, coords)
     todo, done_rows = writer.pending(total)
     load = recording_errors(load_fn)
     with (
@@ -336,6 +358,21 @@ def extract_features(
             stacklevel=2,
         )
     return store
+
+
+def _forget_foreign_shards(
+    writer: FeatureStoreWriter, images: Sequence[Any], coords: np.ndarray
+) -> None:
+    """After a torn index was rebuilt, keep only the shards made from these very rows (the
+    manifest hash the index recorded is gone, so the shards' own metadata is compared)."""
+    for shard in list(writer.recovered):
+        start, stop = writer.shard_range(shard)
+        meta = pq.read_table(writer.out_dir / shard_file_names(shard)[1]).to_pandas()
+        same = meta["image"].tolist() == [str(x) for x in images[start:stop]] and np.array_equal(
+            meta[["lat", "lon"]].to_numpy(), coords[start:stop]
+        )
+        if not same:
+            writer.forget(shard)
 
 
 def encode_with(

@@ -130,6 +130,16 @@ class SegmentationStoreWriter(ShardWriter):
     def total(self) -> int:
         return int(self.index["total"])
 
+    def _recover_fields(
+        self, shard: int, array: np.ndarray, meta: pa.Table
+    ) -> dict[str, Any] | None:
+        """A shard on disk is taken back only if it holds this store's map size and rows."""
+        fields = super()._recover_fields(shard, array, meta)
+        if fields is None or array.dtype != np.uint8:
+            return None
+        size = int(self.index["size"])
+        return fields if array.shape == (fields["stop"] - fields["start"], size, size) else None
+
     def write_shard(self, shard: int, maps: np.ndarray, meta: dict[str, Sequence[Any]]) -> None:
         """maps: uint8 [rows of the shard, S, S]; meta: position, row, image, ok, error."""
         start, stop = self.shard_range(shard)
@@ -294,6 +304,11 @@ def extract_segmentations(
     )
     transform = crop_transform(preprocess)
     paths, images, rows = manifest.paths(), manifest.images, manifest.rows
+    for shard in list(writer.recovered):  # a rebuilt index: keep only shards of these images
+        start, stop = writer.shard_range(shard)
+        meta = pq.read_table(writer.out_dir / f"shard-{shard:05d}.parquet", columns=["image"])
+        if meta.column("image").to_pylist() != [str(x) for x in images[start:stop]]:
+            writer.forget(shard)
     todo, done = writer.pending()
     load = recording_errors(lambda path: transform(load_image(path)))
     with (

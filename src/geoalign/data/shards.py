@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 
 from geoalign._version import __version__
 from geoalign.errors import DataError
+from geoalign.io_atomic import atomic_write
 
 INDEX_NAME = "index.json"
 # Every file a store writes: shard files, and the hidden temporary files they are written through.
@@ -42,39 +42,7 @@ _STORE_FILE_RE = re.compile(r"^(\.)?shard-\d{5,}\.(npy|parquet)(\.tmp-\d+)?$")
 
 
 # ----------------------------------------------------------------------------------------------
-# Atomic file operations
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (renames into it) to disk; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms/filesystems cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temp file in the same folder, fsync, then os.replace: all or nothing.
-
-    `write(fh)` gets a binary file handle. Readers see the old file or the whole new one, never
-    a partial one; the temp file (`.<name>.tmp-<pid>`) is removed if `write` fails.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+# File helpers
 
 
 def sha256_file(path: Path) -> str:
@@ -120,6 +88,10 @@ class StoreKind:
     array_key: str  # the key of a shard entry that names its .npy file ("features", "maps")
 
 
+class CorruptIndexError(DataError):
+    """index.json exists but cannot be parsed (torn or damaged); a writer rebuilds it."""
+
+
 def read_index(folder: str | Path, kind: StoreKind) -> dict[str, Any]:
     """The parsed index.json of a `kind` store; DataError if absent, corrupt, foreign or too new."""
     path = Path(folder) / INDEX_NAME
@@ -127,8 +99,12 @@ def read_index(folder: str | Path, kind: StoreKind) -> dict[str, Any]:
         raise DataError(f"{folder}: not a {kind.label} (no {INDEX_NAME})")
     try:
         index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: corrupt index: {err}") from err
+    except ValueError as err:  # JSONDecodeError, or bytes that are not text at all
+        raise CorruptIndexError(
+            f"{path}: corrupt index ({err}); rerun the extraction to rebuild it from the shards"
+        ) from err
+    if not isinstance(index, dict):
+        raise CorruptIndexError(f"{path}: corrupt index (not a JSON object)")
     if index.get("format") != kind.format:
         raise DataError(f"{path}: not a geoalign {kind.label} index")
     if index.get("version", 0) > kind.version:
@@ -136,6 +112,34 @@ def read_index(folder: str | Path, kind: StoreKind) -> dict[str, Any]:
             f"{path}: written by a newer geoalign (store format {index['version']}); upgrade"
         )
     return index
+
+
+def recorded_shard_size(folder: str | Path) -> int | None:
+    """The shard size a store in `folder` was written with: from its index, else (torn index)
+    from its shard files (shard k starts at row k x size), else None (no store there)."""
+    folder = Path(folder)
+    try:
+        size = json.loads((folder / INDEX_NAME).read_text()).get("shard_size")
+        if isinstance(size, int) and size > 0:
+            return size
+    except (OSError, ValueError, AttributeError):
+        pass
+    sizes = []
+    for meta in sorted(folder.glob("shard-*.parquet")) if folder.is_dir() else []:
+        k = _shard_number(meta)
+        try:
+            positions = pq.read_table(meta, columns=["position"]).column("position")
+        except Exception:  # a damaged metadata file says nothing
+            continue
+        if k is not None and len(positions):
+            first = int(positions[0].as_py())
+            sizes.append(first // k if k > 0 and first % k == 0 else len(positions))
+    return max(sizes) if sizes else None
+
+
+def _shard_number(path: Path) -> int | None:
+    found = re.fullmatch(r"shard-(\d{5,})\.(npy|parquet)", path.name)
+    return int(found.group(1)) if found else None
 
 
 def meta_schema(*extra: tuple[str, pa.DataType]) -> pa.Schema:
@@ -159,7 +163,9 @@ class ShardWriter:
     Opening a folder that holds an index resumes it: every setting given (not None) must equal
     the recorded one, else DataError (or, with `adopt_missing`, a setting the index lacks is
     taken over). Entries whose files are missing or truncated are forgotten, so those shards are
-    redone. `overwrite=True` deletes the old store files first. `settings` must hold shard_size;
+    redone. A torn, unreadable or missing index beside shard files is rebuilt from the whole shard
+    files that fit this run's settings (listed in `recovered`; callers compare their rows with the
+    source and `forget` the others). `overwrite=True` deletes the old store files first. `settings` must hold shard_size;
     a "total" setting (source rows) is the default of `shard_range` and `pending`.
     """
 
@@ -178,8 +184,19 @@ class ShardWriter:
         path = self.out_dir / INDEX_NAME
         if path.exists() and overwrite:
             remove_store_files(self.out_dir)
-        if path.exists():
-            self.index = read_index(self.out_dir, kind)
+        self.recovered: list[int] = []  # shards listed again after rebuilding a torn index
+        rebuilt = False
+        orphans = not path.exists() and any(self.out_dir.glob("shard-*.npy"))
+        if path.exists() or orphans:
+            try:
+                if orphans:
+                    raise CorruptIndexError(f"{path}: index missing beside shard files")
+                self.index = read_index(self.out_dir, kind)
+            except CorruptIndexError as err:
+                self.index = self._new_index(settings, source)
+                self._rebuild_index(err)
+                rebuilt = True
+        if path.exists() and not rebuilt:
             for key, value in settings.items():
                 have = self.index.get(key)
                 if value is None or have == value:
@@ -192,19 +209,85 @@ class ShardWriter:
                     f"for {value!r}; use a new folder or overwrite it "
                     "(overwrite=True, CLI --overwrite)"
                 )
+        if path.exists() and not rebuilt:
             self._drop_broken_shards()
-        else:
+        elif not rebuilt:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.index = {
-                "format": kind.format,
-                "version": kind.version,
-                **settings,
-                "source": source,
-                "complete": False,
-                "geoalign_version": __version__,
-                "shards": [],
-            }
+            self.index = self._new_index(settings, source)
         remove_temp_files(self.out_dir)
+        self.save()
+
+    def _new_index(self, settings: Mapping[str, Any], source: str | None) -> dict[str, Any]:
+        return {
+            "format": self.kind.format,
+            "version": self.kind.version,
+            **settings,
+            "source": source,
+            "complete": False,
+            "geoalign_version": __version__,
+            "shards": [],
+        }
+
+    # -- repairing a torn index ---------------------------------------------------------------
+    def _rebuild_index(self, err: CorruptIndexError) -> None:
+        """List again every whole shard file pair that fits this run's settings (the rest are
+        redone), so a damaged index.json costs a rescan, not hours of work."""
+        if not self.index.get("shard_size"):
+            raise DataError(f"{err}; give the shard size to rebuild it") from err
+        for array_path in sorted(self.out_dir.glob("shard-*.npy")):
+            shard = _shard_number(array_path)
+            meta_path = array_path.with_suffix(".parquet")
+            if shard is None or not meta_path.is_file():
+                continue
+            try:
+                array = np.load(array_path, mmap_mode="r", allow_pickle=False)
+                meta = pq.read_table(meta_path)
+            except Exception:  # a truncated or damaged file is simply redone
+                continue
+            fields = self._recover_fields(shard, array, meta)
+            if fields is None:
+                continue
+            del array
+            self.index["shards"].append(
+                {
+                    "shard": shard,
+                    self.kind.array_key: array_path.name,
+                    "meta": meta_path.name,
+                    **fields,
+                    "nbytes": array_path.stat().st_size,
+                    "sha256": sha256_file(array_path),
+                }
+            )
+            self.recovered.append(shard)
+        warnings.warn(
+            f"{err.args[0].split(';')[0]}; rebuilt it from {len(self.recovered)} whole shard "
+            "file(s), the rest will be redone",
+            stacklevel=3,
+        )
+
+    def _recover_fields(
+        self, shard: int, array: np.ndarray, meta: pa.Table
+    ) -> dict[str, Any] | None:
+        """Index fields of a shard found on disk without an index entry, or None if the files do
+        not hold exactly shard `shard` of this store. Subclasses check the array too."""
+        total = self.index.get("total")
+        start = shard * self.shard_size
+        stop = min(start + self.shard_size, int(total)) if total is not None else None
+        if "position" not in meta.column_names:
+            return None
+        positions = meta.column("position").to_numpy()
+        stop = stop if stop is not None else start + len(positions)
+        if stop <= start or not np.array_equal(positions, np.arange(start, stop)):
+            return None
+        n_ok = (
+            int(meta.column("ok").to_numpy().sum()) if "ok" in meta.column_names else stop - start
+        )
+        return {"start": start, "stop": stop, "failed": int(stop - start - n_ok)}
+
+    def forget(self, shard: int) -> None:
+        """Drop shard `shard` from the index so that it is redone (its files stay until then)."""
+        self.index["shards"] = [e for e in self.index["shards"] if e["shard"] != shard]
+        self.recovered = [k for k in self.recovered if k != shard]
         self.save()
 
     @property
@@ -246,7 +329,6 @@ class ShardWriter:
         self.index["shards"].sort(key=lambda e: e["shard"])
         text = json.dumps(self.index, indent=1, sort_keys=True).encode() + b"\n"
         atomic_write(self.out_dir / INDEX_NAME, lambda fh: fh.write(text))
-        fsync_dir(self.out_dir)
 
     def record_shard(
         self, shard: int, array: np.ndarray, meta: pa.Table, **fields: Any
@@ -257,8 +339,13 @@ class ShardWriter:
         list, which the next run redoes. Returns the entry.
         """
         array_name, meta_name = shard_file_names(shard)
-        atomic_write(self.out_dir / array_name, lambda fh: np.save(fh, array, allow_pickle=False))
-        atomic_write(self.out_dir / meta_name, lambda fh: pq.write_table(meta, fh))
+        # The folder is fsynced once, with the index (save), not after each shard file.
+        atomic_write(
+            self.out_dir / array_name,
+            lambda fh: np.save(fh, array, allow_pickle=False),
+            durable=False,
+        )
+        atomic_write(self.out_dir / meta_name, lambda fh: pq.write_table(meta, fh), durable=False)
         entry = {
             "shard": int(shard),
             self.kind.array_key: array_name,

@@ -1,0 +1,80 @@
+"""All-or-nothing file writes: a killed or failing writer never leaves a 0-byte or truncated file.
+
+Every output file geoalign writes goes through `atomic_write`: the bytes go to a hidden temporary
+file in the same folder (so the rename cannot cross filesystems), are fsynced, and the temporary
+file is renamed over the target with `os.replace`, after which the folder entry is fsynced too.
+Readers see the old file or the whole new one. A SIGKILL leaves at most the hidden temporary file
+(`.<name>.tmp-<pid>`), which the next write of the same target removes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_TMP_MARK = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms/filesystems cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_path(path: Path) -> Path:
+    """The hidden temporary file this process writes `path` through."""
+    return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temporary files of `path` left by writers that no longer run (killed ones)."""
+    prefix = f".{path.name}{_TMP_MARK}"
+    if not path.parent.is_dir():
+        return
+    for p in path.parent.iterdir():
+        if p.name.startswith(prefix):
+            pid = p.name[len(prefix) :]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                p.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], *, durable: bool = True) -> None:
+    """Write `path` via a temp file in the same folder, fsync, then os.replace: all or nothing.
+
+    `write(fh)` gets a binary file handle. The temp file is removed if `write` fails. With
+    `durable`, the folder is fsynced after the rename so the new name survives a power cut
+    (store writers that fsync the folder once per shard pass False for the inner files).
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if durable:
+        fsync_dir(path.parent)
