@@ -59,7 +59,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_concepts_list_shows_the_bundled_set_by_category():
-    from geoalign.interpret.concept_sets import load_concept_set
+    from geoalign.data.concept_sets import load_concept_set
 
     geography = load_concept_set("geography")
     r = invoke("concepts", "list")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from geoalign.nn.location_encoder import LocationEncoder
-from geoalign.zoo import cache_dir
+from geoalign.paths import cache_dir
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:

@@ -9,7 +9,6 @@ from there afterwards; nothing here touches the network.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -25,17 +24,11 @@ from geoalign import __version__
 from geoalign.errors import WeightsNotFoundError
 from geoalign.nn.image_head import ImageHead, ImageHeadConfig
 from geoalign.nn.location_encoder import LocationEncoder, LocationEncoderConfig
+from geoalign.paths import GEOCLIP_WHEEL_VERSION, cache_dir, geoclip_package_dir
 
 FORMAT = "geoalign-checkpoint"
 FORMAT_VERSION = 1
 OFFICIAL = "geoclip"
-GEOCLIP_WHEEL_VERSION = "1.3.0"
-
-
-def cache_dir() -> Path:
-    """Where converted weights and gallery embeddings live ($GEOALIGN_HOME, else ~/.cache/geoalign)."""
-    root = os.environ.get("GEOALIGN_HOME") or Path.home() / ".cache" / "geoalign"
-    return Path(root)
 
 
 def flush_subnormals_(state: dict[str, torch.Tensor]) -> int:
@@ -61,16 +54,6 @@ _OFFICIAL_FILES = {
     "image_head": "image_encoder_mlp_weights.pth",
     "logit_scale": "logit_scale_weights.pth",
 }
-
-
-def geoclip_package_dir() -> Path:
-    spec = importlib.util.find_spec("geoclip")
-    if spec is None or spec.origin is None:
-        raise WeightsNotFoundError(
-            "the official GeoCLIP weights come from the `geoclip` package, which is not installed: "
-            f"pip install geoclip=={GEOCLIP_WHEEL_VERSION}"
-        )
-    return Path(spec.origin).parent
 
 
 def _official_key(key: str) -> str:

@@ -66,7 +66,7 @@ def embeddings(
     countries = country_labels(fs.latlon)
     acts = names = None
     if hasattr(net, "concept_set"):
-        from geoalign.interpret.concept_basis import top_k_sparse
+        from geoalign.nn.concept_basis import top_k_sparse
 
         with torch.inference_mode():
             acts = top_k_sparse(
@@ -134,9 +134,9 @@ def error_bins(
     import torch
 
     from geoalign.geo.distance import haversine_km
-    from geoalign.interpret.concept_basis import top_k_sparse
     from geoalign.interpret.data import image_embeddings, retrieve_top1
     from geoalign.interpret.error_bins import activation_by_error_bin, format_table3
+    from geoalign.nn.concept_basis import top_k_sparse
 
     try:
         bins = [float(x) for x in edges.split(",")]

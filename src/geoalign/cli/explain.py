@@ -222,7 +222,6 @@ def rules(
     import torch
 
     from geoalign.geo.regions import load_countries
-    from geoalign.interpret.concept_basis import top_k_sparse
     from geoalign.interpret.data import (
         check_width,
         image_embeddings,
@@ -232,6 +231,7 @@ def rules(
     from geoalign.interpret.explain import country_labels
     from geoalign.interpret.loading import model_features
     from geoalign.interpret.rules import decision_rules, sankey_html, sankey_png
+    from geoalign.nn.concept_basis import top_k_sparse
 
     parts = [c.strip() for c in countries.split(",") if c.strip()]
     if len(parts) != 2:

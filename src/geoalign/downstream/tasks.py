@@ -272,7 +272,7 @@ def build_task(
 
 
 def default_cache_root() -> Path:
-    from geoalign.zoo import cache_dir
+    from geoalign.paths import cache_dir
 
     return cache_dir() / "downstream"
 
