@@ -46,7 +46,7 @@ def _photo(path: Path, seed: int = 0) -> Path:
 def _ours():
     from transformers import CLIPVisionConfig
 
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
     from geoalign.geolocator import Geolocator
     from geoalign.nn.backbones import ClipBackbone
     from geoalign.zoo import load_image_head, load_location_encoder, load_logit_scale
@@ -134,8 +134,8 @@ def rss(tmp: Path) -> str:
 
 
 def search(quick: bool) -> str:
+    from geoalign.data.galleries import load_gallery
     from geoalign.gallery_cache import gallery_embeddings
-    from geoalign.geo.gallery import load_gallery
     from geoalign.search import GallerySearch
     from geoalign.zoo import load_location_encoder, load_logit_scale
 
@@ -170,8 +170,8 @@ def search(quick: bool) -> str:
 
 def search_10m(size: int = 10_000_000, chunk: int = 500_000) -> str:
     """A 10M-point gallery streamed into IVF-SQ8 (5 GB), never held as float32 (20 GB)."""
+    from geoalign.data.galleries import load_gallery
     from geoalign.gallery_cache import gallery_embeddings
-    from geoalign.geo.gallery import load_gallery
     from geoalign.search import GallerySearch
     from geoalign.zoo import load_location_encoder, load_logit_scale
 

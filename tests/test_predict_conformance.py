@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from geoalign.geo.gallery import load_gallery
+from geoalign.data.galleries import load_gallery
 from geoalign.geolocator import Geolocator
 from geoalign.zoo import load_image_head, load_location_encoder, load_logit_scale
 

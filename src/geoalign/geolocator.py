@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from geoalign.data.galleries import load_gallery
 from geoalign.gallery_cache import gallery_embeddings
-from geoalign.geo.gallery import load_gallery
 from geoalign.nn.image_head import ImageHead
 from geoalign.nn.location_encoder import LocationEncoder
 from geoalign.search import GallerySearch

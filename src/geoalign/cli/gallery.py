@@ -29,7 +29,8 @@ def build(
     """Sample a gallery from training coordinates (GeoCLIP's 100K gallery was built this way)."""
     import pandas as pd
 
-    from geoalign.geo.gallery import read_coordinate_table, sample_gallery
+    from geoalign.data.galleries import read_coordinate_table
+    from geoalign.geo.gallery import sample_gallery
 
     if out.suffix.lower() not in {".parquet", ".csv"}:
         fail(f"--out must end in .parquet or .csv, got {out.name}")
@@ -59,7 +60,7 @@ def info(gallery: str = typer.Argument(..., help="Gallery name (geoclip-100k) or
     """Size, extent and the countries a gallery covers."""
     import numpy as np
 
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
     from geoalign.geo.places import default as places
 
     g = load_gallery(gallery)

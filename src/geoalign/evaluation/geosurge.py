@@ -60,7 +60,7 @@ def load_feature_locator(model: str | Path, device: str = "cpu") -> GeoSurgeLoca
     net = GeoSurge.load(model, device=device)
     gallery = None
     if net.config.coordinates == "gallery":
-        from geoalign.geo.gallery import load_gallery
+        from geoalign.data.galleries import load_gallery
 
         gallery = load_gallery("geoclip-100k")  # what GeoSurgeLocator.from_pretrained reads
     return GeoSurgeLocator(net, gallery=gallery)

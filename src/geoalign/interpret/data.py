@@ -131,8 +131,8 @@ def retrieve_top1(
     retrieval; gallery embeddings cached on disk per encoder and gallery)."""
     import torch
 
+    from geoalign.data.galleries import load_gallery
     from geoalign.gallery_cache import gallery_embeddings
-    from geoalign.geo.gallery import load_gallery
     from geoalign.search import GallerySearch
 
     table = load_gallery(gallery)

@@ -464,7 +464,7 @@ def ranked_candidates(
     model: Any, image_emb: np.ndarray, gallery: str, *, top_k: int = 5, places: bool = True
 ) -> list[list[dict[str, Any]]]:
     """Top-k gallery locations per image embedding (GeoCLIP's retrieval), with place names."""
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
     from geoalign.geolocator import Geolocator
 
     geo = Geolocator(

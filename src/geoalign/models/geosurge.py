@@ -633,7 +633,7 @@ class GeoSurgeLocator(Geolocator):
         mode = coordinates or net.config.coordinates
         table = None
         if mode == "gallery":
-            from geoalign.geo.gallery import load_gallery
+            from geoalign.data.galleries import load_gallery
 
             table = (
                 gallery if hasattr(gallery, "columns") else load_gallery(gallery or "geoclip-100k")
