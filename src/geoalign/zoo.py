@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from geoalign import __version__
+from geoalign._version import __version__
 from geoalign.errors import WeightsNotFoundError
 from geoalign.nn.image_head import ImageHead, ImageHeadConfig
 from geoalign.nn.location_encoder import LocationEncoder, LocationEncoderConfig

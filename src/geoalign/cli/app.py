@@ -44,7 +44,7 @@ def _root(
 ) -> None:
     """Worldwide image geo-localization: predict, explain, train and evaluate."""
     if version:
-        from geoalign import __version__
+        from geoalign._version import __version__
 
         typer.echo(f"geoalign {__version__}")
         raise typer.Exit()

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geoalign import __version__
+from geoalign._version import __version__
 from geoalign.errors import DataError
 
 INDEX_NAME = "index.json"

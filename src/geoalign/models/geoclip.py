@@ -21,7 +21,7 @@ from typing import Any, Literal, Self
 import torch
 from torch import Tensor, nn
 
-from geoalign import __version__
+from geoalign._version import __version__
 from geoalign.geo.distance import EARTH_RADIUS_KM
 from geoalign.losses import logits_from_embeddings
 from geoalign.nn.image_head import ImageHead, ImageHeadConfig

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geoalign import __version__
+from geoalign._version import __version__
 from geoalign.errors import GeoalignError, WeightsNotFoundError
 from geoalign.geo.cells import CellHierarchy
 from geoalign.geolocator import Candidate, Geolocator
