@@ -80,7 +80,7 @@ def test_train_mp16_without_its_features_says_what_is_missing_in_one_line(tmp_pa
 
 
 def test_train_writes_a_concept_model_with_its_country_bottleneck(trained):
-    from geoalign.interpret.explain import ConceptBottleneck, cbm_dir
+    from geoalign.interpret.cbm import ConceptBottleneck, cbm_dir
     from geoalign.models.concept import ConceptAwareGeoCLIP
 
     run, _ = trained

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geoalign.interpret.cbm import ConceptBottleneck
 from geoalign.interpret.elastic_net import fit_elastic_net, sparse_multinomial_path
 from geoalign.interpret.error_bins import activation_by_error_bin, format_table3, top_bottom
-from geoalign.interpret.explain import ConceptBottleneck
 from geoalign.interpret.rules import decision_rules, sankey_png
 
 

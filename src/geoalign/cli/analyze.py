@@ -46,6 +46,7 @@ def embeddings(
     import numpy as np
     import torch
 
+    from geoalign.interpret.cbm import country_labels
     from geoalign.interpret.data import image_embeddings
     from geoalign.interpret.embedding_plots import (
         joint_embedding_plot,
@@ -54,7 +55,6 @@ def embeddings(
         reduce_2d,
         summarize_clusters,
     )
-    from geoalign.interpret.explain import country_labels
 
     net, path, fs = _data(model, features, benchmark, require_concepts=False)
     fs = fs.sample(max_images, seed)
