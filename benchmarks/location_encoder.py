@@ -27,7 +27,7 @@ def main() -> None:
 
     from geoclip import LocationEncoder as ReferenceEncoder
 
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
     from geoalign.models.registry import load_location_encoder
 
     gallery = load_gallery("geoclip-100k")

@@ -46,7 +46,7 @@ def _photo(path: Path, seed: int = 0) -> Path:
 def _ours():
     from transformers import CLIPVisionConfig
 
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
     from geoalign.inference.locator import Geolocator
     from geoalign.models.registry import load_model
     from geoalign.nn.backbones import ClipBackbone
@@ -130,7 +130,7 @@ def rss(tmp: Path) -> str:
 
 
 def search(quick: bool) -> str:
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
     from geoalign.inference.gallery_cache import gallery_embeddings
     from geoalign.inference.search import GallerySearch
     from geoalign.models.registry import load_location_encoder, load_logit_scale
@@ -166,7 +166,7 @@ def search(quick: bool) -> str:
 
 def search_10m(size: int = 10_000_000, chunk: int = 500_000) -> str:
     """A 10M-point gallery streamed into IVF-SQ8 (5 GB), never held as float32 (20 GB)."""
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
     from geoalign.inference.gallery_cache import gallery_embeddings
     from geoalign.inference.search import GallerySearch
     from geoalign.models.registry import load_location_encoder, load_logit_scale

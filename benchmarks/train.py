@@ -42,7 +42,7 @@ BATCH, QUEUE, DIM = 512, 4096, 768
 
 def training_data(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random CLIP-sized features paired with real MP-16 coordinates (the official gallery)."""
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
 
     coords = load_gallery("geoclip-100k")[["lat", "lon"]].to_numpy()
     rng = np.random.default_rng(seed)
@@ -148,7 +148,7 @@ def build_store(path: Path, rows: int, dim: int = DIM, shard: int = 16384) -> Pa
         store = FeatureStore(path)
         if len(store) == rows and store.dim == dim and store.complete:
             return path
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
 
     gallery = load_gallery("geoclip-100k")[["lat", "lon"]].to_numpy()
     rng = np.random.default_rng(0)

@@ -3,7 +3,8 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from geoalign.cli import app
-from geoalign.geo.gallery import load_gallery, sample_gallery
+from geoalign.data.galleries import load_gallery
+from geoalign.geo.gallery import sample_gallery
 
 runner = CliRunner()
 

@@ -32,7 +32,7 @@ def tiny_clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_gallery(tmp_path_factory):
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
 
     g = load_gallery("geoclip-100k").sample(2000, random_state=0)
     path = tmp_path_factory.mktemp("gallery") / "g.csv"
@@ -132,7 +132,7 @@ def test_python_api_accepts_mixed_inputs(tiny_clip, small_gallery, photos):
     import torch
 
     from geoalign import Geolocator
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
 
     g = Geolocator.from_pretrained(backbone=f"hf:{tiny_clip}", gallery=load_gallery(small_gallery))
     pil = Image.open(photos / "p1.jpg")

@@ -59,7 +59,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_concepts_list_shows_the_bundled_set_by_category():
-    from geoalign.interpret.concept_sets import load_concept_set
+    from geoalign.data.concept_sets import load_concept_set
 
     geography = load_concept_set("geography")
     r = invoke("concepts", "list")
@@ -80,7 +80,7 @@ def test_train_mp16_without_its_features_says_what_is_missing_in_one_line(tmp_pa
 
 
 def test_train_writes_a_concept_model_with_its_country_bottleneck(trained):
-    from geoalign.interpret.explain import ConceptBottleneck, cbm_dir
+    from geoalign.interpret.cbm import ConceptBottleneck, cbm_dir
     from geoalign.models.concept import ConceptAwareGeoCLIP
 
     run, _ = trained

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoalign.interpret.concept_basis import ConceptBasis, ConceptHead, top_k_sparse
 from geoalign.losses import concept_divergence
+from geoalign.nn.concept_basis import ConceptBasis, ConceptHead, top_k_sparse
 
 
 def log_k(x: np.ndarray, y: np.ndarray, sigma: float) -> float:

@@ -31,7 +31,7 @@ def tiny_geoclip(in_dim: int = 24, embed: int = 16) -> GeoCLIP:
 @pytest.fixture(scope="module")
 def model() -> ConceptAwareGeoCLIP:
     """40 concepts of the bundled set with random 24-d "CLIP" text embeddings (no text tower)."""
-    from geoalign.interpret.concept_sets import load_concept_set
+    from geoalign.data.concept_sets import load_concept_set
 
     cfg = ConceptConfig(k=40, head_hidden=(32,), top_k=5)
     cset = load_concept_set("geography").select(40)
@@ -109,7 +109,7 @@ def test_concept_loss_and_auxiliary_loss(model):
 def test_paper_loss_through_mean_scores_is_the_divergence_of_all_scores(residual):
     """concept_loss takes eq. 6 through the mean scores: the same value and gradients as the
     divergence of every image's and location's scores."""
-    from geoalign.interpret.concept_sets import load_concept_set
+    from geoalign.data.concept_sets import load_concept_set
     from geoalign.losses import concept_divergence
 
     cfg = ConceptConfig(k=12, head_hidden=(32,), head_residual=residual, sigma=0.7)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geoalign.errors import DataError
-from geoalign.interpret.concept_sets import (
+from geoalign.data.concept_sets import (
     caption_vocabulary,
     list_concept_sets,
     load_concept_set,
     splice_decompose,
     splice_select,
 )
+from geoalign.errors import DataError
 
 # Every concept the concept-aware paper prints: its Table 3 and the concepts named with figs. 1, 3-5.
 PAPER_TABLE3 = (

@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from geoalign.cli.app import app
-from geoalign.interpret.concept_sets import load_concept_set
+from geoalign.data.concept_sets import load_concept_set
 from geoalign.interpret.llm_enrich import enrich_concepts, openai_compatible, parse_concepts
-from geoalign.interpret.text_encoders import encode_concepts, load_text_encoder
+from geoalign.nn.text_encoders import encode_concepts, load_text_encoder
 
 
 def test_tiny_encoder_is_deterministic_and_distinguishes_texts():
@@ -135,3 +135,24 @@ def test_cli_concepts_list_json():
     data = json.loads(r.output)
     assert data["name"] == "geography" and data["size"] == len(load_concept_set("geography"))
     assert {c["category"] for c in data["categories"]} >= {"climate", "religion", "transport"}
+
+
+def test_missing_clip_text_weights_name_the_variable_and_every_fix(tmp_path, monkeypatch):
+    """The text tower's message is the one the image backbones give (nn/backbones/hub.py): the
+    folder the variable names is where it looked, and unsetting the variable is a fix."""
+    from geoalign.errors import WeightsNotFoundError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("GEOALIGN_CLIP_PATH", str(tmp_path / "absent"))
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_text_encoder("clip-vit-l14", local_files_only=True)
+    text = str(info.value)
+    assert f"GEOALIGN_CLIP_PATH={tmp_path / 'absent'} (no such folder)" in text
+    assert "unset GEOALIGN_CLIP_PATH" in text
+    assert "(not set)" not in text and "minilm" in text
+    monkeypatch.delenv("GEOALIGN_CLIP_PATH")
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_text_encoder("clip-vit-l14", local_files_only=True)
+    text = str(info.value)
+    assert f"Hugging Face cache {tmp_path / 'hub'}" in text
+    assert "set GEOALIGN_CLIP_PATH=" in text and "hf-clip:" in text

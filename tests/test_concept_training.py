@@ -103,7 +103,7 @@ def test_concept_model_learns_a_known_mapping(trained):
 
 
 def test_country_bottleneck_was_fitted_after_training(trained):
-    from geoalign.interpret.explain import ConceptBottleneck, cbm_dir
+    from geoalign.interpret.cbm import ConceptBottleneck, cbm_dir
 
     result, *_ = trained
     cbm = ConceptBottleneck.load(cbm_dir(result.export_dir))
@@ -234,7 +234,7 @@ def test_cli_explain_photo_with_a_tiny_vision_tower(tmp_path):
     from PIL import Image
     from transformers import CLIPVisionConfig
 
-    from geoalign.interpret.explain import cbm_dir, fit_country_cbm
+    from geoalign.interpret.cbm import cbm_dir, fit_country_cbm
     from geoalign.models.concept import ConceptAwareGeoCLIP, ConceptConfig
     from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
     from geoalign.nn.backbones import ClipBackbone

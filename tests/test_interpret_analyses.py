@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geoalign.interpret.cbm import ConceptBottleneck
+from geoalign.interpret.elastic_net import fit_elastic_net, sparse_multinomial_path
 from geoalign.interpret.error_bins import activation_by_error_bin, format_table3, top_bottom
-from geoalign.interpret.explain import ConceptBottleneck
 from geoalign.interpret.rules import decision_rules, sankey_png
 
 
@@ -23,6 +24,25 @@ def planted_countries(n: int = 900, k: int = 12, seed: int = 0):
         a[y == c, 2 * i + 1] += 0.05
     names = [f"c{j}" for j in range(k)]
     return a, y, names
+
+
+def test_elastic_net_path_stops_at_the_target_sparsity_and_refit_keeps_the_support():
+    import torch
+
+    a, y, _ = planted_countries()
+    x = torch.from_numpy((a - a.mean(0)) / a.std(0))
+    labels = torch.tensor([{"FR": 0, "JP": 1, "BR": 2}[c] for c in y])
+    kwargs = dict(l1_ratio=0.99, path_steps=20, iters_per_step=150)
+    w, b, lam = sparse_multinomial_path(x, labels, 3, target_nonzero=2, refit_ridge=None, **kwargs)
+    assert float((w != 0).sum(1).float().mean()) >= 2 and (w == 0).any()
+    assert lam < float("inf") and b.shape == (3,)
+    # each class keeps its strong planted concept (2i) with a positive weight
+    assert all(w[i, 2 * i] > 0 for i in range(3))
+    mask = (w != 0).to(w.dtype)
+    w2, _ = fit_elastic_net(x, labels, 3, 1e-3, 0.0, w, b, 0.1, 50, support=mask)
+    assert torch.equal(w2 == 0, w == 0)  # the relaxed refit never leaves the chosen support
+    w3, _, _ = sparse_multinomial_path(x, labels, 3, target_nonzero=2, refit_ridge=1e-3, **kwargs)
+    assert torch.equal(w3 == 0, w == 0)
 
 
 def test_cbm_learns_planted_concepts_sparsely(tmp_path):

@@ -20,18 +20,20 @@ from geoalign.data.manifest import (
     DUPLICATE_IMAGE,
     DUPLICATE_ROW,
     EMPTY_PATH,
-    LATITUDE_OUT_OF_RANGE,
-    LONGITUDE_OUT_OF_RANGE,
-    LONGITUDE_WRAPPED,
-    MISSING_COORDINATE,
     MISSING_FILE,
-    NONFINITE_COORDINATE,
-    UNPARSEABLE_COORDINATE,
     Manifest,
     check_manifest,
     load_manifest,
 )
 from geoalign.errors import DataError
+from geoalign.geo.coords import (
+    LATITUDE_OUT_OF_RANGE,
+    LONGITUDE_OUT_OF_RANGE,
+    LONGITUDE_WRAPPED,
+    MISSING_COORDINATE,
+    NONFINITE_COORDINATE,
+    UNPARSEABLE_COORDINATE,
+)
 
 BAD_CSV = """IMG_ID,LAT,LON,note
 a.jpg,10,20,ok

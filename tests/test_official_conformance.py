@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from geoalign.geo.gallery import load_gallery
+from geoalign.data.galleries import load_gallery
 from geoalign.models.registry import (
     load_checkpoint,
     load_image_head,

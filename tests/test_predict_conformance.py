@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from geoalign.geo.gallery import load_gallery
+from geoalign.data.galleries import load_gallery
 from geoalign.inference.locator import Geolocator
 from geoalign.models.registry import load_model
 

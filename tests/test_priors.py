@@ -306,7 +306,7 @@ def test_gallery_country_mask(geoclip_gallery):
 
 @pytest.fixture(scope="module")
 def geoclip_gallery():
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
 
     try:
         table = load_gallery("geoclip-100k")

@@ -71,6 +71,7 @@ def ci_tree(tmp_path: Path) -> Path:
     _stub(tmp_path / ".venv" / "bin" / "geoalign", "geoalign", "GEOALIGN_RC")
     _stub(tmp_path / ".venv" / "bin" / "python", "python", "PYTEST_RC")
     _stub(tmp_path / ".venv" / "bin" / "ruff", "ruff", "RUFF_RC")
+    _stub(tmp_path / ".venv" / "bin" / "lint-imports", "lint-imports", "LINT_IMPORTS_RC")
     return tmp_path
 
 
@@ -88,7 +89,7 @@ def _run(tree: Path, **rcs: int) -> tuple[int, list[str]]:
 def test_ci_passes_when_every_step_passes(ci_tree: Path) -> None:
     rc, calls = _run(ci_tree)
     assert rc == 0
-    assert calls == ["setup", "geoalign", "geoalign", "setup", "python", "ruff"]
+    assert calls == ["setup", "geoalign", "geoalign", "setup", "python", "ruff", "lint-imports"]
 
 
 def test_a_failed_setup_on_the_left_of_and_fails_the_run(ci_tree: Path) -> None:
@@ -106,6 +107,11 @@ def test_failed_or_empty_test_run_fails_ci(ci_tree: Path, pytest_rc: int) -> Non
 def test_failed_lint_fails_ci(ci_tree: Path) -> None:
     rc, calls = _run(ci_tree, RUFF_RC=1)
     assert rc != 0 and calls[-1] == "ruff"
+
+
+def test_a_broken_import_contract_fails_ci(ci_tree: Path) -> None:
+    rc, calls = _run(ci_tree, LINT_IMPORTS_RC=1)
+    assert rc != 0 and calls[-1] == "lint-imports"
 
 
 @pytest.mark.parametrize("args", [["--devv"], ["--dev", "extra"]])

@@ -1,6 +1,7 @@
-"""Where geoalign keeps files on disk, and where the official GeoCLIP wheel lives.
+"""Where geoalign keeps its files and where installed data packages live.
 
-The lowest layer: everything may import it, it imports nothing of geoalign but `errors`.
+The lowest layer (beside `errors`): `geo`, `data`, `nn` and everything above read these folders
+from here, so that no low module has to import the model zoo just to learn a path.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ GEOCLIP_WHEEL_VERSION = "1.3.0"
 
 
 def cache_dir() -> Path:
-    """Converted weights and gallery embeddings: $GEOALIGN_HOME, else ~/.cache/geoalign."""
+    """Where converted weights and gallery embeddings live ($GEOALIGN_HOME, else ~/.cache/geoalign)."""
     root = os.environ.get("GEOALIGN_HOME") or Path.home() / ".cache" / "geoalign"
     return Path(root)
 
 
 def geoclip_package_dir() -> Path:
-    """The installed `geoclip` wheel's folder (official weights and the 100K gallery)."""
+    """The installed `geoclip` wheel's folder (weights, GPS gallery), found without importing it."""
     spec = importlib.util.find_spec("geoclip")
     if spec is None or spec.origin is None:
         raise WeightsNotFoundError(

@@ -46,6 +46,7 @@ def embeddings(
     import numpy as np
     import torch
 
+    from geoalign.interpret.cbm import country_labels
     from geoalign.interpret.data import image_embeddings
     from geoalign.interpret.embedding_plots import (
         joint_embedding_plot,
@@ -54,7 +55,6 @@ def embeddings(
         reduce_2d,
         summarize_clusters,
     )
-    from geoalign.interpret.explain import country_labels
 
     net, path, fs = _data(model, features, benchmark, require_concepts=False)
     fs = fs.sample(max_images, seed)
@@ -66,7 +66,7 @@ def embeddings(
     countries = country_labels(fs.latlon)
     acts = names = None
     if hasattr(net, "concept_set"):
-        from geoalign.interpret.concept_basis import top_k_sparse
+        from geoalign.nn.concept_basis import top_k_sparse
 
         with torch.inference_mode():
             acts = top_k_sparse(
@@ -134,9 +134,9 @@ def error_bins(
     import torch
 
     from geoalign.geo.distance import haversine_km
-    from geoalign.interpret.concept_basis import top_k_sparse
     from geoalign.interpret.data import image_embeddings, retrieve_top1
     from geoalign.interpret.error_bins import activation_by_error_bin, format_table3
+    from geoalign.nn.concept_basis import top_k_sparse
 
     try:
         bins = [float(x) for x in edges.split(",")]

@@ -35,51 +35,24 @@ def _read_coordinates(path: Path, lat_col: str | None, lon_col: str | None, skip
     Bad rows are named by 1-based data row (header not counted), as in `geoalign data check`.
     """
     import numpy as np
-    import pandas as pd
 
-    from geoalign.data.manifest import resolve_columns
+    from geoalign.data.tables import read_table, resolve_columns, table_columns
     from geoalign.errors import DataError
-    from geoalign.geo.gallery import coordinate_errors, format_row_errors
+    from geoalign.geo.coords import check_coordinates, format_row_errors
 
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    parquet = path.suffix.lower() in {".parquet", ".pq"}
-    try:
-        if parquet:
-            import pyarrow.parquet as pq
-
-            header = list(pq.read_schema(path).names)
-        else:
-            sep = "\t" if ".tsv" in [s.lower() for s in path.suffixes] else None
-            if sep is None:
-                first = pd.read_csv(path, nrows=0, sep=",").columns
-                sep = "\t" if len(first) == 1 and "\t" in str(first[0]) else ","
-            header = list(pd.read_csv(path, nrows=0, sep=sep).columns)
-    except Exception as err:  # pandas/pyarrow raise many types for a malformed file
-        raise DataError(f"{path}: cannot be read as a table: {err}") from None
     given = {k: v for k, v in {"lat": lat_col, "lon": lon_col}.items() if v}
-    cols = resolve_columns(header, given, source=str(path), require_image=False)
-    use = [cols["lat"], cols["lon"]]
-    try:
-        table = (
-            pd.read_parquet(path, columns=use)
-            if parquet
-            else pd.read_csv(path, sep=sep, usecols=use)
-        )
-    except Exception as err:
-        raise DataError(f"{path}: cannot be read as a table: {err}") from None
-    errors = coordinate_errors(table[cols["lat"]], table[cols["lon"]])
+    cols = resolve_columns(table_columns(path), given, source=str(path), require_image=False)
+    table = read_table(path, string_columns=(), columns=[cols["lat"], cols["lon"]])
+    check = check_coordinates(table[cols["lat"]], table[cols["lon"]])
+    errors = check.errors()
     rows = np.arange(1, len(table) + 1)
     if errors:
         message = format_row_errors(str(path), errors)
         if not skip_bad:
             raise DataError(message + " (--skip-bad-rows leaves them out)")
         console.print(f"[yellow]warning:[/] {message}; left out")
-        keep = ~np.isin(rows, list(errors))
-        table, rows = table[keep], rows[keep]
-    lat = pd.to_numeric(table[cols["lat"]]).to_numpy(np.float64)
-    lon = pd.to_numeric(table[cols["lon"]]).to_numpy(np.float64)
-    return lat, lon, rows
+    good = check.good
+    return check.lat[good], check.lon[good], rows[good]
 
 
 class _Steps:

@@ -24,7 +24,7 @@ def list_concepts(
     """Show a concept set by category (bundled sets: geography, general)."""
     from rich.table import Table
 
-    from geoalign.interpret.concept_sets import describe, list_concept_sets, load_concept_set
+    from geoalign.data.concept_sets import describe, list_concept_sets, load_concept_set
 
     s = load_concept_set(concept_set)
     rows = describe(s)
@@ -100,7 +100,7 @@ def concept_map(
     encoder = None
     in_set = getattr(net, "concept_set", None) is not None and concept in net.concept_set
     if not in_set:
-        from geoalign.interpret.text_encoders import load_text_encoder
+        from geoalign.nn.text_encoders import load_text_encoder
 
         spec = text_encoder or (
             net.concept_config.text_encoder if hasattr(net, "concept_config") else "clip-vit-l14"
@@ -181,7 +181,7 @@ def build_general(
 ) -> None:
     """Build a general vocabulary the SpLiCE way: frequent words and bigrams of a caption corpus,
     optionally reduced to the K concepts that sparse decompositions of your images use most."""
-    from geoalign.interpret.concept_sets import (
+    from geoalign.data.concept_sets import (
         Concept,
         ConceptSet,
         caption_vocabulary,
@@ -206,7 +206,7 @@ def build_general(
         if not image_features:
             fail("--select needs --image-features (CLIP image embeddings of your images)")
         from geoalign.interpret.data import load_feature_set
-        from geoalign.interpret.text_encoders import encode_concepts, load_text_encoder
+        from geoalign.nn.text_encoders import encode_concepts, load_text_encoder
 
         feats = load_feature_set(image_features).features
         enc = load_text_encoder(text_encoder, vocabulary=cset.texts())
@@ -233,7 +233,7 @@ def enrich(
 ) -> None:
     """Ask a language model YOU configure for more concepts per category (optional; off unless
     run). The result is a new file for manual review, as in the paper's step 3."""
-    from geoalign.interpret.concept_sets import load_concept_set
+    from geoalign.data.concept_sets import load_concept_set
     from geoalign.interpret.llm_enrich import enrich_concepts, openai_compatible
 
     base = load_concept_set(concept_set)

@@ -30,7 +30,8 @@ def embed_locations(
     import pandas as pd
     import torch
 
-    from geoalign.geo.gallery import format_row_errors, read_coordinate_table
+    from geoalign.data.galleries import read_coordinate_table
+    from geoalign.geo.coords import format_row_errors
     from geoalign.io_atomic import atomic_write, remove_stale_temps
     from geoalign.models.registry import load_location_encoder
 

@@ -66,7 +66,7 @@ def _print_explanation(exp) -> None:
 
 
 def _load(model: str):
-    from geoalign.interpret.explain import ConceptBottleneck, cbm_dir
+    from geoalign.interpret.cbm import ConceptBottleneck, cbm_dir
     from geoalign.interpret.loading import load_model
 
     net, path = load_model(model)
@@ -180,8 +180,8 @@ def fit_cbm(
     seed: int = typer.Option(0),
 ) -> None:
     """Fit the label-free concept bottleneck for countries and store it next to the model."""
+    from geoalign.interpret.cbm import cbm_dir, fit_country_cbm
     from geoalign.interpret.data import check_width, load_feature_set
-    from geoalign.interpret.explain import cbm_dir, fit_country_cbm
     from geoalign.interpret.loading import load_model, model_features
 
     net, path = load_model(model)
@@ -224,16 +224,16 @@ def rules(
     import torch
 
     from geoalign.geo.regions import load_countries
-    from geoalign.interpret.concept_basis import top_k_sparse
+    from geoalign.interpret.cbm import country_labels
     from geoalign.interpret.data import (
         check_width,
         image_embeddings,
         load_feature_set,
         retrieve_top1,
     )
-    from geoalign.interpret.explain import country_labels
     from geoalign.interpret.loading import model_features
     from geoalign.interpret.rules import decision_rules, sankey_html, sankey_png
+    from geoalign.nn.concept_basis import top_k_sparse
 
     parts = [c.strip() for c in countries.split(",") if c.strip()]
     if len(parts) != 2:

@@ -30,7 +30,8 @@ def build(
     """Sample a gallery from training coordinates (GeoCLIP's 100K gallery was built this way)."""
     import pandas as pd
 
-    from geoalign.geo.gallery import read_coordinate_table, sample_gallery
+    from geoalign.data.galleries import read_coordinate_table
+    from geoalign.geo.gallery import sample_gallery
     from geoalign.io_atomic import atomic_write, remove_stale_temps
 
     suffix = check_output_file(out, (".parquet", ".csv"))
@@ -71,7 +72,7 @@ def info(
 
     import numpy as np
 
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
     from geoalign.geo.places import default as places
 
     g = load_gallery(gallery)

@@ -133,8 +133,8 @@ def prior(
     """How many gallery points a prior (--within, --near/--radius-km, --bbox, --land-only) keeps."""
     import time
 
+    from geoalign.data.galleries import load_gallery
     from geoalign.errors import GeoalignError
-    from geoalign.geo.gallery import load_gallery
     from geoalign.geo.priors import parse_prior
 
     try:

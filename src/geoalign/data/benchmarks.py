@@ -20,7 +20,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from geoalign.data.manifest import MISSING_FILE, Manifest, read_table, resolve_columns
+from geoalign.data.manifest import MISSING_FILE, Manifest
+from geoalign.data.tables import read_table, resolve_columns
 from geoalign.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".JPG", ".JPEG", ".PNG")

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from geoalign.data.manifest import Manifest, content_hash, read_table
+from geoalign.data.manifest import Manifest, content_hash
 from geoalign.data.shards import (
     INDEX_NAME,
     ShardReader,
@@ -45,6 +45,7 @@ from geoalign.data.shards import (
     shard_file_names,
     thread_map,
 )
+from geoalign.data.tables import read_table
 from geoalign.errors import DataError
 
 FORMAT = "geoalign-feature-store"

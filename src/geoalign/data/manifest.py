@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -22,64 +21,17 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from geoalign.data.tables import read_table, resolve_columns, table_columns, table_kind
 from geoalign.errors import DataError
+from geoalign.geo.coords import LONGITUDE_WRAPPED, check_coordinates
 
 ROW_CONVENTION = "rows are 1-based data rows; the header is not counted"
 
-# Reasons. Errors make a row unusable; warnings are fixed automatically but reported.
-MISSING_COORDINATE = "missing_coordinate"
-UNPARSEABLE_COORDINATE = "unparseable_coordinate"
-NONFINITE_COORDINATE = "nonfinite_coordinate"
-LATITUDE_OUT_OF_RANGE = "latitude_out_of_range"
-LONGITUDE_OUT_OF_RANGE = "longitude_out_of_range"
-LONGITUDE_WRAPPED = "longitude_wrapped"
+# Reasons besides the coordinate ones (geo.coords). Errors make a row unusable.
 EMPTY_PATH = "empty_path"
 MISSING_FILE = "missing_file"
 DUPLICATE_IMAGE = "duplicate_image"
 DUPLICATE_ROW = "duplicate_row"
-
-COORDINATE_REASONS = frozenset(
-    {
-        MISSING_COORDINATE,
-        UNPARSEABLE_COORDINATE,
-        NONFINITE_COORDINATE,
-        LATITUDE_OUT_OF_RANGE,
-        LONGITUDE_OUT_OF_RANGE,
-    }
-)
-
-CANONICAL = ("image", "lat", "lon", "split", "group")
-
-# Accepted spellings, compared after lower-casing and dropping everything but letters and digits
-# ("IMG_ID" -> "imgid"). Order is priority: a path-like column beats an id-like one.
-ALIASES: dict[str, tuple[str, ...]] = {
-    "image": (
-        "image",
-        "imagepath",
-        "imgpath",
-        "filepath",
-        "path",
-        "file",
-        "filename",
-        "imagefile",
-        "imagename",
-        "img",
-        "photo",
-        "photopath",
-        "imgid",
-        "imageid",
-        "photoid",
-        "id",
-    ),
-    "lat": ("lat", "latitude", "gpslat", "gpslatitude"),
-    "lon": ("lon", "lng", "long", "longitude", "gpslon", "gpslng", "gpslongitude"),
-    "split": ("split", "subset", "partition"),
-    "group": ("group", "groupid", "groups"),
-}
-
-
-def _normalise(name: Any) -> str:
-    return re.sub(r"[^0-9a-z]", "", str(name).lower())
 
 
 @dataclass(frozen=True)
@@ -181,123 +133,6 @@ def _fmt_counts(counts: Mapping[str, int]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading
-
-
-def _table_kind(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in {".gz", ".bz2", ".xz", ".zst", ".zip"}:
-        suffixes = suffixes[:-1]
-    last = suffixes[-1] if suffixes else ""
-    if last in {".parquet", ".pq"}:
-        return "parquet"
-    if last == ".tsv":
-        return "tsv"
-    return "csv"
-
-
-def _sniff_separator(path: Path) -> str:
-    """Comma unless the header line has tabs and no commas (some label files are .txt TSVs)."""
-    import gzip
-
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-        header = fh.readline()
-    return "\t" if "\t" in header and "," not in header else ","
-
-
-def read_table(path: str | Path, *, string_columns: Iterable[str] | None = None) -> pd.DataFrame:
-    """Read a CSV/TSV (optionally compressed) or Parquet file.
-
-    `string_columns` are read as text so that coordinates can be checked value by value (a stray
-    "abc" must become a reported row, not a failed read); None reads every column as text.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    kind = _table_kind(path)
-    try:
-        if kind == "parquet":
-            return pd.read_parquet(path)
-        sep = "\t" if kind == "tsv" else _sniff_separator(path)
-        if string_columns is None:
-            return pd.read_csv(path, sep=sep, dtype=str)
-        header = pd.read_csv(path, sep=sep, nrows=0).columns
-        wanted = set(string_columns)
-        return pd.read_csv(path, sep=sep, dtype={c: str for c in header if c in wanted})
-    except DataError:
-        raise
-    except Exception as err:  # pandas/pyarrow raise many types for a malformed file
-        raise DataError(f"{path}: cannot be read as a {kind} table: {err}") from err
-
-
-def _table_columns(path: Path) -> list[str]:
-    kind = _table_kind(path)
-    try:
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
-        sep = "\t" if kind == "tsv" else _sniff_separator(path)
-        return list(pd.read_csv(path, sep=sep, nrows=0).columns)
-    except Exception as err:
-        raise DataError(f"{path}: cannot be read as a {kind} table: {err}") from err
-
-
-def resolve_columns(
-    available: Iterable[Any],
-    columns: Mapping[str, str] | None = None,
-    *,
-    source: str,
-    require_image: bool = True,
-) -> dict[str, str]:
-    """Map canonical names (image, lat, lon, split, group) to the file's column names.
-
-    Explicit `columns` win (matched case-insensitively); otherwise common spellings are accepted.
-    Two different columns that both look like latitude (or longitude) are refused as ambiguous.
-    """
-    available = [str(c) for c in available]
-    by_lower = {c.lower(): c for c in available}
-    mapping: dict[str, str] = {}
-    for key, name in (columns or {}).items():
-        if key not in CANONICAL:
-            raise DataError(f"{source}: unknown column role {key!r}; use one of {list(CANONICAL)}")
-        if name in available:
-            mapping[key] = name
-        elif str(name).lower() in by_lower:
-            mapping[key] = by_lower[str(name).lower()]
-        else:
-            raise DataError(
-                f"{source}: column {name!r} (given for {key}) not found; columns are {available}"
-            )
-    taken = set(mapping.values())
-    for key in CANONICAL:
-        if key in mapping:
-            continue
-        candidates = [c for c in available if c not in taken and _normalise(c) in ALIASES[key]]
-        if not candidates:
-            continue
-        if key in {"lat", "lon"} and len(candidates) > 1:
-            raise DataError(
-                f"{source}: several columns look like {key}: {candidates}; "
-                f"name the one to use (columns={{'{key}': ...}}, CLI --{key}-col)"
-            )
-        candidates.sort(key=lambda c: ALIASES[key].index(_normalise(c)))
-        mapping[key] = candidates[0]
-        taken.add(candidates[0])
-    needed = ("image", "lat", "lon") if require_image else ("lat", "lon")
-    missing = [k for k in needed if k not in mapping]
-    if missing:
-        hints = {k: ALIASES[k][:6] for k in missing}
-        raise DataError(
-            f"{source}: cannot find the {', '.join(missing)} column(s) among {available}; "
-            f"accepted names include {hints}, or name them explicitly (columns={{...}}, "
-            f"CLI --image-col/--lat-col/--lon-col)"
-        )
-    return mapping
-
-
-# ----------------------------------------------------------------------------------------------
 # Validation
 
 
@@ -310,95 +145,16 @@ def _text(series: pd.Series) -> np.ndarray:
     return obj.map(str).str.strip().to_numpy(dtype=object)
 
 
-class _Raw:
-    """The value as written, computed only for the rows that are reported."""
-
-    def __init__(self, series: pd.Series, text: np.ndarray | None) -> None:
-        self._series, self._text = series, text
-
-    def __getitem__(self, i: int) -> str:
-        if self._text is not None:
-            return str(self._text[i])
-        return repr(float(self._series.iat[i]))
-
-
-def _parse_coordinate(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Raw]:
-    """Return (values, missing, unparseable, raw values) for one coordinate column."""
-    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
-        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        missing = np.isnan(values)
-        return values, missing, np.zeros_like(missing), _Raw(series, None)
-    raw = _text(series)
-    values = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce").to_numpy(
-        dtype=np.float64, na_value=np.nan
-    )
-    lowered = pd.Series(raw, dtype=object).str.lower().to_numpy(dtype=object)
-    missing = (raw == "") | np.isin(lowered, ["nan", "na", "n/a", "null", "none", "<na>"])
-    unparseable = np.isnan(values) & ~missing
-    return values, missing, unparseable, _Raw(series, raw)
-
-
 def _coordinate_issues(
     lat_s: pd.Series, lon_s: pd.Series, rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[ManifestIssue]]:
-    issues: list[ManifestIssue] = []
-    lat, lat_missing, lat_bad, lat_raw = _parse_coordinate(lat_s)
-    lon, lon_missing, lon_bad, lon_raw = _parse_coordinate(lon_s)
-    for name, values, missing, bad, raw in (
-        ("latitude", lat, lat_missing, lat_bad, lat_raw),
-        ("longitude", lon, lon_missing, lon_bad, lon_raw),
-    ):
-        for i in np.flatnonzero(missing):
-            issues.append(
-                ManifestIssue(int(rows[i]), MISSING_COORDINATE, f"{name} is missing (empty or NaN)")
-            )
-        for i in np.flatnonzero(bad):
-            issues.append(
-                ManifestIssue(
-                    int(rows[i]), UNPARSEABLE_COORDINATE, f"{name} {raw[i]!r} is not a number"
-                )
-            )
-        for i in np.flatnonzero(np.isinf(values)):
-            issues.append(
-                ManifestIssue(int(rows[i]), NONFINITE_COORDINATE, f"{name} {raw[i]!r} is infinite")
-            )
-    with np.errstate(invalid="ignore"):
-        lat_out = np.isfinite(lat) & (np.abs(lat) > 90.0)
-        lon_out = np.isfinite(lon) & ((lon < -180.0) | (lon > 360.0))
-        lon_wrap = np.isfinite(lon) & (lon > 180.0) & (lon <= 360.0)
-    for i in np.flatnonzero(lat_out):
-        issues.append(
-            ManifestIssue(
-                int(rows[i]),
-                LATITUDE_OUT_OF_RANGE,
-                f"latitude {float(lat[i])!r} is outside [-90, 90]",
-            )
-        )
-    for i in np.flatnonzero(lon_out):
-        issues.append(
-            ManifestIssue(
-                int(rows[i]),
-                LONGITUDE_OUT_OF_RANGE,
-                f"longitude {float(lon[i])!r} is outside [-180, 180] (and not a 0-360 longitude)",
-            )
-        )
-    with np.errstate(invalid="ignore"):
-        # only values outside [-180, 180) are wrapped: the modulo would perturb the others (~1e-14)
-        in_range = (lon >= -180.0) & (lon < 180.0)
-        wrapped = np.where(in_range, lon, ((lon + 180.0) % 360.0) - 180.0)
-    for i in np.flatnonzero(lon_wrap):
-        issues.append(
-            ManifestIssue(
-                int(rows[i]),
-                LONGITUDE_WRAPPED,
-                f"longitude {float(lon[i])!r} is in (180, 360]; read as {float(wrapped[i])!r}",
-                severity="warning",
-            )
-        )
-    with np.errstate(invalid="ignore"):
-        ok_lat = np.isfinite(lat) & ~lat_out
-        ok_lon = np.isfinite(lon) & ~lon_out
-    return np.where(ok_lat, lat, np.nan), np.where(ok_lon, wrapped, np.nan), issues
+    """The one coordinate check (geo.coords), its issues numbered by the manifest's rows."""
+    check = check_coordinates(lat_s, lon_s)
+    issues = [
+        ManifestIssue(int(rows[i.index]), i.reason, i.message, severity=i.severity)
+        for i in check.issues
+    ]
+    return check.lat, check.lon, issues
 
 
 def _duplicate_issues(
@@ -610,7 +366,7 @@ class Manifest:
         """Write the canonical table (CSV, or Parquet by suffix)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if _table_kind(path) == "parquet":
+        if table_kind(path) == "parquet":
             self.frame.to_parquet(path, index=False)
         else:
             self.frame.to_csv(path, index=False)
@@ -716,7 +472,7 @@ def load_manifest(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
-    mapping = resolve_columns(_table_columns(path), columns, source=str(path))
+    mapping = resolve_columns(table_columns(path), columns, source=str(path))
     # The image column is read as text (ids must not become floats). Coordinates are left to the
     # parser: a column with any unparseable value stays text and is checked value by value.
     frame = read_table(path, string_columns=[mapping["image"]])

@@ -87,7 +87,7 @@ def make_gallery(
         n = min(n, len(coords))
         rows = np.random.default_rng(seed).choice(len(coords), size=n, replace=False)
         return coords[np.sort(rows)], f"{n} training coordinates (sampled, seed {seed})"
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
 
     frame = load_gallery(spec)
     return frame[["lat", "lon"]].to_numpy(np.float64), f"{spec} ({len(frame)} coordinates)"

@@ -413,6 +413,6 @@ def _gallery_frame(gallery: pd.DataFrame | np.ndarray | None) -> pd.DataFrame | 
 
 
 def _load_gallery(name: str) -> pd.DataFrame:
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
 
     return load_gallery(name)

@@ -1,4 +1,6 @@
-"""Interpretability: concept sets, concept bases, explanations of photos and global analyses.
+"""Interpretability: explanations of photos, global analyses and their charts.
 
-Heavy modules (torch, matplotlib, umap) are imported by the submodules that need them, not here.
+The networks they read (concept basis, text encoders) live in `geoalign.nn`, the concept sets in
+`geoalign.data`. Heavy modules (torch, matplotlib, umap) are imported by the submodules that need
+them, not here.
 """

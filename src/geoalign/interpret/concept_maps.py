@@ -163,7 +163,7 @@ def aggregate(points: RegionPoints, values: np.ndarray) -> pd.DataFrame:
     out = frame.groupby("region", sort=True)["value"].agg(["mean", "size"]).reset_index()
     out = out.rename(columns={"mean": "similarity", "size": "points"})
     if points.kind == "countries":
-        from geoalign.interpret.explain import country_name
+        from geoalign.interpret.cbm import country_name
 
         out.insert(1, "name", [country_name(c) for c in out["region"]])
     return out

@@ -131,7 +131,7 @@ def retrieve_top1(
     retrieval; gallery embeddings cached on disk per encoder and gallery)."""
     import torch
 
-    from geoalign.geo.gallery import load_gallery
+    from geoalign.data.galleries import load_gallery
     from geoalign.inference.gallery_cache import gallery_embeddings
     from geoalign.inference.search import GallerySearch
 

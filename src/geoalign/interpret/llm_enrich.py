@@ -17,8 +17,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from geoalign.data.concept_sets import Concept, ConceptSet, clean_name, name_key
 from geoalign.errors import GeoalignError
-from geoalign.interpret.concept_sets import Concept, ConceptSet, clean_name, name_key
 
 PROMPT = """You help build a vocabulary of visual concepts that reveal where in the world a photo was
 taken. Category: {category} ({group} geography). Existing concepts in this category: {existing}.

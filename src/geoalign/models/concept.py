@@ -2,7 +2,7 @@
 Image-GPS Alignment Framework", arXiv 2509.01910): GeoCLIP plus the Concept-Aware Alignment Module.
 
 The module projects image and location embeddings onto a bank of geographic concepts:
-    B = E_concept + Δ                       (eq. 1; `geoalign.interpret.concept_basis.ConceptBasis`)
+    B = E_concept + Δ                       (eq. 1; `geoalign.nn.concept_basis.ConceptBasis`)
     z_img = f_img(x_img)                    (eq. 2; a light MLP, `ConceptHead`)
     z_loc = x_locᵀ B                        (eq. 3)
 and adds a distribution-level divergence between the two sets of concept scores to GeoCLIP's
@@ -23,10 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from geoalign.interpret.concept_basis import ConceptBasis, ConceptHead, top_k_sparse
-from geoalign.interpret.concept_sets import Concept, ConceptSet
+from geoalign.data.concept_sets import Concept, ConceptSet
 from geoalign.losses import Divergence, concept_divergence  # eqs. 5-6
 from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
+from geoalign.nn.concept_basis import ConceptBasis, ConceptHead, top_k_sparse
 
 MappingChoice = Literal["auto", "image_head", "projection"]
 
@@ -204,8 +204,8 @@ class ConceptAwareGeoCLIP(GeoCLIP):
         cache: bool = True,
     ) -> ConceptAwareGeoCLIP:
         """Load the concept set and text encoder the config names, embed the concepts, wrap."""
-        from geoalign.interpret.concept_sets import load_concept_set
-        from geoalign.interpret.text_encoders import encode_concepts, load_text_encoder
+        from geoalign.data.concept_sets import load_concept_set
+        from geoalign.nn.text_encoders import encode_concepts, load_text_encoder
 
         cset = load_concept_set(concept.concept_set).select(concept.k, concept.select)
         texts = cset.texts(concept.template)

