@@ -151,3 +151,41 @@ def test_distributions_and_estimates_through_the_harness(method):
             d.expected_distance_km(median.latlon[i])
             <= d.expected_distance_km(top1.latlon[i]) + 1e-6
         )
+
+
+def test_report_measures_the_distributions(tmp_path):
+    from geoalign.evaluation.probabilistic import MOVES_KM, moved
+    from geoalign.geo.distance import haversine_km
+
+    model = tiny_geoclip()
+    path = model.save(tmp_path / "m")
+    rng = np.random.default_rng(5)
+    gallery = pd.DataFrame(rng.uniform([-60, -180], [70, 180], (400, 2)), columns=["lat", "lon"])
+    gallery.to_csv(tmp_path / "g.csv", index=False)
+    feats = torch.from_numpy(rng.normal(size=(50, 12)).astype(np.float32))
+    truth = gallery.to_numpy()[rng.choice(400, 50)]
+    run = evaluate_checkpoint(
+        path,
+        Queries(feats, truth, np.arange(50), "rows"),
+        benchmark="custom",
+        out=tmp_path / "eval",
+        gallery=str(tmp_path / "g.csv"),
+        modes=["top1", "median"],
+        baselines=False,
+    )
+    top1, median = run.evaluation.results
+    s = top1.probabilistic
+    geo = Geolocator(load_model(path), gallery=gallery, cache=False)
+    dists = geo.distributions(geo.embed_features(feats))
+    levels = np.array([d.level_of(truth[i : i + 1])[0] for i, d in enumerate(dists)])
+    assert s["reliability"][0.9] == pytest.approx((levels <= 0.9).mean())
+    assert s["verify_false_alarm@0.05"] == pytest.approx((levels > 0.95).mean())
+    assert set(s["verify_power@0.05"]) == set(MOVES_KM)
+    assert [x["answered"] for x in s["risk_coverage"]][-1] == 1.0
+    assert s["risk_coverage"][-1]["median_km"] == pytest.approx(np.median(median.dist_km))
+    text = run.paths["markdown"].read_text()
+    assert "## Distributions" in text and run.paths["reliability"].is_file()
+    pts = moved(truth, 750.0, np.random.default_rng(0))
+    assert np.allclose(
+        haversine_km(truth[:, 0], truth[:, 1], pts[:, 0], pts[:, 1]), 750.0, rtol=1e-6
+    )

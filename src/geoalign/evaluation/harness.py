@@ -39,6 +39,7 @@ class MethodResult:
     seconds: float = 0.0
     notes: str = ""
     coverage: dict[str, float] | None = None  # region p -> fraction of truths inside; areas
+    probabilistic: dict[str, Any] | None = None  # see evaluation.probabilistic (first row)
 
     @classmethod
     def from_predictions(
@@ -109,17 +110,22 @@ def evaluate_model(
     cache_gallery: bool = False,
     progress: Callable[[int], None] | None = None,
     regions: Sequence[float] = (),
+    probabilistic: bool = False,
+    seed: int = 0,
 ) -> list[MethodResult]:
     """One MethodResult per prediction mode for any method: "top1", "mode" (mass within
     `radius_km`), "mean", "median" (estimates of the distribution, `inference.distribution`).
     `regions` (e.g. (0.5, 0.9)): the first row also gets the coverage of those regions (the
-    fraction of true locations inside) and their median area.
+    fraction of true locations inside) and their median area; `probabilistic`: the first row
+    also gets `evaluation.probabilistic` summaries (reliability, risk-coverage, recall vs area,
+    verify false alarms and power; moved claims drawn with `seed`).
 
     `model`: a `Locator` (GeoCLIP, concept-aware, GeoSURGE: ranked through a
     `geoalign.inference.Geolocator` over `gallery`, which cell classifiers need only to refine
     coordinates) or a ready `Geolocator`. Features [N, D] or [N, crops, D] (crops averaged).
     The queries, the candidates, the temperature and the softmax are `Geolocator`'s, so
     `predict` and `evaluate` give the same probabilities for the same model and inputs."""
+    from geoalign.evaluation.probabilistic import ProbabilisticStats
     from geoalign.inference.distribution import ESTIMATES as MODES
     from geoalign.inference.distribution import check_p
     from geoalign.inference.locator import Geolocator
@@ -157,6 +163,8 @@ def evaluate_model(
         prob = {m: np.empty(len(truth)) for m in modes}
         point = {m: np.empty((len(truth), 2)) for m in modes if m in ("mean", "median")}
         inside = {p: np.zeros(len(truth), dtype=bool) for p in regions}
+        stats = ProbabilisticStats.empty(len(truth)) if probabilistic else None
+        rng = np.random.default_rng(seed)
         area = {p: np.empty(len(truth)) for p in regions}
         seconds = {m: 0.0 for m in modes}
         shared = time.perf_counter() - start
@@ -175,9 +183,11 @@ def evaluate_model(
                 best, mass = seeker.select(geo.log_probs(q).exp())
                 idx["mode"][rows], prob["mode"][rows] = best.numpy(), mass.numpy()
                 seconds["mode"] += time.perf_counter() - t
-            if point or regions:
+            if point or regions or stats is not None:
                 t = time.perf_counter()
                 dists = geo.distributions(q, radius_km=radius_km)
+                if stats is not None:
+                    stats.fill(rows, dists, truth, rng)
                 for j, dist in enumerate(dists, start=s):
                     for m in point:
                         point[m][j] = dist.estimate(m)
@@ -216,6 +226,10 @@ def evaluate_model(
                 notes=note + where,
             )
         )
+    if stats is not None and out:
+        by_mode = {r.mode: r for r in out}
+        errors = by_mode.get("median", out[0]).dist_km
+        out[0].probabilistic = stats.summary(errors)
     if regions and out:
         out[0].coverage = {
             **{f"coverage@{p:g}": float(inside[p].mean()) for p in regions},

@@ -133,3 +133,31 @@ def error_map(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def reliability_plot(
+    path: str | Path, curves: dict[str, dict[float, float]], *, title: str = ""
+) -> Path:
+    """Coverage of the p-regions against p, one line per model (the diagonal is calibrated)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, label="calibrated")
+    for name, curve in curves.items():
+        ps = sorted(curve)
+        ax.plot(ps, [curve[p] for p in ps], marker="o", linewidth=1.6, label=name)
+    ax.set_xlabel("nominal probability p of the region")
+    ax.set_ylabel("share of true locations inside the p-region")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path

@@ -95,6 +95,52 @@ def _comparison(ev: Evaluation) -> list[str]:
     return lines
 
 
+def probabilistic_markdown(ev: Evaluation) -> list[str]:
+    """The distributions section: region coverage, verify rates, recall vs area, risk-coverage."""
+    rows = [r for r in ev.results if r.probabilistic]
+    if not rows:
+        return []
+    lines = [
+        "## Distributions: regions, verification, abstention",
+        "",
+        "Each model's distribution smoothed on S2 cells (`geoalign.inference.distribution`). "
+        "Coverage: the share of true locations inside the p-region (calibrated regions: about "
+        "p). verify: claims at the true location flagged at alpha = 0.05 (false alarms), and "
+        "claims moved by a distance flagged (power). Recall vs area: the share of true locations "
+        "inside a highest-density region of at most that area.",
+        "",
+        "| model | coverage 50% | coverage 90% | mean abs. coverage error | median 90% area km² "
+        "| verify false alarms | flagged at 200 / 750 / 2500 km | recall ≤ 10⁴ / 10⁵ / 10⁶ km² |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        s = r.probabilistic
+        rel, power, recall = s["reliability"], s["verify_power@0.05"], s["recall_vs_area"]
+        lines.append(
+            f"| {r.name} | {rel[0.5]:.1%} | {rel[0.9]:.1%} | {s['calibration_error']:.3f} "
+            f"| {s['median_area90_km2']:,.0f} | {s['verify_false_alarm@0.05']:.1%} "
+            f"| {power[200.0]:.0%} / {power[750.0]:.0%} / {power[2500.0]:.0%} "
+            f"| {recall[1e4]:.0%} / {recall[1e5]:.0%} / {recall[1e6]:.0%} |"
+        )
+    lines += [
+        "",
+        "Risk vs coverage (answering only the most localizable photos: smallest 90% region "
+        "first; the error of the median estimate, or of the first row when there is none):",
+        "",
+        "| model | " + " | ".join(f"{int(a * 100)}%" for a in (0.1, 0.3, 0.5, 0.7, 1.0)) + " |",
+        "|---|" + "---:|" * 5,
+    ]
+    for r in rows:
+        by = {round(x["answered"], 2): x for x in r.probabilistic["risk_coverage"]}
+        cells = [
+            f"{by[a]['median_km']:,.0f} km / {by[a]['acc@750km']:.0f}%"
+            for a in (0.1, 0.3, 0.5, 0.7, 1.0)
+        ]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    lines += ["", "(median error / accuracy within 750 km among the answered)", ""]
+    return lines
+
+
 def to_markdown(ev: Evaluation, frame: pd.DataFrame | None = None) -> str:
     frame = table(ev) if frame is None else frame
     meta = ev.meta
@@ -120,8 +166,10 @@ def to_markdown(ev: Evaluation, frame: pd.DataFrame | None = None) -> str:
     comparison = _comparison(ev)
     if comparison:
         lines += ["What the alignment adds over the baselines:", "", *comparison, ""]
+    lines += probabilistic_markdown(ev)
     lines += [
-        "Files: `predictions.csv` (per query), `errors_hist.png`, `errors_map.png`, `report.json`.",
+        "Files: `predictions.csv` (per query), `errors_hist.png`, `errors_map.png`, "
+        "`reliability.png` (with distributions), `report.json`.",
         "",
     ]
     return "\n".join(lines)
@@ -160,7 +208,15 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
         "gallery": ev.gallery,
         "gallery_size": ev.gallery_size,
         "meta": ev.meta,
-        "results": [{**_row(r), "mode": r.mode, "metrics": r.metrics} for r in ev.results],
+        "results": [
+            {
+                **_row(r),
+                "mode": r.mode,
+                "metrics": r.metrics,
+                **({"probabilistic": r.probabilistic} if r.probabilistic else {}),
+            }
+            for r in ev.results
+        ],
         "published": [_published_row(p) for p in published_for(ev.benchmark)],
     }
     paths["json"].write_text(json.dumps(payload, indent=2, default=str))
@@ -172,6 +228,13 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
         best = max(baselines, key=lambda r: r.metrics["acc@750km"])
         shown[best.name] = best.dist_km
     error_histogram(paths["histogram"], shown, title=f"{ev.benchmark}: error distribution")
+    curves = {r.name: r.probabilistic["reliability"] for r in models if r.probabilistic}
+    if curves:
+        from geoalign.evaluation.plots import reliability_plot
+
+        paths["reliability"] = reliability_plot(
+            out / "reliability.png", curves, title=f"{ev.benchmark}: region coverage"
+        )
     main = models[0] if models else (baselines[0] if baselines else None)
     if main is not None:
         error_map(

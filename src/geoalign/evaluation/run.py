@@ -47,13 +47,17 @@ def evaluate_checkpoint(
     modes: list[str] | tuple[str, ...] = ("top1", "mode"),
     radius_km: float = 750.0,
     baselines: bool = True,
+    probabilistic: bool = True,
     seed: int = 0,
     device: str = "cpu",
     label: str | None = None,
     progress: Callable[[int], None] | None = None,
     say: Callable[[str], None] | None = None,
 ) -> EvaluationRun:
-    """Evaluate `model` on `queries`, add the baselines (on `train`), write the report to `out`."""
+    """Evaluate `model` on `queries`, add the baselines (on `train`), write the report to `out`.
+
+    `probabilistic`: also measure the model's distributions (region coverage, verify false
+    alarms and power, recall vs area, risk-coverage; `evaluation.probabilistic`)."""
     from geoalign.evaluation.harness import (
         Evaluation,
         evaluate_baselines,
@@ -88,6 +92,8 @@ def evaluate_checkpoint(
         radius_km=radius_km,
         cache_gallery=True,
         progress=progress,
+        probabilistic=probabilistic,
+        seed=seed,
     )
     n_candidates = len(g) if net.ranks == "gallery" else len(net.cell_latlon)
     ev = Evaluation(benchmark, queries.ids, queries.truth, g_name, n_candidates)

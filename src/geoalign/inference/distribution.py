@@ -350,6 +350,17 @@ class Distribution:
             level[inside] = self.calibration.nominal(level[inside])
         return np.minimum(level, 1.0)
 
+    def covering_area_km2(self, latlon: np.ndarray) -> np.ndarray:
+        """Area of the smallest region containing each point [N, 2] (inf: no region below 1
+        does); the "recall vs area" measure of how much map a user must search."""
+        if not hasattr(self, "_cum_area"):
+            self._cum_area = np.cumsum(self.grid.area_km2[self.order])
+        idx = self.grid.cell_index(latlon)
+        out = np.full(len(idx), np.inf)
+        inside = idx >= 0
+        out[inside] = self._cum_area[self.rank[idx[inside]]]
+        return out
+
     def density(self, latlon: np.ndarray) -> np.ndarray:
         """Probability density per km² at each point [N, 2] (box kernel + the uniform floor)."""
         idx = self.grid.cell_index(latlon)
