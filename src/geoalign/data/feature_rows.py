@@ -38,9 +38,25 @@ class FeatureRows:
     def dim(self) -> int:
         return int(self.features.shape[-1])
 
+    @property
+    def source(self) -> str:
+        return self.description
+
     def take(self, rows: np.ndarray) -> FeatureRows:
         return FeatureRows(
             self.features[rows], self.latlon[rows], self.ids[rows], self.description, self.backbone
+        )
+
+    def sample(self, n: int | None, seed: int = 0) -> FeatureRows:
+        """A fixed random subset of n rows (all rows when n is None or >= N), in original order."""
+        return self.take(sample_rows(len(self), n, seed))
+
+    def mean_crops(self) -> FeatureRows:
+        """[N, crops, D] features as their mean crop (analyses that read one vector per photo)."""
+        if self.features.ndim != 3:
+            return self
+        return FeatureRows(
+            self.features.mean(axis=1), self.latlon, self.ids, self.description, self.backbone
         )
 
 
