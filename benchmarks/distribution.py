@@ -1,0 +1,89 @@
+"""Benchmark: probabilistic outputs over the official 100K gallery (issue 13 targets).
+
+Per query: the distribution (softmax over the gallery, smoothing on S2 cells), the 50% and 90%
+regions (with country shares), the median and mean estimates, and the density at a point; for
+one query at a time and per query in a batch of 64. Also the size of one GeoJSON (estimate +
+50/90% region outlines). Queries are the official image head applied to random features (scale
+0.5, as the conformance tests), so the timings cover the real gallery and head.
+
+    python benchmarks/distribution.py [--queries 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
+
+def _one_query_work(geo, q: torch.Tensor, point: np.ndarray) -> None:
+    (dist,) = geo.distributions(q)
+    dist.region(0.5)
+    dist.region(0.9)
+    dist.estimate("median")
+    dist.estimate("mean")
+    dist.density(point)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from geoalign.data.galleries import load_gallery
+    from geoalign.inference.locator import Geolocator
+    from geoalign.models.registry import load_model
+
+    geo = Geolocator(load_model("geoclip"), gallery=load_gallery("geoclip-100k"))
+    torch.manual_seed(0)
+    feats = torch.randn(args.queries, 768) * 0.5
+    queries = geo.embed_features(feats)
+    point = np.array([[48.85, 2.35]])
+    _one_query_work(geo, queries[:1], point)  # warm: cell grid, mode seeker, country polygons
+
+    single = []
+    for i in range(min(args.queries, 16)):
+        t = time.perf_counter()
+        _one_query_work(geo, queries[i : i + 1], point)
+        single.append(time.perf_counter() - t)
+    batch_times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        dists = geo.distributions(queries)
+        for d in dists:
+            d.region(0.5)
+            d.region(0.9)
+            d.estimate("median")
+            d.estimate("mean")
+            d.density(point)
+        batch_times.append((time.perf_counter() - t) / len(queries))
+    sizes = [len(json.dumps(d.to_geojson())) for d in geo.distributions(queries[:16])]
+    areas = [d.region(0.9, countries=False).area_km2 for d in geo.distributions(queries[:16])]
+    one_ms, batch_ms = 1000 * float(np.median(single)), 1000 * min(batch_times)
+    body = f"""
+Official GeoCLIP head and location encoder, 100K gallery; per query: distribution, 50% and 90%
+regions with country shares, median and mean estimates, density at a point.
+
+| measure | value | target |
+|---|---:|---:|
+| one query at a time (median of {len(single)}) | {one_ms:.1f} ms | ≤ 20 ms |
+| per query in a batch of {len(queries)} (best of {args.repeats}) | {batch_ms:.1f} ms | ≤ 5 ms |
+| GeoJSON of estimate + 50/90% regions (largest of 16) | {max(sizes) / 1024:.1f} KB | ≤ 100 KB |
+| median area of the 90% region (random features) | {np.median(areas) / 1e6:.2f} M km² | |
+
+Command: `python benchmarks/distribution.py --queries {args.queries} --repeats {args.repeats}`.
+"""
+    write_section("Probabilistic outputs: distribution, regions, estimates (100K gallery)", body)
+
+
+if __name__ == "__main__":
+    main()
