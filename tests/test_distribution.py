@@ -90,7 +90,30 @@ def test_regions_mass_area_and_levels_agree_with_direct_sums():
         chosen = np.isin(grid.cell_ids, r.cell_ids)
         assert dens[~chosen].max(initial=0) <= dens[chosen].min() + 1e-15
     assert dist.level_of(np.array([[0.0, -60.0]]))[0] == 1.0  # no candidate anywhere near
-    assert sum(c for _, c in dist.region(0.9).country_mass) == pytest.approx(1.0)
+    shares = dict(dist.region(0.9).country_mass)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert set(shares) <= {
+        "FR",
+        "AU",
+        "sea",
+        "GB",
+        "BE",
+        "ES",
+        "CH",
+        "IT",
+        "DE",
+        "LU",
+        "NL",
+        "AD",
+        "MC",
+        "JE",
+        "GG",
+        "PG",
+        "ID",
+        "TL",
+        "NZ",
+    }
+    assert shares.get("FR", 0) > 0.1 and shares.get("AU", 0) > 0.1  # the two clusters' countries
 
 
 def test_cell_areas_sum_to_the_sphere():
@@ -174,4 +197,4 @@ def test_median_is_never_worse_than_any_support_point(rows):
     dist = Distribution(CellGrid(arr[:, :2]), arr[:, 2])
     got = dist.expected_distance_km(dist.estimate("median"))
     best_point = min(dist.expected_distance_km(p) for p in arr[:, :2])
-    assert got <= best_point + 1e-6
+    assert got <= best_point + 1e-3  # 1 m: the solver stops at a gradient of 1e-7

@@ -76,10 +76,24 @@ class CellGrid:
         self.cell_ids, self.cell_of = np.unique(parent_ids(leaves, level), return_inverse=True)
         self.cell_of = self.cell_of.reshape(-1)
         self.area_km2 = cell_areas_km2(self.cell_ids)
+        self.xyz = unit(self.latlon)  # unit vectors, for estimates and expected distances
+        self._countries: np.ndarray | None = None
         self._by_cell = np.argsort(self.cell_of, kind="stable")
         self._offsets = np.searchsorted(
             self.cell_of[self._by_cell], np.arange(len(self.cell_ids) + 1)
         )
+
+    def country_codes(self) -> np.ndarray:
+        """Index into `country_names` (ISO codes, "sea" offshore) of every candidate's country,
+        looked up once (point in polygon)."""
+        if self._countries is None:
+            from geoalign.geo.regions import load_countries
+
+            codes = load_countries().country_codes(self.latlon)
+            names = np.array([str(c) if c else "sea" for c in codes], dtype=object)
+            self.country_names, self._countries = np.unique(names.astype(str), return_inverse=True)
+            self._countries = self._countries.reshape(-1)
+        return self._countries
 
     def members(self, cell: int) -> np.ndarray:
         """Candidate indices inside cell number `cell` (an index into `cell_ids`)."""
@@ -112,7 +126,7 @@ def cell_areas_km2(ids: np.ndarray) -> np.ndarray:
 
 
 def geometric_median(
-    xyz: np.ndarray, weights: np.ndarray, *, weiszfeld_steps: int = 10
+    xyz: np.ndarray, weights: np.ndarray, *, weiszfeld_steps: int = 5
 ) -> np.ndarray:
     """Unit vector minimising the expected angle sum_i w_i * angle(x, x_i).
 
@@ -170,9 +184,7 @@ def geometric_median(
         grad_y = (grad_u - (grad_u @ u) * u) / norm
         return float((w * np.arctan2(sin, cos)).sum()), grad_y
 
-    res = minimize(
-        objective, x, jac=True, method="L-BFGS-B", options={"maxiter": 200, "gtol": 1e-9}
-    )
+    res = minimize(objective, x, jac=True, method="L-BFGS-B", options={"maxiter": 80, "gtol": 1e-7})
     polished = res.x / np.linalg.norm(res.x)
     return min([x, polished, *heavy], key=cost)
 
@@ -280,13 +292,13 @@ class Distribution:
             idx, _ = self.seeker.select(torch.from_numpy(self.probs[None]).float())
             return latlon[int(idx[0])].copy()
         if kind == "mean":
-            mean = (self.probs[:, None] * unit(latlon)).sum(0)
+            mean = self.probs @ self.grid.xyz
             if np.linalg.norm(mean) < 1e-9:
                 return self.estimate("top1")  # antipodal balance: no mean direction
             return to_latlon(mean)
         if kind == "median":
             top = self._support()
-            return to_latlon(geometric_median(unit(latlon[top]), self.probs[top]))
+            return to_latlon(geometric_median(self.grid.xyz[top], self.probs[top]))
         raise DataError(f"unknown estimate {kind!r}; known: {', '.join(ESTIMATES)}")
 
     def _support(self) -> np.ndarray:
@@ -300,7 +312,7 @@ class Distribution:
     def expected_distance_km(self, latlon: np.ndarray) -> float:
         """E[great-circle distance] from a point to the distribution (what the median minimises)."""
         x = unit(np.asarray(latlon, dtype=np.float64).reshape(2))
-        return float((self.probs * angles(unit(self.grid.latlon), x)).sum() * EARTH_RADIUS_KM)
+        return float((self.probs * angles(self.grid.xyz, x)).sum() * EARTH_RADIUS_KM)
 
     # -- regions and levels ------------------------------------------------------------------------
     def mass_for(self, p: float) -> float:
@@ -325,19 +337,15 @@ class Distribution:
         return region
 
     def _country_mass(self, cells: np.ndarray) -> list[tuple[str, float]]:
-        from geoalign.geo.regions import load_countries
-
-        inside = np.isin(self.grid.cell_of, cells) & (self.probs > 0)
-        idx = np.flatnonzero(inside)
-        if idx.size > 2000:  # the heaviest points carry the shares; the tail changes no rounding
-            idx = idx[np.argsort(-self.probs[idx])[:2000]]
-        codes = load_countries().country_codes(self.grid.latlon[idx])
-        shares: dict[str, float] = {}
-        for code, w in zip(codes, self.probs[idx], strict=True):
-            key = str(code) if code else "sea"
-            shares[key] = shares.get(key, 0.0) + float(w)
-        total = sum(shares.values()) or 1.0
-        return sorted(((c, m / total) for c, m in shares.items()), key=lambda t: -t[1])
+        """Shares of the region's mass by country of the candidates in it ("sea" offshore)."""
+        chosen = np.zeros(len(self.grid.cell_ids), dtype=bool)
+        chosen[cells] = True
+        inside = chosen[self.grid.cell_of]
+        codes = self.grid.country_codes()
+        names = self.grid.country_names
+        mass = np.bincount(codes[inside], weights=self.probs[inside], minlength=len(names))
+        total = mass.sum() or 1.0
+        return [(str(names[i]), float(mass[i] / total)) for i in np.argsort(-mass) if mass[i] > 0]
 
     def level_of(self, latlon: np.ndarray) -> np.ndarray:
         """For each point [N, 2], the smallest nominal p whose region contains it (1.0 where no

@@ -216,6 +216,17 @@ class Geolocator:
         return log_probs(self.model.logits(queries, self.candidates) * factor, mask).cpu()
 
     @torch.no_grad()
+    def probs(
+        self, queries: torch.Tensor, mask: torch.Tensor | None = None, *, scale: float | None = None
+    ) -> torch.Tensor:
+        """[B, M] probabilities (float32; the softmax of `log_probs`' logits, in one pass)."""
+        factor = self._factor() if scale is None else float(scale)
+        logits = self.model.logits(queries, self.candidates) * factor
+        if mask is not None:
+            logits = logits.masked_fill(~mask.to(logits.device), float("-inf"))
+        return torch.softmax(logits.float(), dim=-1).cpu()
+
+    @torch.no_grad()
     def topk(
         self, queries: torch.Tensor, k: int, mask: torch.Tensor | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +263,7 @@ class Geolocator:
             from geoalign.inference.modes import ModeSeeker
 
             self._seekers[radius_km] = ModeSeeker(self._latlon, radius_km)
-        probs = self.log_probs(queries, mask, scale=scale).exp().double().numpy()
+        probs = self.probs(queries, mask, scale=scale).numpy()
         grid, seeker = self._grids[level], self._seekers[radius_km]
         return [Distribution(grid, row, seeker=seeker, calibration=cal) for row in probs]
 
