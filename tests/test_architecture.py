@@ -189,3 +189,35 @@ def test_report_measures_the_distributions(tmp_path):
     assert np.allclose(
         haversine_km(truth[:, 0], truth[:, 1], pts[:, 0], pts[:, 1]), 750.0, rtol=1e-6
     )
+
+
+def test_table5_prior_radius_rows(tmp_path):
+    from geoalign.geo.distance import haversine_km
+
+    path = tiny_geoclip().save(tmp_path / "m")
+    rng = np.random.default_rng(7)
+    gallery = pd.DataFrame(rng.uniform([-60, -180], [70, 180], (600, 2)), columns=["lat", "lon"])
+    gallery.to_csv(tmp_path / "g.csv", index=False)
+    feats = torch.from_numpy(rng.normal(size=(30, 12)).astype(np.float32))
+    truth = gallery.to_numpy()[rng.choice(600, 30)]
+    run = evaluate_checkpoint(
+        path,
+        Queries(feats, truth, np.arange(30), "rows"),
+        benchmark="im2gps3k",
+        out=tmp_path / "eval",
+        gallery=str(tmp_path / "g.csv"),
+        modes=["top1"],
+        baselines=False,
+        probabilistic=False,
+        prior_radii_km=(2500, 750),
+    )
+    plain, r2500, r750 = run.evaluation.results
+    assert "prior 2500 km" in r2500.name and "prior 750 km" in r750.name
+    for row, radius in ((r2500, 2500), (r750, 750)):
+        d = haversine_km(truth[:, 0], truth[:, 1], row.latlon[:, 0], row.latlon[:, 1])
+        assert (d <= radius + 1e-6).all()  # the truth is a gallery point: never empty
+        assert row.metrics[f"acc@{radius}km"] == 100.0
+    text = run.paths["markdown"].read_text()
+    assert "gallery within 750 km (country) — published | 15.8 | 41.2" in text
+    with pytest.raises(Exception, match="prior radius must be positive"):
+        evaluate_model(load_model(path), feats, truth, gallery.to_numpy(), prior_radius_km=0)

@@ -117,8 +117,23 @@ GEOCLIP_ABLATIONS: dict[str, Published] = {
 }
 
 
-def published_for(benchmark: str | None) -> list[Published]:
-    """Published rows for a benchmark name or alias ([] when none or unknown)."""
+# GeoCLIP Table 5 (Im2GPS3k): the gallery restricted, per query, to within a radius of the true
+# location (prior knowledge of the continent / country / state / city).
+PRIOR_RADIUS = {
+    2500.0: Published("GeoCLIP, gallery within 2500 km (continent)", GEOCLIP, "Table 5",
+                      (15.02, 37.70, 55.39, 78.11, 100.0)),
+    750.0: Published("GeoCLIP, gallery within 750 km (country)", GEOCLIP, "Table 5",
+                     (15.85, 41.18, 63.33, 100.0, 100.0)),
+    200.0: Published("GeoCLIP, gallery within 200 km (state)", GEOCLIP, "Table 5",
+                     (18.82, 52.12, 100.0, 100.0, 100.0)),
+    25.0: Published("GeoCLIP, gallery within 25 km (city)", GEOCLIP, "Table 5",
+                    (26.15, 100.0, 100.0, 100.0, 100.0)),
+}  # fmt: skip
+
+
+def published_for(benchmark: str | None, prior_radii_km: tuple[float, ...] = ()) -> list[Published]:
+    """Published rows for a benchmark name or alias ([] when none or unknown); with prior
+    radii, GeoCLIP's Table 5 rows for them (Im2GPS3k only)."""
     if not benchmark:
         return []
     try:
@@ -127,4 +142,7 @@ def published_for(benchmark: str | None) -> list[Published]:
         key = get_benchmark(benchmark).name
     except Exception:  # a manifest or feature file: no published numbers
         key = benchmark.strip().lower()
-    return list(PUBLISHED.get(key, []))
+    rows = list(PUBLISHED.get(key, []))
+    if key == "im2gps3k":
+        rows += [PRIOR_RADIUS[float(r)] for r in prior_radii_km if float(r) in PRIOR_RADIUS]
+    return rows

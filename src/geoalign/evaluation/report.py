@@ -50,7 +50,8 @@ def _published_row(p: Published) -> dict[str, Any]:
 
 
 def table(ev: Evaluation, published: list[Published] | None = None) -> pd.DataFrame:
-    published = published_for(ev.benchmark) if published is None else published
+    radii = tuple(ev.meta.get("prior_radius_km") or ())
+    published = published_for(ev.benchmark, radii) if published is None else published
     rows = [_row(r) for r in ev.results] + [_published_row(p) for p in published]
     return pd.DataFrame(rows)
 
@@ -217,7 +218,10 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
             }
             for r in ev.results
         ],
-        "published": [_published_row(p) for p in published_for(ev.benchmark)],
+        "published": [
+            _published_row(p)
+            for p in published_for(ev.benchmark, tuple(ev.meta.get("prior_radius_km") or ()))
+        ],
     }
     paths["json"].write_text(json.dumps(payload, indent=2, default=str))
     predictions_frame(ev).to_csv(paths["predictions"], index=False)

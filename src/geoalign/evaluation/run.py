@@ -48,6 +48,7 @@ def evaluate_checkpoint(
     radius_km: float = 750.0,
     baselines: bool = True,
     probabilistic: bool = True,
+    prior_radii_km: tuple[float, ...] = (),
     seed: int = 0,
     device: str = "cpu",
     label: str | None = None,
@@ -57,7 +58,9 @@ def evaluate_checkpoint(
     """Evaluate `model` on `queries`, add the baselines (on `train`), write the report to `out`.
 
     `probabilistic`: also measure the model's distributions (region coverage, verify false
-    alarms and power, recall vs area, risk-coverage; `evaluation.probabilistic`)."""
+    alarms and power, recall vs area, risk-coverage; `evaluation.probabilistic`).
+    `prior_radii_km`: GeoCLIP's Table 5 rows, the gallery restricted per query to each radius
+    around the true location (the published rows are added for Im2GPS3k)."""
     from geoalign.evaluation.harness import (
         Evaluation,
         evaluate_baselines,
@@ -95,10 +98,24 @@ def evaluate_checkpoint(
         probabilistic=probabilistic,
         seed=seed,
     )
+    for radius in prior_radii_km:
+        rows += evaluate_model(
+            net,
+            queries.features,
+            queries.truth,
+            g,
+            name=label,
+            modes=[m for m in modes if m in ("top1", "mode")] or ["top1"],
+            radius_km=radius_km,
+            cache_gallery=True,
+            prior_radius_km=float(radius),
+        )
     n_candidates = len(g) if net.ranks == "gallery" else len(net.cell_latlon)
     ev = Evaluation(benchmark, queries.ids, queries.truth, g_name, n_candidates)
     ev.results += rows
     ev.meta.update(model=f"{model} ({method})", features=queries.description)
+    if prior_radii_km:
+        ev.meta["prior_radius_km"] = [float(r) for r in prior_radii_km]
     ev.meta["ten_crop"] = queries.features.dim() == 3
     if baselines and train is not None:
         from geoalign.baselines import default_baselines
