@@ -727,12 +727,10 @@ def train_geosurge(
     progress: bool | None = None,
 ) -> GeoSurgeTrainResult:
     """Train (or resume) the GeoSURGE run `cfg` describes."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.callbacks import EarlyStopping
 
-    from geoalign.training.callbacks import AtomicCheckpointIO
-    from geoalign.training.config import save_config, trainer_placement
-    from geoalign.training.run import resume_path
+    from geoalign.training.config import save_config
+    from geoalign.training.trainer import build_trainer, resume_checkpoint
 
     t, o = cfg.trainer, cfg.optim
     out = Path(t.out_dir)
@@ -741,9 +739,7 @@ def train_geosurge(
     hierarchy = build_hierarchy(cfg, data.train_coords)
     model = build_model(cfg, hierarchy, data.feature_dim, data.backbone)
     module = GeoSurgeModule(model, cfg)
-    accumulate = cfg.accumulate
 
-    place = trainer_placement(t)
     provenance = {
         "config": cfg.to_dict(),
         "training_rows": data.train.n_rows,
@@ -751,51 +747,29 @@ def train_geosurge(
         "reproduces": cfg.reproduces,
     }
     export = ExportGeoSurge(out, cfg, provenance)
-    callbacks = [
-        # last.ckpt every N optimizer steps and at the end (as the GeoCLIP harness); a run
-        # resumed from one re-enters its epoch after the batches it had done.
-        ModelCheckpoint(
-            dirpath=out / "checkpoints",
-            every_n_train_steps=t.checkpoint_every_n_steps,
-            save_top_k=0,
-            save_last=True,
-        ),
-        EarlyStopping(
-            monitor=o.monitor,
-            mode=o.monitor_mode,
-            patience=o.patience,
-            check_on_train_epoch_end=False,
-        ),
-        export,
-        *(extra_callbacks or []),
-    ]
-    trainer = L.Trainer(
-        default_root_dir=out,
-        accelerator=place.accelerator,
-        devices=place.devices,
-        num_nodes=place.num_nodes,
-        strategy=place.strategy,
-        precision=t.precision,
+    stop = EarlyStopping(
+        monitor=o.monitor, mode=o.monitor_mode, patience=o.patience, check_on_train_epoch_end=False
+    )
+    # last.ckpt every N optimizer steps and at each epoch's end; a run resumed from one re-enters
+    # its epoch after the batches it had done.
+    trainer = build_trainer(
+        t,
         max_epochs=o.epochs,
         max_steps=o.max_steps,
-        accumulate_grad_batches=accumulate,
-        use_distributed_sampler=False,
-        logger=CSVLogger(out, name="logs"),  # version_N per (resumed) run: none overwrites
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.progress if progress is None else progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+        callbacks=[stop, export, *(extra_callbacks or [])],
+        progress=progress,
+        accumulate=cfg.accumulate,
+        validate=True,
     )
     if trainer.global_rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+    ckpt, _ = resume_checkpoint(t)
     start = time.perf_counter()
     trainer.fit(
         module,
         datamodule=GeoSurgeDataModule(data, cfg),
-        ckpt_path=resume_path(cfg),
+        ckpt_path=ckpt,
         weights_only=True,
     )
     return GeoSurgeTrainResult(
