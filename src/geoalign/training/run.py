@@ -164,7 +164,7 @@ def train(
     import lightning as L
 
     from geoalign.training.callbacks import ExportModel, Throughput
-    from geoalign.training.module import GeoCLIPModule, GeoDataModule
+    from geoalign.training.geoclip_module import GeoCLIPModule, GeoDataModule
     from geoalign.training.trainer import build_trainer, resume_checkpoint
 
     t = cfg.trainer
