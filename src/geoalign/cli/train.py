@@ -30,8 +30,10 @@ def train(
         import lightning  # noqa: F401
     except ImportError:
         fail("training needs lightning: pip install 'geoalign[train]'")
-    from geoalign.training.config import load_config
+    from geoalign.training.config import load_config, resolve_config
     from geoalign.training.run import train as run
+
+    config = resolve_config(config)  # configs/... names the packaged file outside the repository
 
     overrides = list(set_)
     if out is not None:

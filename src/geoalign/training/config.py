@@ -211,6 +211,30 @@ def save_config(config: TrainConfig, path: str | Path) -> Path:
     return path
 
 
+# --- configs shipped in the package ------------------------------------------------------------
+
+
+def packaged_configs() -> Path:
+    """The configs shipped inside the package (`geoalign/configs/`; the repository's configs/ is
+    the same folder), so an installed geoalign finds them from any working directory."""
+    from importlib import resources
+
+    return Path(str(resources.files("geoalign").joinpath("configs")))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """`path` when that file exists; else the packaged config it names: `configs/geoclip/
+    quickstart.yaml`, `geoclip/quickstart.yaml` or `geoclip/quickstart` all name the shipped one."""
+    path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    shipped = packaged_configs().joinpath(*parts)
+    if shipped.suffix != ".yaml":
+        shipped = shipped.with_name(shipped.name + ".yaml")
+    return shipped if parts and shipped.is_file() else path
+
+
 # --- `base:` inheritance (GeoSURGE and concept-aware configs) ----------------------------------
 
 

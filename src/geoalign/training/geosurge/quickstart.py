@@ -10,44 +10,31 @@ from typing import Any
 import numpy as np
 import torch
 
+from geoalign.training import config
 from geoalign.training.geosurge.config import GeoSurgeTrainConfig, geosurge_config_from_dict
 from geoalign.training.geosurge.run import train_geosurge
 
 QUICKSTART_NAME = "GeoSURGE (geocell hierarchy)"
 
-# configs/geosurge/scene_labels.yaml with the training rows passed in (the quickstart has them
-# loaded already) and no resume: a quickstart always starts fresh. Kept in code because configs/
-# is not part of an installed package; a test checks that the two agree.
-QUICKSTART_GEOSURGE: dict[str, Any] = {
-    "method": "geosurge",
-    "name": "geosurge-quickstart-scene-labels",
-    "reproduces": "none (a CPU-sized real-data check, not a paper table)",
-    "notes": "train on YFCC26k scene-label descriptors, test on Im2GPS3k",
-    "model": {
-        "visual": "features",
-        "feature_head": "mlp",
-        "embed_dim": 256,
-        "backbone": "places365-scene-labels",
-    },
-    "cells": {"tau_min": 30, "tau_max": [3000, 1000, 300]},
-    "data": {"source": "arrays", "val_fraction": 0.02, "num_workers": 0},
-    "optim": {
-        "lr": 1.0e-3,
-        "batch_size": 512,
-        "epochs": 12,
-        "patience": 4,
-        "monitor": "val/loss",
-        "monitor_mode": "min",
-    },
-    "trainer": {"accelerator": "cpu", "resume": None, "progress": False},
-}
+QUICKSTART_CONFIG = "geosurge/scene_labels.yaml"  # under the packaged configs (geoalign/configs/)
 
 
 def quickstart_geosurge_config(out_dir: str | Path, *, seed: int = 0) -> GeoSurgeTrainConfig:
-    """The quickstart's GeoSURGE run, written to `out_dir`."""
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in QUICKSTART_GEOSURGE.items()}
-    data["trainer"].update(out_dir=str(out_dir), seed=int(seed))
-    return geosurge_config_from_dict(data, source="quickstart")
+    """The packaged geosurge/scene_labels.yaml as the quickstart runs it: the training rows
+    passed in (the quickstart has them loaded already), written to `out_dir`, on the CPU, without
+    progress bars, and never resuming an old run."""
+    path = config.packaged_configs() / QUICKSTART_CONFIG
+    data = config.read_config_yaml(path)
+    data["data"] = {**data.get("data", {}), "source": "arrays", "path": None}
+    data["trainer"] = {
+        **data.get("trainer", {}),
+        "out_dir": str(out_dir),
+        "seed": int(seed),
+        "accelerator": "cpu",
+        "resume": None,
+        "progress": False,
+    }
+    return geosurge_config_from_dict(data, source=str(path))
 
 
 def geosurge_quickstart_rows(
