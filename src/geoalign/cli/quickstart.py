@@ -51,6 +51,8 @@ def quickstart(
     Downloads nothing: the label files ship with geoalign and the official location encoder with
     the geoclip package. Takes a few minutes on a 2-core CPU.
     """
+    if epochs < 1:
+        fail(f"--epochs {epochs}: train at least one epoch (the default is 6)")
     try:
         import lightning  # noqa: F401
     except ImportError:

@@ -164,6 +164,12 @@ def fit_cbm_after_training(
     return cbm.save(cbm_dir(export_dir))
 
 
+def _bottleneck_done(run: ConceptRun, export_dir: Path) -> bool:
+    from geoalign.interpret.explain import cbm_dir
+
+    return not run.cbm.fit or cbm_dir(export_dir).is_dir()
+
+
 def train_concept(
     run: ConceptRun,
     *,
@@ -182,8 +188,15 @@ def train_concept(
     _, feature_dim, _ = build_source(run.train, arrays)
     model = build_concept_model(run, feature_dim)
     result = train(
-        run.train, arrays=arrays, model=model, progress=progress, extra_callbacks=extra_callbacks
+        run.train,
+        arrays=arrays,
+        model=model,
+        progress=progress,
+        extra_callbacks=extra_callbacks,
+        run_config={**run.train.to_dict(), "concept": run.concept.to_dict()},
     )
+    if result.trained_steps == 0 and _bottleneck_done(run, result.export_dir):
+        return result  # already complete, bottleneck included
     if int(os.environ.get("RANK", "0")) == 0:  # one process writes (torchrun sets RANK)
         out = Path(run.train.trainer.out_dir)
         (out / "config.yaml").write_text(yaml.safe_dump(run.raw, sort_keys=False))

@@ -33,6 +33,7 @@ class TrainResult:
     seconds: float
     samples_per_s: float | None
     n_rows: int
+    trained_steps: int  # optimizer steps this call trained; 0: the run was already complete
 
 
 # --- model ------------------------------------------------------------------------------------------
@@ -155,25 +156,50 @@ def train(
     source: tuple[BatchSource, int | None, Any] | None = None,
     extra_callbacks: list[Any] | None = None,
     progress: bool | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or resume) the run `cfg` describes; returns the trained model and where it went.
 
     `arrays` = (features, coords) for data.source "arrays"; `source` = (BatchSource, feature
     width, frozen backbone or None) replaces the data the config describes (e.g. photos with a
-    backbone built elsewhere)."""
+    backbone built elsewhere); `run_config`: the whole run's settings when they are more than
+    `cfg` (kept in checkpoints: a resume under other settings is refused)."""
     import lightning as L
 
     from geoalign.training.callbacks import ExportModel, Throughput
     from geoalign.training.geoclip_module import GeoCLIPModule, GeoDataModule
-    from geoalign.training.trainer import build_trainer, resume_checkpoint
+    from geoalign.training.trainer import (
+        build_trainer,
+        finished_run,
+        restore_finished,
+        resume_checkpoint,
+    )
 
     t = cfg.trainer
     out = Path(t.out_dir)
+    settings = run_config if run_config is not None else cfg.to_dict()
+    # Before anything is built or written: a finished run, or the checkpoint to resume (refused
+    # under settings that train something else).
+    done = finished_run(t, settings, out / "model")
+    ckpt, start_step = (None, 0) if done is not None else resume_checkpoint(t, settings)
     L.seed_everything(t.seed, workers=True, verbose=False)
     source, feature_dim, backbone = source if source is not None else build_source(cfg, arrays)
     if model is None:
         model = build_model(cfg, feature_dim)
     module = GeoCLIPModule(model, cfg, backbone=backbone)
+    module.run_config = settings
+    if done is not None:
+        restore_finished(module, done, [])
+        return TrainResult(
+            model=module.model,
+            out_dir=out,
+            export_dir=out / "model",
+            global_step=int(done["global_step"]),
+            seconds=0.0,
+            samples_per_s=None,
+            n_rows=source.n_rows,
+            trained_steps=0,
+        )
     data = GeoDataModule(source, cfg.optim.batch_size, t.seed)
 
     throughput = Throughput(cfg.optim.batch_size)
@@ -193,7 +219,6 @@ def train(
     )
     if trainer.global_rank == 0:
         save_config(cfg, out / "config.yaml")
-    ckpt, _ = resume_checkpoint(t)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
     return TrainResult(
@@ -204,6 +229,7 @@ def train(
         seconds=time.perf_counter() - start,
         samples_per_s=throughput.samples_per_s,
         n_rows=source.n_rows,
+        trained_steps=int(trainer.global_step) - start_step,
     )
 
 

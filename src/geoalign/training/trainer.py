@@ -47,6 +47,11 @@ RESUMABLE_CHANGES = (
     "data.num_workers",
     "data.read_rows",
 )
+# Keys that do not change what a finished run trained (its length does: a longer run is not done).
+REPORTING_ONLY = tuple(
+    k for k in RESUMABLE_CHANGES if k not in ("optim.epochs", "optim.max_steps", "optim.patience")
+)
+FINAL_CHECKPOINT = "final.ckpt"  # written when training ends; marks the run as finished
 
 
 def quiet_lightning() -> None:
@@ -88,15 +93,60 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'key: saved -> current' for every training-relevant key whose value differs."""
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], free_keys: tuple[str, ...] = RESUMABLE_CHANGES
+) -> list[str]:
+    """'key: saved -> current' for every key outside `free_keys` whose value differs."""
     a, b = _flatten(saved), _flatten(current)
 
     def free(key: str) -> bool:
-        return any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
+        return any(key == k or key.startswith(k + ".") for k in free_keys)
 
     keys = sorted(k for k in set(a) | set(b) if not free(k) and a.get(k) != b.get(k))
     return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in keys]
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # a damaged file: say which one and how to go on
+        raise DataError(
+            f"{path}: cannot read the checkpoint to resume from ({err}); "
+            "start fresh with --no-resume (trainer.resume: null)"
+        ) from err
+
+
+def finished_run(
+    t: TrainerSection, config: dict[str, Any], exported: Path
+) -> dict[str, Any] | None:
+    """The final checkpoint of this very run when it already ran to its end (same settings,
+    `exported` model folder present) and `trainer.resume` is "auto"; else None."""
+    final = Path(t.out_dir) / "checkpoints" / FINAL_CHECKPOINT
+    if t.resume != "auto" or not final.is_file() or not (exported / "config.json").is_file():
+        return None
+    state = _read_checkpoint(final)
+    saved = (state.get("geoalign") or {}).get("config")
+    if not isinstance(saved, dict) or config_differences(saved, config, REPORTING_ONLY):
+        return None
+    if _is_first_process():
+        print(
+            f"already complete: {t.out_dir} finished at step {int(state.get('global_step', 0))} "
+            "with these settings; nothing to train (--no-resume trains it again)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return state
+
+
+def restore_finished(
+    module: L.LightningModule, state: dict[str, Any], callbacks: list[Any]
+) -> None:
+    """Load a finished run's weights into `module` and its state into `callbacks` (no fit)."""
+    module.load_state_dict(state["state_dict"], strict=module.strict_loading)
+    saved = state.get("callbacks") or {}
+    for callback in callbacks:
+        if callback.state_key in saved:
+            callback.load_state_dict(saved[callback.state_key])
 
 
 def resume_checkpoint(
@@ -105,16 +155,13 @@ def resume_checkpoint(
     """(checkpoint to resume from or None, its global step), said on stderr. With `config`,
     refuses a checkpoint made under a config that trains something else, naming the keys,
     instead of a state_dict crash later."""
+    final = Path(t.out_dir) / "checkpoints" / FINAL_CHECKPOINT
+    if _is_first_process():  # this fit will end with its own final checkpoint
+        final.unlink(missing_ok=True)
     ckpt = resume_path(t)
     if ckpt is None:
         return None, 0
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # a damaged file: say which one and how to go on
-        raise DataError(
-            f"{ckpt}: cannot read the checkpoint to resume from ({err}); "
-            "start fresh with --no-resume (trainer.resume: null)"
-        ) from err
+    state = _read_checkpoint(ckpt)
     saved = (state.get("geoalign") or {}).get("config")
     diff = config_differences(saved, config) if isinstance(saved, dict) and config else []
     if diff:
@@ -131,6 +178,19 @@ def resume_checkpoint(
 
 def _is_first_process() -> bool:
     return all(int(os.environ.get(k, 0)) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+class SaveAtEnd(L.Callback):
+    """`final.ckpt` when training ends: a rerun with the same settings finds the run finished
+    (`finished_run`) instead of redoing the steps after the last every-N-steps checkpoint. Not
+    resumed from: after a stop mid-epoch (max_steps) Lightning counts the epoch as done, so a
+    longer run resumes from last.ckpt instead."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 def build_trainer(
@@ -171,7 +231,12 @@ def build_trainer(
         accumulate_grad_batches=accumulate,
         use_distributed_sampler=False,
         logger=ResumableCSVLogger(out, name="logs", version=""),
-        callbacks=[checkpoint, TrimMetricsOnStart(), *callbacks],
+        callbacks=[
+            checkpoint,
+            TrimMetricsOnStart(),
+            SaveAtEnd(out / "checkpoints" / FINAL_CHECKPOINT),
+            *callbacks,
+        ],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress if progress is None else progress,

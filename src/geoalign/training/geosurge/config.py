@@ -6,17 +6,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from geoalign.errors import DataError
 from geoalign.geo.cells import DEFAULT_TAU_MAX
 from geoalign.training.config import (
     EvalSection,
+    Rule,
     TrainerSection,
     _build,
+    above,
     apply_overrides,
+    at_least,
+    keys_of,
     read_config_yaml,
+    share,
+    steps_limit,
 )
+
+
+def _fusion_config() -> type:
+    from geoalign.nn.semantic_fusion import SemanticFusionConfig
+
+    return SemanticFusionConfig
 
 
 @dataclass
@@ -36,6 +48,14 @@ class GeoSurgeModelSection:
     coordinates: Literal["mean", "gallery"] = "mean"
     init: str | None = None  # a GeoSURGE checkpoint folder to start from
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "embed_dim": at_least(1, 768),
+        "temperature_init": above(0, 0.07),
+        "trainable_blocks": at_least(0),
+        "fusion_blocks": at_least(0, 3),
+        "fusion": keys_of(_fusion_config),
+    }
+
 
 @dataclass
 class CellsSection:
@@ -43,6 +63,8 @@ class CellsSection:
     tau_max: list[int] = field(default_factory=lambda: list(DEFAULT_TAU_MAX))  # Table VII
     tau_min: int = 50
     min_level: int = 0
+
+    RULES: ClassVar[dict[str, Rule]] = {"tau_min": at_least(1, 50), "min_level": at_least(0)}
 
 
 @dataclass
@@ -58,6 +80,13 @@ class GeoSurgeDataSection:
     num_workers: int = 4
     read_rows: int = 65536
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "val_fraction": at_least(0, 0.01),
+        "fraction": share,
+        "num_workers": at_least(0),
+        "read_rows": at_least(1),
+    }
+
 
 @dataclass
 class GeoSurgeOptimSection:
@@ -72,6 +101,18 @@ class GeoSurgeOptimSection:
     monitor: str = "val/geoscore"
     monitor_mode: Literal["max", "min"] = "max"
     val_batch_size: int = 1024
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "lr": at_least(0, 1e-4),
+        "weight_decay": at_least(0, 1e-4),
+        "gamma": above(0, 0.5),
+        "batch_size": at_least(1, 1024),
+        "micro_batch_size": at_least(1),
+        "epochs": at_least(1, 30),
+        "max_steps": steps_limit,
+        "patience": at_least(0, 4),
+        "val_batch_size": at_least(1, 1024),
+    }
 
 
 @dataclass

@@ -74,6 +74,7 @@ class GeoSurgeTrainResult:
     history: list[dict[str, float]]
     seconds: float
     n_rows: int
+    trained_steps: int  # optimizer steps this call trained; 0: the run was already complete
 
 
 def train_geosurge(
@@ -87,10 +88,19 @@ def train_geosurge(
     from lightning.pytorch.callbacks import EarlyStopping
 
     from geoalign.training.config import save_config
-    from geoalign.training.trainer import build_trainer, resume_checkpoint
+    from geoalign.training.trainer import (
+        build_trainer,
+        finished_run,
+        restore_finished,
+        resume_checkpoint,
+    )
 
     t, o = cfg.trainer, cfg.optim
     out = Path(t.out_dir)
+    # Before anything is built or written (cells/, config.yaml): a finished run, or the
+    # checkpoint to resume (refused under settings that train something else).
+    done = finished_run(t, cfg.to_dict(), out / "last")
+    ckpt, start_step = (None, 0) if done is not None else resume_checkpoint(t, cfg.to_dict())
     L.seed_everything(t.seed, workers=True, verbose=False)
     data = build_data(cfg, arrays)
     hierarchy = build_hierarchy(cfg, data.train_coords)
@@ -104,6 +114,21 @@ def train_geosurge(
         "reproduces": cfg.reproduces,
     }
     export = ExportGeoSurge(out, cfg, provenance)
+    if done is not None:
+        restore_finished(module, done, [export])
+        return GeoSurgeTrainResult(
+            model=module.model,
+            out_dir=out,
+            best_dir=out / "best",
+            last_dir=out / "last",
+            global_step=int(done["global_step"]),
+            epochs=int(done["epoch"]),
+            best=export.best,
+            history=export.history,
+            seconds=0.0,
+            n_rows=data.train.n_rows,
+            trained_steps=0,
+        )
     stop = EarlyStopping(
         monitor=o.monitor, mode=o.monitor_mode, patience=o.patience, check_on_train_epoch_end=False
     )
@@ -121,7 +146,6 @@ def train_geosurge(
     if trainer.global_rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-    ckpt, _ = resume_checkpoint(t)
     start = time.perf_counter()
     trainer.fit(
         module,
@@ -140,4 +164,5 @@ def train_geosurge(
         history=export.history,
         seconds=time.perf_counter() - start,
         n_rows=data.train.n_rows,
+        trained_steps=int(trainer.global_step) - start_step,
     )
