@@ -63,8 +63,8 @@ class GeoSurgeModule(L.LightningModule):
         candidates = None
         world = self.trainer.world_size
         if world > 1 and self.model.config.negatives == "batch":
-            # Every process's cells are negatives. Pad to the full local batch (an unreadable
-            # photo shrinks a batch) so all_gather sees equal shapes; -1 rows are no candidates.
+            # Every process's cells are negatives. Pad to the full local batch (for a source
+            # whose batches can be short) so all_gather sees equal shapes; -1 rows are none.
             full = (self.cfg.optim.micro_batch_size or self.cfg.optim.batch_size) // world
             pad = labels.new_full((max(0, full - labels.shape[0]), labels.shape[1]), -1)
             candidates = self.all_gather(torch.cat([labels, pad])).reshape(-1, labels.shape[1])
