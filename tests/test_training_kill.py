@@ -73,6 +73,8 @@ def test_sigkilled_quickstart_training_resumes_to_the_same_weights(tmp_path):
     trained = int(re.search(r"done: (\d+) steps in", resumed.stderr).group(1))
     assert start >= 3 and trained == 10 - start  # 2 epochs x 5 steps; earlier ones not redone
     assert "10 in all" in resumed.stderr
+    for banner in ("GPU available", "TPU available", "litlogger", "Restoring states"):
+        assert banner not in resumed.stderr  # Lightning's lines: geoalign says its own
 
     # the uninterrupted run, in this process (the same config, the API's resume: null)
     from geoalign.training.config import load_config

@@ -130,6 +130,7 @@ def test_cli_resumes_over_a_null_resume_then_finishes_then_refuses_a_changed_con
     again = _train(path, out, "--set", "optim.max_steps=6")
     assert again.exit_code == 0, again.output
     assert "already complete" in again.output and "samples/s" not in again.output
+    assert "6 steps, trained before" in again.output
     # other settings: refused before anything is written, naming the key and the way out
     saved = (out / "config.yaml").read_text()
     changed = _train(path, out, "--set", "optim.max_steps=6", "--set", "optim.lr=0.5")
@@ -195,3 +196,38 @@ def test_geosurge_rerun_of_a_finished_run_trains_nothing_and_keeps_one_metrics_l
     frame = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
     steps = frame.dropna(subset=["train/loss"])["step"]
     assert list(steps) == list(range(two.global_step))
+
+
+def test_concept_run_resume_compares_the_concept_section_too(tmp_path):
+    from geoalign.training.concept import concept_run_from_dict, train_concept
+
+    rng = np.random.default_rng(0)
+    coords = np.stack([rng.uniform(-50, 50, 200), rng.uniform(-150, 150, 200)], 1)
+    feats = rng.normal(size=(200, 5)).astype("f4")
+
+    def run(lam):
+        raw = {
+            "method": "concept",
+            "model": {
+                "init": "scratch",
+                "queue_size": 0,
+                "location_encoder": {
+                    "n_frequencies": 8,
+                    "hidden_dim": 16,
+                    "n_hidden": 1,
+                    "embed_dim": 16,
+                },
+                "image_head": {"hidden_dim": 16, "out_dim": 16},
+            },
+            "data": {"source": "arrays"},
+            "optim": {"batch_size": 50, "epochs": 1},
+            "trainer": {"out_dir": str(tmp_path / "run"), "progress": False},
+            "concept": {"text_encoder": "tiny:16", "k": 10, "lambda_concept": lam},
+            "cbm": {"fit": False},
+        }
+        return train_concept(concept_run_from_dict(raw, source="t"), arrays=(feats, coords))
+
+    assert run(1.0).trained_steps == 4
+    assert run(1.0).trained_steps == 0  # already complete
+    with pytest.raises(DataError, match=r"concept\.lambda_concept: 1\.0 -> 0\.5"):
+        run(0.5)

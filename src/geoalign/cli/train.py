@@ -110,10 +110,8 @@ def _resume_setting(config: Path) -> str:
 
 
 def _already_complete(steps: int, model_dir: Path) -> None:
-    console.print(
-        f"[green]already complete[/]: {steps} steps were trained before; model: "
-        f"[bold]{model_dir}[/] (--no-resume trains it again)"
-    )
+    """After the trainer's "already complete" line: what the finished run left."""
+    console.print(f"{steps} steps, trained before; model: [bold]{model_dir}[/]")
 
 
 def _evaluate(cfg, model_dir: Path) -> None:

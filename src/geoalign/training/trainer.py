@@ -131,7 +131,7 @@ def finished_run(
     if _is_first_process():
         print(
             f"already complete: {t.out_dir} finished at step {int(state.get('global_step', 0))} "
-            "with these settings; nothing to train (--no-resume trains it again)",
+            "with these settings, nothing to train (--no-resume trains it again)",
             file=sys.stderr,
             flush=True,
         )
