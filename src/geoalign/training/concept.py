@@ -238,17 +238,9 @@ def quickstart_rows(
 ) -> tuple[list[Any], Any]:
     """Train the concept-aware model with the quickstart's settings and evaluate it like GeoCLIP:
     (report rows named "Concept-aware alignment", the TrainResult)."""
-    from geoalign.evaluation.harness import evaluate_model
+    from geoalign.training.quickstart import model_rows
 
     run = quickstart_run(geoclip_cfg, Path(out_dir) / "concept-run")
     result = train_concept(run, progress=progress)
-    rows = evaluate_model(
-        result.model,
-        test_x,
-        test_y,
-        gallery,
-        name="Concept-aware alignment",
-        modes=run.train.eval.modes,
-        radius_km=run.train.eval.radius_km,
-    )
+    rows = model_rows(result.model, test_x, test_y, gallery, "Concept-aware alignment", run.train)
     return rows, result

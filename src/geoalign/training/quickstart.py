@@ -40,6 +40,24 @@ def quickstart_config(out_dir: str | Path, **overrides: Any) -> TrainConfig:
     return config_from_dict(data, source=str(path), overrides=items)
 
 
+def model_rows(
+    model: Any, test_x: Any, test_y: Any, gallery: Any, name: str, cfg: TrainConfig
+) -> list[Any]:
+    """Report rows of a GeoCLIP-style model (plain or concept-aware) on the test descriptors, as
+    the config's eval section says: the quickstart's one call into the evaluation harness."""
+    from geoalign.evaluation.harness import evaluate_model
+
+    return evaluate_model(
+        model,
+        test_x,
+        test_y,
+        gallery,
+        name=name,
+        modes=cfg.eval.modes,
+        radius_km=cfg.eval.radius_km,
+    )
+
+
 @dataclass
 class QuickstartResult:
     evaluation: Evaluation
@@ -79,7 +97,7 @@ def run_quickstart(
 
     from geoalign.baselines import default_baselines
     from geoalign.evaluation.descriptors import load_scene_label_set
-    from geoalign.evaluation.harness import evaluate_baselines, evaluate_model, make_gallery
+    from geoalign.evaluation.harness import evaluate_baselines, make_gallery
     from geoalign.evaluation.report import write_report
     from geoalign.training.run import train
 
@@ -103,15 +121,7 @@ def run_quickstart(
         gallery=gallery_name,
         gallery_size=len(gallery),
     )
-    ev.results += evaluate_model(
-        result.model,
-        test_x,
-        test_y,
-        gallery,
-        name="GeoCLIP alignment",
-        modes=cfg.eval.modes,
-        radius_km=cfg.eval.radius_km,
-    )
+    ev.results += model_rows(result.model, test_x, test_y, gallery, "GeoCLIP alignment", cfg)
     if concept:  # the same settings plus the concept-aware alignment module
         from geoalign.training.concept import quickstart_rows
 
