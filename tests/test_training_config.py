@@ -94,11 +94,3 @@ def test_overrides_and_yaml_number_forms():
     )
     with pytest.raises(DataError, match="expected key.path=value"):
         config_from_dict({}, overrides=["optim.lr"])
-
-
-def test_quickstart_yaml_matches_the_command():
-    from geoalign.training.quickstart import QUICKSTART
-
-    file = yaml.safe_load((CONFIGS[0].parent / "quickstart.yaml").read_text())
-    file["trainer"].pop("out_dir")
-    assert file == QUICKSTART

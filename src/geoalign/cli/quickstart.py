@@ -30,17 +30,6 @@ def print_table(frame, title: str) -> None:
     console.print(tbl)
 
 
-def _quiet_lightning() -> None:
-    """The quickstart prints its own steps: drop Lightning's per-fit banner (accelerator lines,
-    its logger advertisement) and a deprecation warning from inside Lightning."""
-    import logging
-    import warnings
-
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-
 def quickstart(
     out: Path = typer.Option(Path("geoalign-quickstart"), "--out", "-o", help="Output folder."),
     epochs: int = typer.Option(6, help="Training epochs over YFCC26k (about 50 steps each)."),
@@ -62,16 +51,19 @@ def quickstart(
     Downloads nothing: the label files ship with geoalign and the official location encoder with
     the geoclip package. Takes a few minutes on a 2-core CPU.
     """
+    if epochs < 1:
+        fail(f"--epochs {epochs}: train at least one epoch (the default is 6)")
     try:
         import lightning  # noqa: F401
     except ImportError:
         fail("the quickstart trains a model: pip install 'geoalign[train]' (adds lightning)")
     from geoalign.evaluation.report import table
     from geoalign.training.quickstart import quickstart_config, run_quickstart
+    from geoalign.training.trainer import quiet_lightning
 
     if progress is None:
         progress = sys.stdout.isatty()
-    _quiet_lightning()
+    quiet_lightning()
     cfg = quickstart_config(out, **{"optim.epochs": epochs, "trainer.seed": seed})
     result = run_quickstart(
         out,

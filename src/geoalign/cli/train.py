@@ -16,7 +16,9 @@ def train(
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Run folder (overrides trainer.out_dir)."),
     resume: bool = typer.Option(
-        True, help="Resume from <out>/checkpoints/last.ckpt when it exists."
+        True,
+        help="Resume from <out>/checkpoints/last.ckpt when it exists, whatever the config's "
+        "trainer.resume says (a trainer.resume path is kept); --no-resume starts fresh.",
     ),
     evaluate: bool = typer.Option(
         True,
@@ -30,14 +32,18 @@ def train(
         import lightning  # noqa: F401
     except ImportError:
         fail("training needs lightning: pip install 'geoalign[train]'")
-    from geoalign.training.config import load_config
+    from geoalign.training.config import load_config, resolve_config
     from geoalign.training.run import train as run
+
+    config = resolve_config(config)  # configs/... names the packaged file outside the repository
 
     overrides = list(set_)
     if out is not None:
         overrides.append(f"trainer.out_dir={out}")
     if not resume:
         overrides.append("trainer.resume=null")
+    elif not any(o.startswith("trainer.resume=") for o in set_):
+        overrides.append(f"trainer.resume={_resume_setting(config)}")
     if not evaluate:
         overrides.append("eval.after_training=false")
     from geoalign.training.geosurge import is_geosurge_config
@@ -48,11 +54,14 @@ def train(
         gs = load_geosurge_config(config, overrides)
         console.print(f"[cyan]•[/] {gs.name}: reproduces {gs.reproduces}")
         done = train_geosurge(gs)
-        console.print(
-            f"[green]done[/]: {done.global_step} steps, {done.epochs} epochs in "
-            f"{done.seconds:.0f} s; best {gs.optim.monitor} = {done.best}; model: "
-            f"[bold]{done.last_dir}[/] (best: {done.best_dir})"
-        )
+        if done.trained_steps == 0:
+            _already_complete(done.global_step, done.last_dir)
+        else:
+            console.print(
+                f"[green]done[/]: {done.global_step} steps, {done.epochs} epochs in "
+                f"{done.seconds:.0f} s; best {gs.optim.monitor} = {done.best}; model: "
+                f"[bold]{done.last_dir}[/] (best: {done.best_dir})"
+            )
         _evaluate(gs, done.best_dir if done.best_dir.is_dir() else done.last_dir)
         return
     from geoalign.training.concept import is_concept_config
@@ -63,26 +72,46 @@ def train(
         crun = load_concept_config(config, overrides)
         console.print(f"[cyan]•[/] {crun.train.name}: reproduces {crun.train.reproduces}")
         result = train_concept(crun)
-        console.print(
-            f"[green]done[/]: {result.global_step} steps in {result.seconds:.0f} s; model: "
-            f"[bold]{result.export_dir}[/]"
-            + (
-                f" (concept bottleneck in {result.export_dir / 'cbm'})"
-                if (result.export_dir / "cbm").is_dir()
-                else ""
+        if result.trained_steps == 0:
+            _already_complete(result.global_step, result.export_dir)
+        else:
+            console.print(
+                f"[green]done[/]: {result.global_step} steps in {result.seconds:.0f} s; model: "
+                f"[bold]{result.export_dir}[/]"
+                + (
+                    f" (concept bottleneck in {result.export_dir / 'cbm'})"
+                    if (result.export_dir / "cbm").is_dir()
+                    else ""
+                )
             )
-        )
         _evaluate(crun.train, result.export_dir)
         return
     cfg = load_config(config, overrides)
     console.print(f"[cyan]•[/] {cfg.name}: reproduces {cfg.reproduces}")
     result = run(cfg)
-    rate = f"{result.samples_per_s:,.0f} samples/s" if result.samples_per_s else "n/a"
-    console.print(
-        f"[green]done[/]: {result.global_step} steps in {result.seconds:.0f} s ({rate}); "
-        f"model: [bold]{result.export_dir}[/]"
-    )
+    if result.trained_steps == 0:
+        _already_complete(result.global_step, result.export_dir)
+    else:
+        rate = f"{result.samples_per_s:,.0f} samples/s" if result.samples_per_s else "n/a"
+        console.print(
+            f"[green]done[/]: {result.trained_steps} steps in {result.seconds:.0f} s ({rate}); "
+            f"{result.global_step} in all; model: [bold]{result.export_dir}[/]"
+        )
     _evaluate(cfg, result.export_dir)
+
+
+def _resume_setting(config: Path) -> str:
+    """What --resume means for this config: its trainer.resume checkpoint path when it names
+    one, else "auto" (last.ckpt when present) -- also over the quickstart's `resume: null`."""
+    from geoalign.training.config import read_config_yaml
+
+    given = (read_config_yaml(config).get("trainer") or {}).get("resume")
+    return given if isinstance(given, str) and given not in ("auto", "none") else "auto"
+
+
+def _already_complete(steps: int, model_dir: Path) -> None:
+    """After the trainer's "already complete" line: what the finished run left."""
+    console.print(f"{steps} steps, trained before; model: [bold]{model_dir}[/]")
 
 
 def _evaluate(cfg, model_dir: Path) -> None:

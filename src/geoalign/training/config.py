@@ -9,13 +9,74 @@ and the key, so a typo never silently falls back to a default. `key.path=value` 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
 from geoalign.errors import DataError
+
+# --- value rules: each returns None when the value is fine, else what to use instead -------------
+
+Rule = Callable[[Any], "str | None"]
+
+
+def at_least(low: float, example: Any = None) -> Rule:
+    """A finite number >= low (NaN and infinities are refused)."""
+
+    def rule(value: Any) -> str | None:
+        if value is None or (math.isfinite(value) and value >= low):
+            return None
+        hint = f" (e.g. {example})" if example is not None else ""
+        return f"use a finite number >= {low:g}{hint}"
+
+    return rule
+
+
+def above(low: float, example: Any = None) -> Rule:
+    """A finite number > low."""
+
+    def rule(value: Any) -> str | None:
+        if value is None or (math.isfinite(value) and value > low):
+            return None
+        hint = f" (e.g. {example})" if example is not None else ""
+        return f"use a finite number > {low:g}{hint}"
+
+    return rule
+
+
+def steps_limit(value: int) -> str | None:
+    return None if value == -1 or value >= 1 else "use -1 (no limit) or a number of steps >= 1"
+
+
+def share(value: float) -> str | None:
+    return None if math.isfinite(value) and 0 < value <= 1 else "use a share in (0, 1]"
+
+
+def keys_of(config: Callable[[], type]) -> Rule:
+    """A mapping whose keys are fields of the dataclass `config()` returns (imported lazily)."""
+
+    def rule(value: dict[str, Any]) -> str | None:
+        known = {f.name for f in fields(config())}
+        unknown = sorted(set(value) - known)
+        return f"unknown key(s) {unknown}; known: {sorted(known)}" if unknown else None
+
+    return rule
+
+
+def _image_head_config() -> type:
+    from geoalign.nn.image_head import ImageHeadConfig
+
+    return ImageHeadConfig
+
+
+def _location_encoder_config() -> type:
+    from geoalign.nn.location_encoder import LocationEncoderConfig
+
+    return LocationEncoderConfig
 
 
 @dataclass
@@ -38,6 +99,13 @@ class ModelSection:
     queue_mode: Literal["published", "detached", "cached"] = "published"
     features: str | None = None  # the features the image head reads (backbone spec)
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "location_encoder": keys_of(_location_encoder_config),
+        "image_head": keys_of(_image_head_config),
+        "queue_size": at_least(0, 4096),
+        "temperature_init": above(0, 0.07),
+    }
+
 
 @dataclass
 class DataSection:
@@ -53,6 +121,15 @@ class DataSection:
     num_workers: int = 2
     read_rows: int = 65536  # store streaming: rows read per chunk (memory ~ 2 shards + this)
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "fraction": share,
+        "views": at_least(1),
+        "gps_noise_m": at_least(0, 150.0),
+        "queue_noise_m": at_least(0, 1000.0),
+        "num_workers": at_least(0),
+        "read_rows": at_least(1),
+    }
+
 
 @dataclass
 class OptimSection:
@@ -62,6 +139,15 @@ class OptimSection:
     batch_size: int = 512  # global batch (split across processes under DDP)
     epochs: int = 10
     max_steps: int = -1
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "lr": at_least(0, 3e-5),
+        "weight_decay": at_least(0, 1e-6),
+        "gamma": above(0, 0.87),
+        "batch_size": at_least(1, 512),
+        "epochs": at_least(1, 10),
+        "max_steps": steps_limit,
+    }
 
 
 @dataclass
@@ -77,6 +163,12 @@ class TrainerSection:
     resume: str | None = "auto"  # "auto": last.ckpt in out_dir if present; a path; or null
     progress: bool = True
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "num_nodes": at_least(1),
+        "checkpoint_every_n_steps": at_least(1, 500),
+        "log_every_n_steps": at_least(1, 20),
+    }
+
 
 @dataclass
 class EvalSection:
@@ -91,6 +183,8 @@ class EvalSection:
     queries: str | None = None
     after_training: bool = True
     baselines: bool = True  # beside the model, on the training features (at most 200,000 rows)
+
+    RULES: ClassVar[dict[str, Rule]] = {"radius_km": above(0, 750.0)}
 
 
 @dataclass
@@ -163,6 +257,12 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             kwargs[key] = _build(hint, value or {}, f"{where}.{key}")
         else:
             kwargs[key] = _check_value(value, hint, f"{where}.{key}")
+            rule = getattr(cls, "RULES", {}).get(key)
+            problem = rule(kwargs[key]) if rule is not None else None
+            if problem and isinstance(value, dict):
+                raise DataError(f"{where}.{key}: {problem}")
+            if problem:
+                raise DataError(f"{where}.{key}: {kwargs[key]!r} is not allowed: {problem}")
     return cls(**kwargs)
 
 
@@ -194,14 +294,7 @@ def config_from_dict(
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (see configs/geoclip/) and apply `key.path=value` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise DataError(f"{path}: not valid YAML: {err}") from err
-    return config_from_dict(data, source=str(path), overrides=overrides)
+    return config_from_dict(read_config_yaml(path), source=str(path), overrides=overrides)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
@@ -209,6 +302,30 @@ def save_config(config: TrainConfig, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return path
+
+
+# --- configs shipped in the package ------------------------------------------------------------
+
+
+def packaged_configs() -> Path:
+    """The configs shipped inside the package (`geoalign/configs/`; the repository's configs/ is
+    the same folder), so an installed geoalign finds them from any working directory."""
+    from importlib import resources
+
+    return Path(str(resources.files("geoalign").joinpath("configs")))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """`path` when that file exists; else the packaged config it names: `configs/geoclip/
+    quickstart.yaml`, `geoclip/quickstart.yaml` or `geoclip/quickstart` all name the shipped one."""
+    path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    shipped = packaged_configs().joinpath(*parts)
+    if shipped.suffix != ".yaml":
+        shipped = shipped.with_name(shipped.name + ".yaml")
+    return shipped if parts and shipped.is_file() else path
 
 
 # --- `base:` inheritance (GeoSURGE and concept-aware configs) ----------------------------------
@@ -224,6 +341,23 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise DataError(
+                    f"{self.name}: line {line}: key {key!r} appears twice in one mapping "
+                    "(YAML keeps only the last one): remove one of them"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config file as a dict; `base: other.yaml` (relative to the file) is read first and
     deep-merged under it, so an ablation file states only what it changes."""
@@ -233,11 +367,16 @@ def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     if path.resolve() in _seen:
         raise DataError(f"{path}: `base` chain loops back to itself")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with path.open() as file:
+            data = yaml.load(file, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise DataError(f"{path}: not valid YAML: {err}") from err
+    data = {} if data is None else data
     if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping at the top level")
+        raise DataError(
+            f"{path}: expected a mapping of sections (model:, data:, optim:, ...) at the top "
+            f"level, got a {type(data).__name__}"
+        )
     base = data.pop("base", None)
     if base is None:
         return data

@@ -23,41 +23,39 @@ from pathlib import Path
 from typing import Any
 
 from geoalign.evaluation.harness import Evaluation
-from geoalign.training.config import TrainConfig, config_from_dict
+from geoalign.training.config import TrainConfig, config_from_dict, read_config_yaml
 
-QUICKSTART: dict[str, Any] = {
-    "name": "quickstart-scene-labels",
-    "reproduces": "none (a CPU-sized real-data check, not a paper table)",
-    "notes": "train on YFCC26k scene-label descriptors, test on Im2GPS3k",
-    "model": {
-        "init": "official",
-        "image_head": {"hidden_dim": 512},
-        "queue_size": 4096,
-        "train_location_encoder": False,
-        "features": "places365-scene-labels",
-    },
-    "data": {
-        "source": "scene-labels",
-        "path": "yfcc26k",
-        "gps_noise_m": 0.0,
-        "queue_noise_m": 0.0,
-    },
-    "optim": {"lr": 3e-3, "weight_decay": 1e-6, "gamma": 0.87, "batch_size": 512, "epochs": 6},
-    "trainer": {"checkpoint_every_n_steps": 100, "log_every_n_steps": 10, "resume": None},
-    "eval": {
-        "benchmark": "im2gps3k",
-        "gallery": "train:10000",
-        "modes": ["top1", "mode"],
-        "radius_km": 750.0,
-    },
-}
+QUICKSTART_CONFIG = "geoclip/quickstart.yaml"  # under the packaged configs (geoalign/configs/)
 
 
 def quickstart_config(out_dir: str | Path, **overrides: Any) -> TrainConfig:
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in QUICKSTART.items()}
-    data["trainer"]["out_dir"] = str(Path(out_dir) / "run")
+    """The packaged geoclip/quickstart.yaml, training into `<out_dir>/run`, always from scratch
+    (a quickstart never resumes an old run); `overrides`: {"optim.epochs": 3, ...}."""
+    from geoalign.training import config
+
+    path = config.packaged_configs() / QUICKSTART_CONFIG
+    data = read_config_yaml(path)
+    data.setdefault("trainer", {}).update(out_dir=str(Path(out_dir) / "run"), resume=None)
     items = [f"{k}={v}" for k, v in overrides.items()]
-    return config_from_dict(data, source="quickstart", overrides=items)
+    return config_from_dict(data, source=str(path), overrides=items)
+
+
+def model_rows(
+    model: Any, test_x: Any, test_y: Any, gallery: Any, name: str, cfg: TrainConfig
+) -> list[Any]:
+    """Report rows of a GeoCLIP-style model (plain or concept-aware) on the test descriptors, as
+    the config's eval section says: the quickstart's one call into the evaluation harness."""
+    from geoalign.evaluation.harness import evaluate_model
+
+    return evaluate_model(
+        model,
+        test_x,
+        test_y,
+        gallery,
+        name=name,
+        modes=cfg.eval.modes,
+        radius_km=cfg.eval.radius_km,
+    )
 
 
 @dataclass
@@ -99,7 +97,7 @@ def run_quickstart(
 
     from geoalign.baselines import default_baselines
     from geoalign.data.scene_labels import load_scene_label_set
-    from geoalign.evaluation.harness import evaluate_baselines, evaluate_model, make_gallery
+    from geoalign.evaluation.harness import evaluate_baselines, make_gallery
     from geoalign.evaluation.report import write_report
     from geoalign.training.run import train
 
@@ -123,15 +121,7 @@ def run_quickstart(
         gallery=gallery_name,
         gallery_size=len(gallery),
     )
-    ev.results += evaluate_model(
-        result.model,
-        test_x,
-        test_y,
-        gallery,
-        name="GeoCLIP alignment",
-        modes=cfg.eval.modes,
-        radius_km=cfg.eval.radius_km,
-    )
+    ev.results += model_rows(result.model, test_x, test_y, gallery, "GeoCLIP alignment", cfg)
     if concept:  # the same settings plus the concept-aware alignment module
         from geoalign.training.concept import quickstart_rows
 

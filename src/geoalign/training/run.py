@@ -9,7 +9,6 @@ last.ckpt` when `trainer.resume` is "auto" and that file exists.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from geoalign.errors import DataError, GeoalignError
 from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
 from geoalign.nn.image_head import ImageHeadConfig
 from geoalign.nn.location_encoder import LocationEncoderConfig
-from geoalign.training.config import TrainConfig, save_config, trainer_placement
+from geoalign.training.config import TrainConfig, save_config
 from geoalign.training.data import ArraySource, BatchSource, ImageSource, StoreSource
 
 
@@ -34,6 +33,7 @@ class TrainResult:
     seconds: float
     samples_per_s: float | None
     n_rows: int
+    trained_steps: int  # optimizer steps this call trained; 0: the run was already complete
 
 
 # --- model ------------------------------------------------------------------------------------------
@@ -148,18 +148,6 @@ def build_source(
 # --- trainer ------------------------------------------------------------------------------------------
 
 
-def resume_path(cfg: TrainConfig) -> str | None:
-    r = cfg.trainer.resume
-    if r is None or r == "none":
-        return None
-    if r == "auto":
-        last = Path(cfg.trainer.out_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if not Path(r).is_file():
-        raise DataError(f"trainer.resume: checkpoint {r} not found")
-    return r
-
-
 def train(
     cfg: TrainConfig,
     *,
@@ -168,33 +156,52 @@ def train(
     source: tuple[BatchSource, int | None, Any] | None = None,
     extra_callbacks: list[Any] | None = None,
     progress: bool | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or resume) the run `cfg` describes; returns the trained model and where it went.
 
     `arrays` = (features, coords) for data.source "arrays"; `source` = (BatchSource, feature
     width, frozen backbone or None) replaces the data the config describes (e.g. photos with a
-    backbone built elsewhere)."""
+    backbone built elsewhere); `run_config`: the whole run's settings when they are more than
+    `cfg` (kept in checkpoints: a resume under other settings is refused)."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from geoalign.training.callbacks import AtomicCheckpointIO, ExportModel, Throughput
-    from geoalign.training.metrics_log import ResumableCSVLogger, TrimMetricsOnStart
-    from geoalign.training.module import GeoCLIPModule, GeoDataModule
+    from geoalign.training.callbacks import ExportModel, Throughput
+    from geoalign.training.geoclip_module import GeoCLIPModule, GeoDataModule
+    from geoalign.training.trainer import (
+        build_trainer,
+        finished_run,
+        restore_finished,
+        resume_checkpoint,
+    )
 
     t = cfg.trainer
     out = Path(t.out_dir)
-    # Lightning warns that a mid-epoch resume may repeat data unless the loader is resumable in
-    # its own way; ours resumes exactly through the module's data_position (tested: a killed and
-    # resumed run ends with the uninterrupted run's weights), so the warning would only mislead.
-    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    settings = run_config if run_config is not None else cfg.to_dict()
+    # Before anything is built or written: a finished run, or the checkpoint to resume (refused
+    # under settings that train something else).
+    done = finished_run(t, settings, out / "model")
+    ckpt, start_step = (None, 0) if done is not None else resume_checkpoint(t, settings)
     L.seed_everything(t.seed, workers=True, verbose=False)
     source, feature_dim, backbone = source if source is not None else build_source(cfg, arrays)
     if model is None:
         model = build_model(cfg, feature_dim)
     module = GeoCLIPModule(model, cfg, backbone=backbone)
+    module.run_config = settings
+    if done is not None:
+        restore_finished(module, done, [])
+        return TrainResult(
+            model=module.model,
+            out_dir=out,
+            export_dir=out / "model",
+            global_step=int(done["global_step"]),
+            seconds=0.0,
+            samples_per_s=None,
+            n_rows=source.n_rows,
+            trained_steps=0,
+        )
     data = GeoDataModule(source, cfg.optim.batch_size, t.seed)
 
-    place = trainer_placement(t)
     throughput = Throughput(cfg.optim.batch_size)
     provenance = {
         "config": cfg.to_dict(),
@@ -202,43 +209,18 @@ def train(
         "init": cfg.model.init,
         "reproduces": cfg.reproduces,
     }
-    callbacks = [
-        ModelCheckpoint(
-            dirpath=out / "checkpoints",
-            every_n_train_steps=t.checkpoint_every_n_steps,
-            save_top_k=0,
-            save_last=True,
-            save_on_train_epoch_end=False,
-        ),
-        ExportModel(out / "model", provenance),
-        throughput,
-        TrimMetricsOnStart(),
-        *(extra_callbacks or []),
-    ]
-    show = t.progress if progress is None else progress
-    trainer = L.Trainer(
-        default_root_dir=out,
-        accelerator=place.accelerator,
-        devices=place.devices,
-        num_nodes=place.num_nodes,
-        strategy=place.strategy,
-        precision=t.precision,
+    trainer = build_trainer(
+        t,
         max_epochs=cfg.optim.epochs,
         max_steps=cfg.optim.max_steps,
-        use_distributed_sampler=False,
-        logger=ResumableCSVLogger(out, name="logs", version=""),
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=show,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
+        callbacks=[ExportModel(out / "model", provenance), throughput, *(extra_callbacks or [])],
+        progress=progress,
+        checkpoint_on_epoch_end=False,
     )
     if trainer.global_rank == 0:
         save_config(cfg, out / "config.yaml")
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg), weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
     return TrainResult(
         model=module.model,
         out_dir=out,
@@ -247,6 +229,7 @@ def train(
         seconds=time.perf_counter() - start,
         samples_per_s=throughput.samples_per_s,
         n_rows=source.n_rows,
+        trained_steps=int(trainer.global_step) - start_step,
     )
 
 

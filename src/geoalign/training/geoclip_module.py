@@ -102,6 +102,8 @@ class GeoCLIPModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.cfg = config
+        # What a resume compares against (the concept-aware run adds its concept section).
+        self.run_config: dict[str, Any] = config.to_dict()
         # The frozen backbone (image training only) is kept out of the state dict and checkpoints.
         self._backbone = [backbone] if backbone is not None else []
         for p in model.location_encoder.parameters():
@@ -127,7 +129,7 @@ class GeoCLIPModule(L.LightningModule):
         return epoch, self._position.start(epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["geoalign"] = {**self._position.state(), "config": self.cfg.to_dict()}
+        checkpoint["geoalign"] = {**self._position.state(), "config": self.run_config}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._position.restore(checkpoint.get("geoalign"))

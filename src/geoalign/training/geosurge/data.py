@@ -1,0 +1,112 @@
+"""GeoSURGE training data: the train / held-out split, and features or photos (with their
+segmentation maps) as batch sources."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from geoalign.errors import DataError, GeoalignError
+from geoalign.training.data import ArraySource, StoreSource, fraction_mask
+from geoalign.training.geosurge.config import GeoSurgeTrainConfig
+
+Batch = dict[str, Tensor]
+
+
+class _MaskedStoreSource(StoreSource):
+    """A feature store restricted to a row mask (the training split)."""
+
+    def __init__(self, store: Any, mask: np.ndarray, read_rows: int) -> None:
+        super().__init__(store, read_rows=read_rows)
+        self.mask = mask
+        self.n_rows = int(mask.sum())
+
+
+class ArrayRows:
+    """Held-out rows in memory: every row once, split over processes (no batch dropped)."""
+
+    def __init__(self, features: np.ndarray, coords: np.ndarray) -> None:
+        self.features = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        self.coords = torch.as_tensor(np.asarray(coords), dtype=torch.float32)
+        self.n_rows = len(self.coords)
+
+    def iter_all(self, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
+        mine = np.array_split(np.arange(self.n_rows), world)[rank]
+        for start in range(0, len(mine), batch_size):
+            rows = torch.from_numpy(mine[start : start + batch_size])
+            yield {"features": self.features[rows], "coords": self.coords[rows]}
+
+
+@dataclass
+class GeoSurgeData:
+    train: Any  # a BatchSource
+    val: Any  # has iter_all(batch_size, rank, world)
+    train_coords: np.ndarray
+    feature_dim: int | None
+    backbone: Any  # the backbone module for image training, else None
+
+
+def split_rows(n: int, cfg: GeoSurgeTrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows): a fixed `val_fraction` of rows, then `fraction` of the rest."""
+    d = cfg.data
+    val = (
+        fraction_mask(n, d.val_fraction, d.split_seed) if d.val_fraction > 0 else np.zeros(n, bool)
+    )
+    rest = np.flatnonzero(~val)
+    keep = rest[fraction_mask(len(rest), d.fraction, d.fraction_seed)]
+    if len(np.flatnonzero(val)) == 0:
+        raise DataError(f"data.val_fraction {d.val_fraction} leaves no validation row of {n}")
+    return keep, np.flatnonzero(val)
+
+
+def build_data(cfg: GeoSurgeTrainConfig, arrays: tuple[Any, Any] | None = None) -> GeoSurgeData:
+    d, visual = cfg.data, cfg.visual
+    if d.source in ("arrays", "scene-labels", "store") and visual != "features":
+        raise DataError(
+            f"data.source {d.source!r} holds precomputed features: it needs model.visual "
+            f"'features' (fusion and backbone fine-tuning read photos: data.source 'images')"
+        )
+    if d.source == "images" and visual == "features":
+        raise DataError("model.visual 'features' trains on precomputed features, not photos")
+    if d.source in ("arrays", "scene-labels"):
+        if d.source == "arrays":
+            if arrays is None:
+                raise GeoalignError("data.source 'arrays' needs features and coordinates passed in")
+            feats, coords = (np.asarray(a) for a in arrays)
+        else:
+            from geoalign.data.scene_labels import load_scene_label_set
+
+            feats, coords, _ = load_scene_label_set(d.path or "yfcc26k")
+        train, val = split_rows(len(coords), cfg)
+        return GeoSurgeData(
+            ArraySource(feats[train], coords[train]),
+            ArrayRows(feats[val], coords[val]),
+            np.asarray(coords[train], dtype=np.float64),
+            int(feats.shape[-1]),
+            None,
+        )
+    if d.source == "store":
+        from geoalign.data.feature_store import FeatureStore
+
+        if not d.path:
+            raise DataError("data.path: the feature store folder is required for source 'store'")
+        store = FeatureStore(d.path)
+        coords = store.coords
+        train, val = split_rows(len(store), cfg)
+        mask = np.zeros(len(store), dtype=bool)
+        mask[train] = True
+        return GeoSurgeData(
+            _MaskedStoreSource(store, mask, d.read_rows),
+            ArrayRows(store.features[val], coords[val]),
+            coords[train],
+            store.dim,
+            None,
+        )
+    from geoalign.training.geosurge.photos import photo_data
+
+    return photo_data(cfg)
