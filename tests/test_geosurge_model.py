@@ -284,6 +284,31 @@ def test_trained_backbone_block_roundtrip(world, tiny_clip_dir, tiny_segmenter, 
     photos = list(np.random.default_rng(1).integers(0, 255, (3, 40, 50, 3), dtype=np.uint8))
     ten = locator.predict(photos, ten_crop=True, top_k=1)
     assert [p.ok for p in ten] == [True] * 3
+    # evaluation from photos, through the one harness (ten-crop as published)
+    from geoalign.evaluation.harness import evaluate_photos
+
+    truth = np.array([[10.0, 20.0], [-5.0, 30.0], [40.0, -70.0], [0.0, 0.0]])
+    rows, kept, failed = evaluate_photos(
+        locator, [*photos, str(tmp_path / "missing.jpg")], truth, ten_crop=True, modes=["top1"]
+    )
+    assert list(kept) == [0, 1, 2] and len(failed) == 1 and "missing.jpg" in failed[0][0]
+    assert np.allclose(rows[0].latlon, [[p.candidates[0].lat, p.candidates[0].lon] for p in ten])
+    if visual == "backbone":  # the checkpoint alone: backbone and block from its config.json
+        from geoalign.evaluation.run import evaluate_checkpoint_photos
+
+        run = evaluate_checkpoint_photos(
+            path,
+            photos,
+            truth[:3],
+            ["a", "b", "c"],
+            benchmark="custom",
+            out=tmp_path / "ev",
+            ten_crop=True,
+            modes=["top1", "median"],
+        )
+        top1, median = run.evaluation.results
+        assert np.allclose(top1.latlon, rows[0].latlon) and median.mode == "median"
+        assert run.paths["markdown"].is_file() and run.evaluation.meta["ten_crop"]
     if visual == "fusion":
         with pytest.raises(GeoalignError, match="segmenter"):
             Geolocator(loaded)

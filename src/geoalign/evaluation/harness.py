@@ -113,6 +113,7 @@ def evaluate_model(
     probabilistic: bool = False,
     seed: int = 0,
     prior_radius_km: float | None = None,
+    queries: torch.Tensor | None = None,
 ) -> list[MethodResult]:
     """One MethodResult per prediction mode for any method: "top1", "mode" (mass within
     `radius_km`), "mean", "median" (estimates of the distribution, `inference.distribution`).
@@ -144,11 +145,14 @@ def evaluate_model(
     if unknown:
         raise DataError(f"unknown prediction mode(s) {sorted(unknown)}; known: {list(MODES)}")
     truth = as_latlon_array(truth, source="ground truth")
-    feats = torch.as_tensor(features if torch.is_tensor(features) else np.asarray(features))
-    if feats.dim() not in (2, 3):
-        raise DataError(f"features must be [N, D] or [N, crops, D], got {tuple(feats.shape)}")
+    if queries is not None:
+        feats = queries
+    else:
+        feats = torch.as_tensor(features if torch.is_tensor(features) else np.asarray(features))
+        if feats.dim() not in (2, 3):
+            raise DataError(f"features must be [N, D] or [N, crops, D], got {tuple(feats.shape)}")
     if len(feats) != len(truth):
-        raise DataError(f"{len(feats)} query feature rows but {len(truth)} ground-truth rows")
+        raise DataError(f"{len(feats)} query rows but {len(truth)} ground-truth rows")
     start = time.perf_counter()
     if isinstance(model, Geolocator):
         geo, net = model, model.model
@@ -156,7 +160,7 @@ def evaluate_model(
         net = model
         if gallery is not None:
             gallery = as_latlon_array(gallery, source="gallery")
-    if net.reads != "features":
+    if net.reads != "features" and queries is None:
         raise DataError(
             f"this {net.method} model reads {net.reads} (it trains a backbone block), not "
             "precomputed features: evaluate it on the photos"
@@ -178,7 +182,8 @@ def evaluate_model(
         shared = time.perf_counter() - start
         for s in range(0, len(truth), batch_size):
             t = time.perf_counter()
-            q = geo.embed_features(feats[s : s + batch_size])
+            chunk = feats[s : s + batch_size]
+            q = chunk if queries is not None else geo.embed_features(chunk)
             shared += time.perf_counter() - t
             rows = slice(s, s + len(q))
             if prior_radius_km is not None:
@@ -262,6 +267,31 @@ def evaluate_model(
             **{f"median_area_km2@{p:g}": float(np.median(area[p])) for p in regions},
         }
     return out
+
+
+def evaluate_photos(
+    geo: Any,
+    images: Sequence[Any],
+    truth: np.ndarray,
+    *,
+    ten_crop: bool = False,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+    **kwargs: Any,
+) -> tuple[list[MethodResult], np.ndarray, list[tuple[str, str]]]:
+    """`evaluate_model` from photos, for every method and variant: queries by the Geolocator's
+    image side (the frozen backbone, or the trained block and the segmenter), ten-crop as
+    published (the crops' queries averaged). Returns (rows, positions of the photos evaluated,
+    (path, reason) of the unreadable ones, which are left out)."""
+    truth = as_latlon_array(truth, source="ground truth")
+    if len(images) != len(truth):
+        raise DataError(f"{len(images)} photos but {len(truth)} ground-truth rows")
+    queries, kept, failed = geo.embed_images(
+        images, ten_crop=ten_crop, batch_size=batch_size, num_workers=num_workers, on_batch=on_batch
+    )
+    rows = evaluate_model(geo, None, truth[kept], queries=queries, **kwargs)
+    return rows, kept, failed
 
 
 def _within(truth: np.ndarray, latlon: np.ndarray, radius_km: float) -> torch.Tensor:

@@ -133,6 +133,72 @@ def evaluate_checkpoint(
     return EvaluationRun(ev, write_report(ev, out))
 
 
+def evaluate_checkpoint_photos(
+    model: str | Path,
+    images: list[Any],
+    truth: Any,
+    ids: Any,
+    *,
+    benchmark: str,
+    out: str | Path,
+    gallery: str = "auto",
+    modes: list[str] | tuple[str, ...] = ("top1", "mode"),
+    radius_km: float = 750.0,
+    ten_crop: bool = False,
+    backbone: str = "auto",
+    segmenter: str = "auto",
+    device: str = "cpu",
+    batch_size: int = 16,
+    probabilistic: bool = True,
+    seed: int = 0,
+    label: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    say: Callable[[str], None] | None = None,
+) -> EvaluationRun:
+    """Evaluate any checkpoint on photos, through its own image side: what GeoSURGE's
+    trainable-backbone and fusion variants need (their block trains, so no precomputed features
+    stand in for it), and the same for every other method. Ten-crop averages the crops' queries.
+    Unreadable photos are left out and listed in the report's notes."""
+    import numpy as np
+
+    from geoalign.evaluation.harness import Evaluation, evaluate_photos
+    from geoalign.evaluation.report import write_report
+    from geoalign.inference.locator import Geolocator
+
+    say = say or (lambda message: None)
+    label = label or (Path(str(model)).name if str(model) != "geoclip" else "GeoCLIP (official)")
+    geo = Geolocator.from_pretrained(
+        str(model), backbone=backbone, gallery=gallery, segmenter=segmenter, device=device
+    )
+    truth = np.asarray(truth, dtype=np.float64)
+    rows, kept, failed = evaluate_photos(
+        geo,
+        list(images),
+        truth,
+        ten_crop=ten_crop,
+        batch_size=batch_size,
+        on_batch=progress,
+        name=label,
+        modes=list(modes),
+        radius_km=radius_km,
+        probabilistic=probabilistic,
+        seed=seed,
+    )
+    what = "the model's geocells" if geo.candidates.kind == "cells" else geo.candidates.description
+    ev = Evaluation(benchmark, np.asarray(ids)[kept], truth[kept], what, len(geo.candidates))
+    ev.results += rows
+    ev.meta.update(
+        model=f"{model} ({geo.model.method}, reads {geo.model.reads})",
+        features=f"{len(kept):,} photos through the model's image side"
+        + (", ten-crop" if ten_crop else ""),
+        ten_crop=ten_crop,
+    )
+    if failed:
+        ev.meta["notes"] = f"{len(failed)} unreadable photos left out (first: {failed[0][0]})"
+        say(ev.meta["notes"])
+    return EvaluationRun(ev, write_report(ev, out))
+
+
 def training_queries(source: str, path: str | None, seed: int = 0) -> Queries | None:
     """The training rows as features, for the baselines and `train:N` galleries (None for a
     run from photos or in-memory arrays, whose features are not kept)."""

@@ -364,24 +364,9 @@ class Geolocator:
         `abstain_above_km` marks predictions whose 90% region is larger than a disc of that
         radius as abstained (selective prediction).
         """
-        from torch.utils.data import DataLoader
 
-        from geoalign.data.images import ImageInputDataset, collate_images, expand_inputs
-        from geoalign.data.transforms import ten_crop_transform
-
-        if self.backbone is None:
-            raise ValueError("this Geolocator has no backbone: use predict_features")
-        sources = expand_inputs(images, recursive=recursive)
-        if skip:
-            sources = [s for s in sources if s.name not in skip]
-        transform = (
-            ten_crop_transform(self.backbone.preprocess) if ten_crop else self.backbone.transform
-        )
-        loader = DataLoader(
-            ImageInputDataset(sources, transform),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=collate_images,
+        sources, loader = self._image_batches(
+            images, ten_crop, batch_size, num_workers, recursive=recursive, skip=skip
         )
         regions = tuple(check_p(p) for p in regions)
         if estimate is not None and estimate not in ESTIMATES:
@@ -410,6 +395,64 @@ class Geolocator:
                 yield prediction
             if on_batch is not None:
                 on_batch(len(batch.indices) + len(batch.errors))
+
+    def _image_batches(
+        self,
+        images: Iterable[Any] | Any,
+        ten_crop: bool,
+        batch_size: int,
+        num_workers: int,
+        *,
+        recursive: bool = False,
+        skip: set[str] | None = None,
+    ) -> tuple[list[Any], Any]:
+        """(input sources, a DataLoader of their preprocessed pixels) for this backbone."""
+        from torch.utils.data import DataLoader
+
+        from geoalign.data.images import ImageInputDataset, collate_images, expand_inputs
+        from geoalign.data.transforms import ten_crop_transform
+
+        if self.backbone is None:
+            raise ValueError("this Geolocator has no backbone: use predict_features")
+        sources = expand_inputs(images, recursive=recursive)
+        if skip:
+            sources = [s for s in sources if s.name not in skip]
+        transform = (
+            ten_crop_transform(self.backbone.preprocess) if ten_crop else self.backbone.transform
+        )
+        loader = DataLoader(
+            ImageInputDataset(sources, transform),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_images,
+        )
+        return sources, loader
+
+    def embed_images(
+        self,
+        images: Iterable[Any] | Any,
+        *,
+        ten_crop: bool = False,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
+        """Queries of photos, in input order: (queries [n, E] of the readable ones, their input
+        positions [n], (path, reason) of the unreadable ones). For evaluation from photos: every
+        method's image side, the frozen backbone or the trained block (+ segmenter), as predict."""
+        _, loader = self._image_batches(images, ten_crop, batch_size, num_workers)
+        queries, kept, failed = [], [], []
+        for batch in loader:
+            if batch.pixel_values is not None:
+                queries.append(self.embed_pixels(batch.pixel_values).cpu())
+                kept += batch.indices
+            failed += [(e.path, e.reason) for e in batch.errors]
+            if on_batch is not None:
+                on_batch(len(batch.indices) + len(batch.errors))
+        if not queries:
+            first = "; ".join(f"{p}: {r}" for p, r in failed[:3])
+            raise DataError(f"no photo could be read ({first})")
+        return torch.cat(queries), np.asarray(kept, dtype=np.int64), failed
 
     def predict(self, images: Iterable[Any] | Any, **kwargs: Any) -> list[Prediction]:
         """All predictions at once; see `iter_predict` for the options."""
