@@ -1,8 +1,8 @@
 """Maps of predictions: a static PNG drawn offline, and an interactive folium HTML page.
 
-The PNG needs no tiles and no network: country borders come from the Natural Earth polygons shipped
-with geoalign's dependencies. The HTML map is generated offline too; its base tiles and scripts are
-fetched by the browser that opens it.
+Neither needs tiles or a network: country borders come from the Natural Earth polygons shipped with
+geoalign's dependencies, and the HTML page inlines Leaflet (`geoalign.geo.webmap`), so it opens
+anywhere. A tile server can be named with `tiles=` for the HTML map.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import shapely
 
 from geoalign.geo.coords import as_latlon_array
 from geoalign.geo.distance import haversine_km
+from geoalign.geo.webmap import WebMap, line_feature, point_feature
 
 LAND = "#f2efe9"
 SEA = "#d6e6f4"
@@ -215,16 +216,16 @@ def interactive_map(
     truth=None,
     *,
     places: Sequence | bool = True,
-    tiles: str = "OpenStreetMap",
+    tiles: str | None = None,
     title: str | None = None,
-):
-    """A folium Map of the top-k predictions with popups (rank, probability, place, coordinates).
+) -> WebMap:
+    """An offline Leaflet page (`WebMap`) of the top-k predictions with popups (rank,
+    probability, place, coordinates) over the country polygons.
 
     places: True looks names up offline (`geoalign.geo.places`), False omits them, or a list of
-    `Place`/strings (one per prediction).
+    `Place`/strings (one per prediction). tiles: an optional tile URL template
+    (https://.../{z}/{x}/{y}.png) drawn under the countries; without it the page needs no network.
     """
-    import folium
-
     pred = as_latlon_array(predictions, source="predictions")
     truth_arr = None if truth is None else as_latlon_array(truth, source="truth")[0]
     p = None if probs is None else np.asarray(probs, dtype=np.float64).reshape(-1)
@@ -237,13 +238,10 @@ def interactive_map(
     else:
         names = [str(pl) for pl in places]
 
-    fmap = folium.Map(location=[float(pred[0, 0]), float(pred[0, 1])], zoom_start=4, tiles=tiles)
-    if title:
-        fmap.get_root().html.add_child(
-            folium.Element(f"<h3 style='text-align:center;margin:4px'>{html.escape(title)}</h3>")
-        )
+    page = WebMap(title=title, tiles=tiles, base=True)
     pmax = 1.0 if p is None else max(float(p.max()), 1e-12)
-    for rank in range(len(pred))[::-1]:
+    markers = []
+    for rank in range(len(pred))[::-1]:  # rank 1 drawn last, on top
         lat, lon = float(pred[rank, 0]), float(pred[rank, 1])
         prob = "" if p is None else f"p = {p[rank]:.4f}<br>"
         popup = (
@@ -251,47 +249,85 @@ def interactive_map(
             f"{'<br>' if names[rank] else ''}{lat:.5f}, {lon:.5f}"
         )
         radius = 6 if p is None else 5 + 15 * p[rank] / pmax
-        folium.CircleMarker(
-            location=[lat, lon],
-            radius=float(radius),
-            color="black",
-            weight=1,
-            fill=True,
-            fill_color="#2c7fb8" if rank else "#f03b20",
-            fill_opacity=0.8,
-            popup=folium.Popup(popup, max_width=300),
-            tooltip=f"#{rank + 1}" + ("" if p is None else f" p={p[rank]:.3f}"),
-        ).add_to(fmap)
-    bounds = pred
+        style = {
+            "radius": float(radius),
+            "color": "black",
+            "weight": 1,
+            "fillColor": "#2c7fb8" if rank else "#f03b20",
+            "fillOpacity": 0.85,
+        }
+        tip = f"#{rank + 1}" + ("" if p is None else f" p={p[rank]:.3f}")
+        markers.append(point_feature(lat, lon, style=style, popup=popup, tooltip=tip))
+    page.add(markers, name="candidates")
     if truth_arr is not None:
         err = float(haversine_km(truth_arr[0], truth_arr[1], pred[0, 0], pred[0, 1]))
-        folium.Marker(
-            location=[float(truth_arr[0]), float(truth_arr[1])],
-            popup=folium.Popup(
-                f"<b>truth</b><br>{truth_arr[0]:.5f}, {truth_arr[1]:.5f}<br>"
-                f"top-1 error {err:,.1f} km",
-                max_width=300,
-            ),
-            tooltip="truth",
-            icon=folium.Icon(color="red", icon="star"),
-        ).add_to(fmap)
-        for seg in great_circle(truth_arr, pred[0]):
-            folium.PolyLine(seg.tolist(), color=ERROR_LINE, weight=2, dash_array="6").add_to(fmap)
-        bounds = np.vstack([pred, truth_arr[None]])
-    if len(bounds) > 1:
-        fmap.fit_bounds(
-            [
-                [float(bounds[:, 0].min()), float(bounds[:, 1].min())],
-                [float(bounds[:, 0].max()), float(bounds[:, 1].max())],
-            ],
-            padding=(30, 30),
+        lines = [
+            line_feature(seg, style={"color": ERROR_LINE, "weight": 2, "dashArray": "6"})
+            for seg in great_circle(truth_arr, pred[0])
+        ]
+        popup = (
+            f"<b>truth</b><br>{truth_arr[0]:.5f}, {truth_arr[1]:.5f}<br>top-1 error {err:,.1f} km"
         )
-    return fmap
+        star = point_feature(
+            truth_arr[0],
+            truth_arr[1],
+            symbol="&#9733;",
+            style={"color": TRUTH, "size": 24},
+            popup=popup,
+            tooltip="truth",
+        )
+        page.add([*lines, star], name="truth")
+    return page
 
 
 def save_interactive_map(path: str | Path, predictions, probs=None, truth=None, **kwargs) -> Path:
-    """Write `interactive_map` as a standalone HTML file; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    interactive_map(predictions, probs, truth, **kwargs).save(str(path))
-    return path
+    """Write `interactive_map` as one self-contained HTML file (no network needed to view it)."""
+    return interactive_map(predictions, probs, truth, **kwargs).save(path)
+
+
+def colour_scale(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> list[str]:
+    """Hex colours of `values` on a matplotlib colour map between vmin and vmax."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    t = (np.asarray(values, dtype=np.float64) - vmin) / max(vmax - vmin, 1e-12)
+    rgba = colormaps[cmap](np.clip(t, 0.0, 1.0))
+    return [to_hex(c) for c in rgba]
+
+
+def _legend_bar(caption: str, cmap: str, vmin: float, vmax: float, fmt: str = "{:.2g}") -> str:
+    """HTML for a small colour bar: five swatches from vmin to vmax with the end values."""
+    stops = np.linspace(vmin, vmax, 5)
+    swatches = "".join(
+        f'<span style="display:inline-block;width:18px;height:10px;background:{c}"></span>'
+        for c in colour_scale(stops, cmap, vmin, vmax)
+    )
+    return (
+        f"<b>{html.escape(caption)}</b><br>{swatches}<br>"
+        f"{html.escape(fmt.format(vmin))} &ndash; {html.escape(fmt.format(vmax))}"
+    )
+
+
+def save_cell_map(
+    path: str | Path,
+    features: Sequence[dict],
+    *,
+    tiles: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write an offline HTML map of S2 cells (`geoalign.geo.s2.cellmap.cell_features`), coloured
+    by log10 of their sample count, with a tooltip per cell."""
+    counts = np.array([max(int(f["properties"]["count"]), 1) for f in features], dtype=np.float64)
+    logs = np.log10(counts) if len(counts) else np.zeros(0)
+    lo = float(logs.min(initial=0.0))
+    hi = max(float(logs.max(initial=1.0)), lo + 1e-6)
+    colours = colour_scale(logs, "RdYlBu_r", lo, hi)
+    drawn = []
+    for f, colour in zip(features, colours, strict=True):
+        props = f["properties"]
+        tip = ", ".join(f"{k} {props[k]}" for k in ("class_index", "token", "level", "count"))
+        drawn.append({**f, "properties": {"style": {"fillColor": colour}, "tooltip": tip}})
+    page = WebMap(title=title, tiles=tiles, max_zoom=6)
+    page.add(drawn, name="cells", style={"color": "#333333", "weight": 0.5, "fillOpacity": 0.45})
+    page.legend = _legend_bar("log10(samples per cell)", "RdYlBu_r", lo, hi)
+    return page.save(path)
