@@ -89,6 +89,14 @@ class Place(NamedTuple):
         name = ", ".join(p for p in (self.city, self.region, self.country_name) if p)
         return name if self.distance_km < 1 else f"{name} ({self.distance_km:.0f} km)"
 
+    def short(self) -> str:
+        """A label for maps: "Tokyo, Japan", "near Dover, United Kingdom (12 km)", "at sea"."""
+        if self.at_sea:
+            return f"at sea, {self.distance_km:.0f} km off {self.country_name}"
+        far = f" ({self.distance_km:.0f} km)" if self.distance_km >= 5 else ""
+        city = self.city if self.city_country_code == self.country_code else ""
+        return ", ".join(x for x in (city, self.country_name) if x) + far
+
 
 def _package_file(package: str, name: str) -> Path:
     """Locate a data file of an installed package without importing it (imports may have effects)."""
