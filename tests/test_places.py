@@ -197,7 +197,7 @@ def test_cli_countries_and_regions(cli):
 def test_cli_prior(cli):
     result = cli("places", "prior", "--within", "FR")
     assert result.exit_code == 0, result.output
-    assert "of 100,000 gallery points" in result.output
+    assert "of 94,123 gallery points" in result.output
     result = cli("places", "prior", "--within", "Frnace")
     assert result.exit_code == 2 and "France" in result.output
     result = cli("places", "prior", "--near", "0,-30", "--radius-km", "10")
