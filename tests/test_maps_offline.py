@@ -106,3 +106,27 @@ def test_script_end_tag_in_data_cannot_break_the_page(tmp_path):
     text = page.html()
     assert "</script><b>" not in text and "&lt;/script&gt;" in text
     assert "</script>y" not in text and "<\\/script>y" in text
+
+
+def test_cells_show_map_is_offline_and_takes_a_tile_url(tmp_path):
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from geoalign.cli import app
+    from geoalign.geo.cells import CellHierarchy, PartitionRules
+
+    rng = np.random.default_rng(0)
+    lat, lon = 48.85 + rng.normal(size=500), 2.35 + rng.normal(size=500)
+    folder = tmp_path / "cells"
+    CellHierarchy.build(lat, lon, (400, 100), PartitionRules(tau_min=5)).save(folder)
+    runner = CliRunner()
+    res = runner.invoke(app, ["cells", "show", str(folder), "--map", str(tmp_path / "a.html")])
+    assert res.exit_code == 0, res.output
+    page = _parse(tmp_path / "a.html")
+    assert _remote(page.urls) == [] and not any("{z}" in s for s in page.scripts)
+    args = ["cells", "show", str(folder), "--map", str(tmp_path / "b.html"), "--tiles", TILES]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert TILES in (tmp_path / "b.html").read_text(encoding="utf-8")
+    res = runner.invoke(app, [*args[:-1], "osm"])
+    assert res.exit_code == 2 and "--tiles" in res.output and "{z}" in res.output
