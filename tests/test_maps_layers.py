@@ -31,11 +31,18 @@ def _texts(fig) -> str:
 
 
 def test_png_labels_give_rank_probability_and_place():
-    probs = [0.0031, 0.0012, 0.0004]  # top-k of a 100K gallery: all "0.00" before
+    probs = [0.0031, 0.0012, 0.00004]  # top-k of a 100K gallery: all "0.00" before
     fig = render_static_map(PRED, probs, places=["Paris, France", "Lyon, France", "Marseille"])
     text = _texts(fig)
     assert "1.  0.31%  Paris, France" in text and "2.  0.12%  Lyon, France" in text
-    assert "3.  4e-04  Marseille" in text and "0.00" not in text
+    assert "3.  4e-05  Marseille" in text and "0.00" not in text
+
+
+def test_png_candidates_on_one_spot_share_one_label():
+    same = np.array([[35.68, 139.76], [35.68, 139.76], [45.0, 5.0], [35.68, 139.76]])
+    fig = render_static_map(same, [0.4, 0.3, 0.2, 0.1], places=False)
+    numbers = [t.get_text() for t in fig.axes[0].texts if "." not in t.get_text()]
+    assert sorted(numbers) == ["1,2,4", "3"]
 
 
 def test_png_labels_look_places_up_by_default():

@@ -216,12 +216,12 @@ def render_static_map(
 
 
 def format_prob(p: float) -> str:
-    """A probability that stays readable when small: 42%, 3.1%, 0.27%, 4e-05."""
+    """A probability that stays readable when small: 42%, 3.1%, 0.27%, 0.07%, 4e-06."""
     if p >= 0.1:
         return f"{p:.0%}"
     if p >= 0.01:
         return f"{p:.1%}"
-    if p >= 0.001:
+    if p >= 0.0001:
         return f"{p:.2%}"
     return f"{p:.0e}"
 
@@ -239,11 +239,15 @@ def _place_names(pred: np.ndarray, places: Sequence | bool) -> list[str]:
 def _label_ranks(ax, pred: np.ndarray, p, names: list[str], label_top: int) -> None:
     """Rank numbers beside the top points, and a box listing rank, probability and place."""
     n = min(label_top, len(pred))
-    lines = []
+    # candidates drawn on one spot share one label ("1,2,4"), so no number hides another
+    spots: dict[tuple[float, float], list[int]] = {}
     for rank in range(n):
+        spots.setdefault(tuple(np.round(pred[rank], 3).tolist()), []).append(rank)
+    for ranks in list(spots.values())[::-1]:  # rank 1 drawn last, on top
+        first = ranks[0]
         ax.annotate(
-            f"{rank + 1}",
-            (pred[rank, 1], pred[rank, 0]),
+            ",".join(str(r + 1) for r in ranks),
+            (pred[first, 1], pred[first, 0]),
             xytext=(5, 5),
             textcoords="offset points",
             fontsize=10,
@@ -251,6 +255,8 @@ def _label_ranks(ax, pred: np.ndarray, p, names: list[str], label_top: int) -> N
             zorder=6,
             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
         )
+    lines = []
+    for rank in range(n):
         prob = "" if p is None else f"{format_prob(float(p[rank])):>6}  "
         place = (
             names[rank]
