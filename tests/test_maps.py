@@ -100,9 +100,9 @@ def test_png_marks_truth_and_error_line(tmp_path):
 def test_html_contains_markers_and_popups(tmp_path):
     path = save_interactive_map(tmp_path / "m.html", PRED, PROBS, truth=TRUTH, title="Top-3 <test>")
     text = path.read_text(encoding="utf-8")
-    for lat, lon in PRED:
-        assert re.search(rf"\[{lat},\s*{lon}\]", text), (lat, lon)
-    assert re.search(rf"\[{TRUTH[0]},\s*{TRUTH[1]}\]", text)
+    for lat, lon in PRED:  # GeoJSON order: lon, lat
+        assert re.search(rf"\[{lon},\s*{lat}\]", text), (lat, lon)
+    assert re.search(rf"\[{TRUTH[1]},\s*{TRUTH[0]}\]", text)
     assert "p = 0.5000" in text and "Paris" in text and "Lyon" in text
     assert "Top-3 &lt;test&gt;" in text  # escaped title
     assert "top-1 error" in text
@@ -111,7 +111,7 @@ def test_html_contains_markers_and_popups(tmp_path):
 def test_html_without_places_or_probs(tmp_path):
     path = save_interactive_map(tmp_path / "m.html", PRED[:1], places=False)
     text = path.read_text(encoding="utf-8")
-    assert re.search(r"\[48.8566,\s*2.3522\]", text) and "p = " not in text
+    assert re.search(r"\[2.3522,\s*48.8566\]", text) and "</b><br>p = " not in text
 
 
 @settings(max_examples=100, deadline=None)

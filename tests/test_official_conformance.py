@@ -86,6 +86,7 @@ def test_second_load_reads_converted_safetensors(tmp_path, monkeypatch):
 
 
 def test_official_gallery():
-    g = load_gallery("geoclip-100k")
-    assert len(g) == 100_000
+    assert len(load_gallery("geoclip-100k", dedupe=False)) == 100_000
+    g = load_gallery("geoclip-100k")  # exact repeats merged on load
+    assert len(g) == 94_123 and g.attrs["duplicates_merged"] == 5_877
     assert g["lat"].between(-90, 90).all() and g["lon"].between(-180, 180).all()

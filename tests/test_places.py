@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from geoalign.errors import CoordinateError, GeoalignError
 from geoalign.geo.distance import haversine_km
-from geoalign.geo.places import GEONAMES_CITIES1000, Place, default, nearest_places
+from geoalign.geo.places import GEONAMES_CITIES1000, Place, cover_km, default, nearest_places
 from geoalign.geo.regions import NATURAL_EARTH_ADMIN0
 
 
@@ -37,9 +37,40 @@ def test_known_places(finder):
 
 def test_point_at_sea(finder):
     (place,) = finder.nearest([(45.0, -30.0)])  # mid-Atlantic; the Azores are the nearest land
-    assert place.at_sea and place.country_code == "PT" and place.region == "Azores"
-    assert 500 < place.distance_km < 800
-    assert str(place).startswith("at sea, ")
+    # far out at sea no country is claimed (it used to be Portugal, 600 km away)
+    assert place.at_sea and place.country_code == "" and place.country_name == ""
+    assert place.region == "Azores" and 500 < place.distance_km < 800
+    assert 500 < place.coast_km < 700
+    assert str(place).startswith("at sea, ") and place.short().startswith("at sea (")
+
+
+def test_offshore_point_names_the_nearest_coast(finder):
+    (place,) = finder.nearest([(50.9, 1.5)])  # the Channel, off Cap Gris-Nez
+    assert place.at_sea and (place.country_code, place.country_name) == ("FR", "France")
+    assert 3 < place.coast_km < 15
+    assert place.short() == f"{place.coast_km:.0f} km off France"
+    (land,) = finder.nearest([(48.8566, 2.3522)])
+    assert land.coast_km == 0.0
+
+
+@pytest.mark.parametrize(
+    ("point", "city", "nearest"),
+    [
+        ((35.68, 139.76), "Tokyo", "Ginza"),  # Tokyo station
+        ((35.6586, 139.7454), "Tokyo", "Shibakōen"),  # Tokyo Tower
+        ((40.758, -73.9855), "New York City", "Times Square"),
+        ((40.6782, -73.9442), "New York City", "Bushwick"),  # Brooklyn
+        ((35.5308, 139.7029), "Kawasaki", "Kawasaki"),  # own radius; 18 km from Tokyo's point
+    ],
+)
+def test_populous_place_covering_the_point_names_it(finder, point, city, nearest):
+    dist = haversine_km(point[0], point[1], finder.lat, finder.lon)
+    assert finder.city[int(np.argmin(dist))] == nearest  # the old answer
+    (place,) = finder.nearest([point])
+    assert place.city == city
+    assert place.distance_km == pytest.approx(
+        float(haversine_km(*point, place.city_lat, place.city_lon)), rel=1e-7
+    )
 
 
 def test_border_point_takes_its_own_country(finder):
@@ -71,10 +102,14 @@ def test_nearest_matches_brute_force(finder):
         assert place.distance_km == pytest.approx(
             float(haversine_km(la, lo, place.city_lat, place.city_lon)), rel=1e-7, abs=1e-6
         )
-        # ... never closer than the nearest place overall, and equal to it unless the
-        # point's own country has a place that is preferred
+        # ... never closer than the nearest place overall; farther only for a more populous
+        # place whose radius covers the point, or for a place in the point's own country
+        nearest = int(np.argmin(dist))
         assert place.distance_km >= dist.min() - 1e-6
-        if place.at_sea or place.city_country_code == finder.cc[int(np.argmin(dist))]:
+        covered = place.distance_km <= cover_km(place.population) + 1e-6
+        if covered and place.population > finder.population[nearest]:
+            continue
+        if place.at_sea or place.city_country_code == finder.cc[nearest]:
             assert place.distance_km == pytest.approx(dist.min(), rel=1e-7, abs=1e-6)
 
 
@@ -162,7 +197,7 @@ def test_cli_countries_and_regions(cli):
 def test_cli_prior(cli):
     result = cli("places", "prior", "--within", "FR")
     assert result.exit_code == 0, result.output
-    assert "of 100,000 gallery points" in result.output
+    assert "of 94,123 gallery points" in result.output
     result = cli("places", "prior", "--within", "Frnace")
     assert result.exit_code == 2 and "France" in result.output
     result = cli("places", "prior", "--near", "0,-30", "--radius-km", "10")

@@ -208,10 +208,18 @@ def show(
     folder: Path = typer.Argument(..., help="Hierarchy folder written by `cells build/import`."),
     map_html: Path | None = typer.Option(None, "--map", help="Write an HTML map of one level."),
     level: int = typer.Option(-1, "--level", help="Level index for --map (default: finest)."),
-    no_tiles: bool = typer.Option(False, "--no-tiles", help="Map without the OSM background."),
+    tiles: str | None = typer.Option(
+        None,
+        "--tiles",
+        help="Tile URL template ({z}/{x}/{y}) drawn under the map; default: offline country "
+        "outlines, no network needed.",
+    ),
+    no_tiles: bool = typer.Option(
+        False, "--no-tiles", hidden=True, help="Kept for old scripts: no tiles is the default."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Per-level table of cell and sample counts; optionally a folium map of one level."""
+    """Per-level table of cell and sample counts; optionally an offline HTML map of one level."""
     from geoalign.errors import GeoalignError
     from geoalign.geo.s2.hierarchy import CellHierarchy
 
@@ -232,15 +240,23 @@ def show(
         print_result(f"[bold]{folder}[/]: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
         _summary(hierarchy, result=True)
     if map_html is not None:
-        from geoalign.geo.s2.cellmap import write_cell_map
+        from geoalign.geo.maps import save_cell_map
+        from geoalign.geo.s2.cellmap import cell_features
+        from geoalign.geo.webmap import check_tile_url
 
+        if tiles is not None and no_tiles:
+            fail("--tiles and --no-tiles contradict each other; give one")
+        try:
+            tile_url = None if tiles is None else check_tile_url(tiles)
+        except GeoalignError as err:
+            fail(f"--tiles: {err}")
         if not -len(hierarchy) <= level < len(hierarchy):
             fail(
                 f"--level must be in [0, {len(hierarchy) - 1}] (or negative from the end), got {level}"
             )
         part = hierarchy.partitions[level]
         with console.status(f"drawing {len(part):,} cells ..."):
-            write_cell_map(part, map_html, tiles=None if no_tiles else "OpenStreetMap")
+            save_cell_map(map_html, cell_features(part), tiles=tile_url, title=part.name)
         console.print(f"wrote {map_html} ({part.name}, {len(part):,} cells)")
 
 

@@ -40,7 +40,8 @@ def lookup(
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
     coast_km: float = typer.Option(5.0, "--coast-km", help=_COAST_HELP),
 ) -> None:
-    """Nearest town, region and country of each point (offline)."""
+    """Town (the most populous one covering the point, else the nearest), region and country of
+    each point, offline; points at sea name the nearest coast within 100 km."""
     from geoalign.errors import GeoalignError
     from geoalign.geo.places import nearest_places
 
@@ -57,7 +58,12 @@ def lookup(
 
     table = Table("lat", "lon", "place", "region", "country", "km to place")
     for (lat, lon), p in zip(points, found, strict=True):
-        country = f"{p.country_name} ({p.country_code})" + (", at sea" if p.at_sea else "")
+        if p.at_sea and not p.country_code:
+            country = f"at sea, {p.coast_km:,.0f} km from land"
+        elif p.at_sea:
+            country = f"{p.coast_km:,.0f} km off {p.country_name} ({p.country_code})"
+        else:
+            country = f"{p.country_name} ({p.country_code})"
         cells = (f"{lat:g}", f"{lon:g}", p.city, p.region, country, f"{p.distance_km:.1f}")
         table.add_row(*(escape(c) for c in cells))
     print_result(table)

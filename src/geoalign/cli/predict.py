@@ -309,7 +309,7 @@ def predict(
                 mapped.append(prediction)
         for writer in writers:
             writer.close()
-    _write_maps(mapped, map_out, png_out)
+    _write_maps(mapped, map_out, png_out, regions=region_ps, estimate=estimate)
     written = ", ".join(t for t in targets.values() if t not in (None, STDOUT))
     say(f"predicted {todo - failed} of {todo} inputs" + (f" -> {written}" if written else ""))
     if failed:
@@ -371,10 +371,20 @@ def _map_paths(base: Path, n: int) -> list[Path]:
     return [base.with_name(f"{base.stem}-{i + 1}{base.suffix}") for i in range(n)]
 
 
-def _write_maps(predictions, map_out: Path | None, png_out: Path | None) -> None:
+def _write_maps(
+    predictions,
+    map_out: Path | None,
+    png_out: Path | None,
+    *,
+    regions: tuple[float, ...] = (),
+    estimate: str | None = None,
+) -> None:
+    """One HTML and/or PNG map per prediction; with a distribution (--regions/--estimate), its
+    heatmap, region outlines and point estimate are drawn too."""
     if not predictions or (map_out is None and png_out is None):
         return
     from geoalign.geo.maps import save_interactive_map, save_static_map
+    from geoalign.geo.places import Place
 
     for out, save in ((map_out, save_interactive_map), (png_out, save_static_map)):
         if out is None:
@@ -382,7 +392,17 @@ def _write_maps(predictions, map_out: Path | None, png_out: Path | None) -> None
         for path, p in zip(_map_paths(out, len(predictions)), predictions, strict=True):
             coords = [(c.lat, c.lon) for c in p.candidates]
             probs = [c.prob for c in p.candidates]
-            kwargs = {"title": p.source}
+            named = all(c.place for c in p.candidates)
+            kwargs = {
+                "title": p.source,
+                "places": [Place(**c.place) for c in p.candidates] if named else True,
+            }
+            if p.distribution is not None:
+                kwargs.update(
+                    distribution=p.distribution,
+                    regions=tuple(regions) or (0.5, 0.9),
+                    estimate=estimate or "median",
+                )
             save(path, coords, probs, **kwargs)
             console.print(f"[green]map[/] {path}")
 

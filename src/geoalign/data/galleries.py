@@ -68,10 +68,13 @@ def read_coordinate_table(
     return CoordinateTable(table, lat, lon, good, errors)
 
 
-def load_gallery(name_or_path: str | Path) -> pd.DataFrame:
+def load_gallery(name_or_path: str | Path, *, dedupe: bool = True) -> pd.DataFrame:
     """A gallery as a DataFrame with float64 `lat`, `lon` (and any other columns, e.g. `name`).
 
     `name_or_path`: a name from NAMED_GALLERIES or a CSV/TSV/Parquet file. Any bad row is an error.
+    With `dedupe`, rows with exactly the same coordinates are merged into the first of them: a
+    duplicate only repeats a candidate in every top-k list (GeoCLIP's 100K gallery has 5,877).
+    `attrs` holds `source`, `duplicates_merged` (rows removed) and a one-line `description`.
     """
     path = gallery_path(name_or_path)
     table = read_table(path, string_columns=())
@@ -83,5 +86,15 @@ def load_gallery(name_or_path: str | Path) -> pd.DataFrame:
     out = table.drop(columns=[cols["lat"], cols["lon"]]).copy()
     out.insert(0, "lon", check.lon)
     out.insert(0, "lat", check.lat)
+    merged = 0
+    if dedupe:
+        # + 0.0 turns -0.0 into 0.0: the same point, which float hashing would tell apart
+        repeat = pd.DataFrame({"lat": check.lat + 0.0, "lon": check.lon + 0.0}).duplicated()
+        merged = int(repeat.sum())
+        out = out.loc[~repeat.to_numpy()]
+    out = out.reset_index(drop=True)
     out.attrs["source"] = str(path)
-    return out.reset_index(drop=True)
+    out.attrs["duplicates_merged"] = merged
+    note = f", {merged:,} exact duplicate coordinates merged" if merged else ""
+    out.attrs["description"] = f"{name_or_path} ({len(out):,} coordinates{note})"
+    return out

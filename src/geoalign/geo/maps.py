@@ -1,8 +1,8 @@
 """Maps of predictions: a static PNG drawn offline, and an interactive folium HTML page.
 
-The PNG needs no tiles and no network: country borders come from the Natural Earth polygons shipped
-with geoalign's dependencies. The HTML map is generated offline too; its base tiles and scripts are
-fetched by the browser that opens it.
+Neither needs tiles or a network: country borders come from the Natural Earth polygons shipped with
+geoalign's dependencies, and the HTML page inlines Leaflet (`geoalign.geo.webmap`), so it opens
+anywhere. A tile server can be named with `tiles=` for the HTML map.
 """
 
 from __future__ import annotations
@@ -13,15 +13,25 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+import shapely.geometry
 
 from geoalign.geo.coords import as_latlon_array
 from geoalign.geo.distance import haversine_km
+from geoalign.geo.maplayers import (
+    HEAT_DECADES,
+    DistributionLayers,
+    layers_of,
+    outline_rings,
+    region_colour,
+)
+from geoalign.geo.webmap import WebMap, line_feature, point_feature
 
 LAND = "#f2efe9"
 SEA = "#d6e6f4"
 BORDER = "#7a7a7a"
 TRUTH = "#d62728"
 ERROR_LINE = "#d62728"
+HEAT_CMAP = "YlOrRd"
 
 
 def great_circle(a: Sequence[float], b: Sequence[float], n: int = 64) -> list[np.ndarray]:
@@ -107,12 +117,20 @@ def render_static_map(
     title: str | None = None,
     borders: bool = True,
     label_top: int = 5,
+    places: Sequence | bool = True,
+    distribution=None,
+    regions: Sequence[float] | None = None,
+    estimate: str | None = "median",
 ):
     """Draw predictions (K, 2) over country borders; returns a matplotlib Figure (not shown).
 
-    probs colour and size the points; truth (lat, lon) adds a star and a great-circle error line
-    to the top-1 prediction labelled with its length. extent is (min_lon, max_lon, min_lat,
-    max_lat), "world", or None for a box around the points.
+    probs colour and size the points; the top `label_top` are numbered on the map and listed in a
+    box with probability and place (places: True looks them up offline, False omits them, or one
+    name per prediction). truth (lat, lon) adds a star and a great-circle error line to the top-1
+    prediction labelled with its length. distribution (a `Distribution` or its `to_geojson`)
+    adds a heatmap of its smoothed density, the outlines of its `regions` p-regions and its
+    `estimate` point. extent is (min_lon, max_lon, min_lat, max_lat), "world", or None for a
+    box around everything drawn.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -124,10 +142,13 @@ def render_static_map(
         from geoalign.errors import GeoalignError
 
         raise GeoalignError(f"{len(p)} probabilities for {len(pred)} predictions")
+    layers = layers_of(distribution, tuple(regions) if regions else None, estimate)
     width, height = size_px
     if extent is None:
-        everything = pred if truth_arr is None else np.vstack([pred, truth_arr])
-        extent = auto_extent(everything, aspect=width / height)
+        everything = [pred[: max(label_top, 1)]]
+        everything += [] if truth_arr is None else [truth_arr]
+        everything += [] if layers is None else [layers.extent_points()]
+        extent = auto_extent(np.vstack(everything), aspect=width / height)
     elif extent == "world":
         extent = (-180.0, 180.0, -90.0, 90.0)
     min_lon, max_lon, min_lat, max_lat = (float(v) for v in extent)
@@ -144,6 +165,8 @@ def render_static_map(
         fill, edges = _border_artists((min_lon, max_lon, min_lat, max_lat), linewidth=0.6)
         ax.add_collection(fill)
         ax.add_collection(edges)
+
+    extra = [] if layers is None else _draw_layers(ax, fig, layers)
 
     size = 40.0 if p is None else 30.0 + 400.0 * p / max(float(p.max()), 1e-12)
     order = np.arange(len(pred))[::-1]  # draw rank 1 last, on top
@@ -162,16 +185,7 @@ def render_static_map(
         zorder=4,
         label="predictions",
     )
-    for rank in range(min(label_top, len(pred))):
-        text = f"{rank + 1}" + ("" if p is None else f"  {p[rank]:.2f}")
-        ax.annotate(
-            text,
-            (pred[rank, 1], pred[rank, 0]),
-            xytext=(6, 6),
-            textcoords="offset points",
-            fontsize=9,
-            zorder=6,
-        )
+    _label_ranks(ax, pred, p, _place_names(pred[:label_top], places), label_top)
     if truth_arr is not None:
         t = truth_arr[0]
         for seg in great_circle(t, pred[0]):
@@ -194,10 +208,122 @@ def render_static_map(
         bar = fig.colorbar(points, cax=cax)
         bar.ax.tick_params(labelsize=8)
         bar.ax.set_title("p", fontsize=9)
-    ax.legend(loc="lower left", fontsize=9, framealpha=0.85)
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + extra, loc="lower left", fontsize=9, framealpha=0.85)
     if title:
         ax.set_title(title, y=0.95, fontsize=12, backgroundcolor=(1, 1, 1, 0.7))
     return fig
+
+
+def format_prob(p: float) -> str:
+    """A probability that stays readable when small: 42%, 3.1%, 0.27%, 0.07%, 4e-06."""
+    if p >= 0.1:
+        return f"{p:.0%}"
+    if p >= 0.01:
+        return f"{p:.1%}"
+    if p >= 0.0001:
+        return f"{p:.2%}"
+    return f"{p:.0e}"
+
+
+def _place_names(pred: np.ndarray, places: Sequence | bool) -> list[str]:
+    if places is True:
+        from geoalign.geo.places import nearest_places
+
+        return [pl.short() for pl in nearest_places(pred)] if len(pred) else []
+    if places is False:
+        return [""] * len(pred)
+    return [pl.short() if hasattr(pl, "short") else str(pl) for pl in list(places)[: len(pred)]]
+
+
+def _label_ranks(ax, pred: np.ndarray, p, names: list[str], label_top: int) -> None:
+    """Rank numbers beside the top points, and a box listing rank, probability and place."""
+    n = min(label_top, len(pred))
+    # candidates drawn on one spot share one label ("1,2,4"), so no number hides another
+    spots: dict[tuple[float, float], list[int]] = {}
+    for rank in range(n):
+        spots.setdefault(tuple(np.round(pred[rank], 3).tolist()), []).append(rank)
+    for ranks in list(spots.values())[::-1]:  # rank 1 drawn last, on top
+        first = ranks[0]
+        ax.annotate(
+            ",".join(str(r + 1) for r in ranks),
+            (pred[first, 1], pred[first, 0]),
+            xytext=(5, 5),
+            textcoords="offset points",
+            fontsize=10,
+            fontweight="bold",
+            zorder=6,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
+        )
+    lines = []
+    for rank in range(n):
+        prob = "" if p is None else f"{format_prob(float(p[rank])):>6}  "
+        place = (
+            names[rank]
+            if rank < len(names) and names[rank]
+            else (f"{pred[rank, 0]:.3f}, {pred[rank, 1]:.3f}")
+        )
+        lines.append(f"{rank + 1}. {prob}{place}")
+    if lines:
+        ax.text(
+            0.01,
+            0.97,
+            "\n".join(lines),
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize=9,
+            family="monospace",
+            zorder=7,
+            bbox={"boxstyle": "round,pad=0.4", "fc": "white", "ec": "#999999", "alpha": 0.85},
+        )
+
+
+def _draw_layers(ax, fig, layers: DistributionLayers) -> list:
+    """Heat cells coloured by log density, region outlines, the estimate (a cross); returns the
+    legend handles of the outlines and the estimate."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.lines import Line2D
+
+    if layers.heat_rings:
+        logd = np.log10(np.maximum(layers.heat_density, 1e-300))
+        hi = float(logd.max())
+        heat = PolyCollection(
+            [r[:, ::-1] for r in layers.heat_rings],
+            array=logd,
+            cmap=HEAT_CMAP,
+            clim=(hi - HEAT_DECADES, hi),
+            edgecolors="none",
+            alpha=0.55,
+            zorder=2.5,
+        )
+        ax.add_collection(heat)
+        cax = ax.inset_axes((0.86, 0.06, 0.012, 0.3))
+        bar = fig.colorbar(heat, cax=cax)
+        bar.ax.tick_params(labelsize=7)
+        bar.ax.set_title("log10\np/km²", fontsize=7)
+    handles = []
+    for i, (pr, geom, summary) in enumerate(layers.regions):
+        colour = region_colour(i)
+        for ring in outline_rings(geom):
+            ax.plot(ring[:, 1], ring[:, 0], color=colour, linewidth=1.6, zorder=3.5)
+        handles.append(Line2D([], [], color=colour, linewidth=1.6, label=summary or f"{pr:.0%}"))
+    if layers.estimate is not None:
+        lat, lon = layers.estimate
+        ax.scatter([lon], [lat], marker="X", s=160, c="white", edgecolors="black", zorder=5.5)
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="X",
+                color="black",
+                markerfacecolor="white",
+                linestyle="none",
+                markersize=9,
+                label=f"{layers.estimate_kind} estimate",
+            )
+        )
+    return handles
 
 
 def save_static_map(path: str | Path, predictions, probs=None, truth=None, **kwargs) -> Path:
@@ -215,16 +341,21 @@ def interactive_map(
     truth=None,
     *,
     places: Sequence | bool = True,
-    tiles: str = "OpenStreetMap",
+    tiles: str | None = None,
     title: str | None = None,
-):
-    """A folium Map of the top-k predictions with popups (rank, probability, place, coordinates).
+    distribution=None,
+    regions: Sequence[float] | None = None,
+    estimate: str | None = "median",
+) -> WebMap:
+    """An offline Leaflet page (`WebMap`) of the top-k predictions with popups (rank,
+    probability, place, coordinates) over the country polygons.
 
     places: True looks names up offline (`geoalign.geo.places`), False omits them, or a list of
-    `Place`/strings (one per prediction).
+    `Place`/strings (one per prediction). tiles: an optional tile URL template
+    (https://.../{z}/{x}/{y}.png) drawn under the countries; without it the page needs no network.
+    distribution (a `Distribution` or its `to_geojson`) adds switchable layers: a heatmap of the
+    smoothed density, the outlines of the `regions` p-regions, and the `estimate` point.
     """
-    import folium
-
     pred = as_latlon_array(predictions, source="predictions")
     truth_arr = None if truth is None else as_latlon_array(truth, source="truth")[0]
     p = None if probs is None else np.asarray(probs, dtype=np.float64).reshape(-1)
@@ -237,13 +368,13 @@ def interactive_map(
     else:
         names = [str(pl) for pl in places]
 
-    fmap = folium.Map(location=[float(pred[0, 0]), float(pred[0, 1])], zoom_start=4, tiles=tiles)
-    if title:
-        fmap.get_root().html.add_child(
-            folium.Element(f"<h3 style='text-align:center;margin:4px'>{html.escape(title)}</h3>")
-        )
+    page = WebMap(title=title, tiles=tiles, base=True)
+    layers = layers_of(distribution, tuple(regions) if regions else None, estimate)
+    if layers is not None:
+        _add_web_layers(page, layers)
     pmax = 1.0 if p is None else max(float(p.max()), 1e-12)
-    for rank in range(len(pred))[::-1]:
+    markers = []
+    for rank in range(len(pred))[::-1]:  # rank 1 drawn last, on top
         lat, lon = float(pred[rank, 0]), float(pred[rank, 1])
         prob = "" if p is None else f"p = {p[rank]:.4f}<br>"
         popup = (
@@ -251,47 +382,133 @@ def interactive_map(
             f"{'<br>' if names[rank] else ''}{lat:.5f}, {lon:.5f}"
         )
         radius = 6 if p is None else 5 + 15 * p[rank] / pmax
-        folium.CircleMarker(
-            location=[lat, lon],
-            radius=float(radius),
-            color="black",
-            weight=1,
-            fill=True,
-            fill_color="#2c7fb8" if rank else "#f03b20",
-            fill_opacity=0.8,
-            popup=folium.Popup(popup, max_width=300),
-            tooltip=f"#{rank + 1}" + ("" if p is None else f" p={p[rank]:.3f}"),
-        ).add_to(fmap)
-    bounds = pred
+        style = {
+            "radius": float(radius),
+            "color": "black",
+            "weight": 1,
+            "fillColor": "#2c7fb8" if rank else "#f03b20",
+            "fillOpacity": 0.85,
+        }
+        tip = f"#{rank + 1}" + ("" if p is None else f" p={p[rank]:.3f}")
+        markers.append(point_feature(lat, lon, style=style, popup=popup, tooltip=tip))
+    page.add(markers, name="candidates")
     if truth_arr is not None:
         err = float(haversine_km(truth_arr[0], truth_arr[1], pred[0, 0], pred[0, 1]))
-        folium.Marker(
-            location=[float(truth_arr[0]), float(truth_arr[1])],
-            popup=folium.Popup(
-                f"<b>truth</b><br>{truth_arr[0]:.5f}, {truth_arr[1]:.5f}<br>"
-                f"top-1 error {err:,.1f} km",
-                max_width=300,
-            ),
-            tooltip="truth",
-            icon=folium.Icon(color="red", icon="star"),
-        ).add_to(fmap)
-        for seg in great_circle(truth_arr, pred[0]):
-            folium.PolyLine(seg.tolist(), color=ERROR_LINE, weight=2, dash_array="6").add_to(fmap)
-        bounds = np.vstack([pred, truth_arr[None]])
-    if len(bounds) > 1:
-        fmap.fit_bounds(
-            [
-                [float(bounds[:, 0].min()), float(bounds[:, 1].min())],
-                [float(bounds[:, 0].max()), float(bounds[:, 1].max())],
-            ],
-            padding=(30, 30),
+        lines = [
+            line_feature(seg, style={"color": ERROR_LINE, "weight": 2, "dashArray": "6"})
+            for seg in great_circle(truth_arr, pred[0])
+        ]
+        popup = (
+            f"<b>truth</b><br>{truth_arr[0]:.5f}, {truth_arr[1]:.5f}<br>top-1 error {err:,.1f} km"
         )
-    return fmap
+        star = point_feature(
+            truth_arr[0],
+            truth_arr[1],
+            symbol="&#9733;",
+            style={"color": TRUTH, "size": 24},
+            popup=popup,
+            tooltip="truth",
+        )
+        page.add([*lines, star], name="truth")
+    return page
+
+
+def _add_web_layers(page: WebMap, layers: DistributionLayers) -> None:
+    """The heatmap (cells by log density), the region outlines and the estimate as page layers."""
+    if layers.heat_rings:
+        logd = np.log10(np.maximum(layers.heat_density, 1e-300))
+        hi = float(logd.max())
+        colours = colour_scale(logd, HEAT_CMAP, hi - HEAT_DECADES, hi)
+        cells = [
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [np.round(ring[:, ::-1], 4).tolist()],
+                },
+                "properties": {
+                    "style": {"fillColor": c},
+                    "tooltip": f"density {d:.3g} per km²",
+                },
+            }
+            for ring, c, d in zip(layers.heat_rings, colours, layers.heat_density, strict=True)
+        ]
+        page.add(
+            cells,
+            name="heatmap",
+            style={"stroke": False, "fillOpacity": 0.55},
+            fit=False,
+        )
+        page.legend = _legend_bar("log10 density (per km²)", HEAT_CMAP, hi - HEAT_DECADES, hi)
+    for i, (pr, geom, summary) in enumerate(layers.regions):
+        feature = {
+            "type": "Feature",
+            "geometry": shapely.geometry.mapping(geom),
+            "properties": {"popup": html.escape(summary or f"{pr:.0%} region")},
+        }
+        style = {"color": region_colour(i), "weight": 2, "fill": False}
+        page.add([feature], name=f"{pr:.0%} region", style=style)
+    if layers.estimate is not None:
+        lat, lon = layers.estimate
+        star = point_feature(
+            lat,
+            lon,
+            symbol="&#10010;",
+            style={"color": "#000000", "size": 22},
+            popup=f"<b>{html.escape(layers.estimate_kind)} estimate</b><br>{lat:.5f}, {lon:.5f}",
+            tooltip=f"{layers.estimate_kind} estimate",
+        )
+        page.add([star], name="estimate")
 
 
 def save_interactive_map(path: str | Path, predictions, probs=None, truth=None, **kwargs) -> Path:
-    """Write `interactive_map` as a standalone HTML file; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    interactive_map(predictions, probs, truth, **kwargs).save(str(path))
-    return path
+    """Write `interactive_map` as one self-contained HTML file (no network needed to view it)."""
+    return interactive_map(predictions, probs, truth, **kwargs).save(path)
+
+
+def colour_scale(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> list[str]:
+    """Hex colours of `values` on a matplotlib colour map between vmin and vmax."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    t = (np.asarray(values, dtype=np.float64) - vmin) / max(vmax - vmin, 1e-12)
+    rgba = colormaps[cmap](np.clip(t, 0.0, 1.0))
+    return [to_hex(c) for c in rgba]
+
+
+def _legend_bar(caption: str, cmap: str, vmin: float, vmax: float, fmt: str = "{:.2g}") -> str:
+    """HTML for a small colour bar: five swatches from vmin to vmax with the end values."""
+    stops = np.linspace(vmin, vmax, 5)
+    swatches = "".join(
+        f'<span style="display:inline-block;width:18px;height:10px;background:{c}"></span>'
+        for c in colour_scale(stops, cmap, vmin, vmax)
+    )
+    return (
+        f"<b>{html.escape(caption)}</b><br>{swatches}<br>"
+        f"{html.escape(fmt.format(vmin))} &ndash; {html.escape(fmt.format(vmax))}"
+    )
+
+
+def save_cell_map(
+    path: str | Path,
+    features: Sequence[dict],
+    *,
+    tiles: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write an offline HTML map of S2 cells (`geoalign.geo.s2.cellmap.cell_features`), coloured
+    by log10 of their sample count, with a tooltip per cell."""
+    counts = np.array([max(int(f["properties"]["count"]), 1) for f in features], dtype=np.float64)
+    logs = np.log10(counts) if len(counts) else np.zeros(0)
+    lo = float(logs.min(initial=0.0))
+    hi = max(float(logs.max(initial=1.0)), lo + 1e-6)
+    colours = colour_scale(logs, "RdYlBu_r", lo, hi)
+    drawn = []
+    for f, colour in zip(features, colours, strict=True):
+        props = f["properties"]
+        tip = ", ".join(f"{k} {props[k]}" for k in ("class_index", "token", "level", "count"))
+        drawn.append({**f, "properties": {"style": {"fillColor": colour}, "tooltip": tip}})
+    page = WebMap(title=title, tiles=tiles, max_zoom=6)
+    page.add(drawn, name="cells", style={"color": "#333333", "weight": 0.5, "fillOpacity": 0.45})
+    page.legend = _legend_bar("log10(samples per cell)", "RdYlBu_r", lo, hi)
+    return page.save(path)

