@@ -221,3 +221,21 @@ def test_table5_prior_radius_rows(tmp_path):
     assert "gallery within 750 km (country) — published | 15.8 | 41.2" in text
     with pytest.raises(Exception, match="prior radius must be positive"):
         evaluate_model(load_model(path), feats, truth, gallery.to_numpy(), prior_radius_km=0)
+
+
+def test_top_k_is_distinct_and_merges_probability():
+    from geoalign.geo.distance import pairwise_haversine_km
+
+    rng = np.random.default_rng(3)
+    base = rng.uniform([-50, -170], [60, 170], (100, 2))
+    gallery = np.concatenate([base, base + 0.001])  # every point twice, ~100 m apart
+    geo = Geolocator(tiny_geoclip(), gallery=gallery, cache=False)
+    q = geo.embed_features(torch.randn(6, 12))
+    raw = geo.rank(q, top_k=10, min_separation_km=0)
+    distinct = geo.rank(q, top_k=5)
+    for r, d in zip(raw, distinct, strict=True):
+        pts = np.array([[c.lat, c.lon] for c in d])
+        far = pairwise_haversine_km(pts, pts)[np.triu_indices(len(pts), 1)]
+        assert (far >= 5.0).all() and d[0].gallery_index in {r[0].gallery_index, r[1].gallery_index}
+        # each kept candidate holds its twin's probability too
+        assert d[0].prob == pytest.approx(r[0].prob + r[1].prob, rel=1e-5)

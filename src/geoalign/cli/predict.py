@@ -167,6 +167,12 @@ def predict(
         help="Confidence regions, e.g. 0.5,0.9: area and countries; outlines in --geojson and "
         "the maps.",
     ),
+    min_separation_km: float = typer.Option(
+        5.0,
+        min=0,
+        help="Merge a candidate into a more probable one closer than this (km; probabilities "
+        "added): distinct top-k. 0 keeps near-duplicates.",
+    ),
     abstain_above_km: float | None = typer.Option(
         None,
         min=0,
@@ -252,6 +258,7 @@ def predict(
         estimate=estimate,
         regions=list(region_ps) or None,
         abstain_above_km=abstain_above_km,
+        min_separation_km=min_separation_km,
     )
     resumed = None
     if json_out not in (None, STDOUT):
@@ -294,6 +301,7 @@ def predict(
             estimate=estimate,
             regions=region_ps,
             abstain_above_km=abstain_above_km,
+            min_separation_km=min_separation_km,
         )
         for prediction in itertools.chain(bad, found):
             record = prediction_record(prediction, settings)

@@ -110,6 +110,8 @@ def probabilistic_markdown(ev: Evaluation) -> list[str]:
         "claims moved by a distance flagged (power). Recall vs area: the share of true locations "
         "inside a highest-density region of at most that area.",
         "",
+        "Calibrated models show the uncalibrated coverage in brackets.",
+        "",
         "| model | coverage 50% | coverage 90% | mean abs. coverage error | median 90% area km² "
         "| verify false alarms | flagged at 200 / 750 / 2500 km | recall ≤ 10⁴ / 10⁵ / 10⁶ km² |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -117,8 +119,13 @@ def probabilistic_markdown(ev: Evaluation) -> list[str]:
     for r in rows:
         s = r.probabilistic
         rel, power, recall = s["reliability"], s["verify_power@0.05"], s["recall_vs_area"]
+        raw = s.get("uncalibrated")
+        c50, c90 = f"{rel[0.5]:.1%}", f"{rel[0.9]:.1%}"
+        if raw:
+            c50 += f" ({raw['reliability'][0.5]:.1%})"
+            c90 += f" ({raw['reliability'][0.9]:.1%})"
         lines.append(
-            f"| {r.name} | {rel[0.5]:.1%} | {rel[0.9]:.1%} | {s['calibration_error']:.3f} "
+            f"| {r.name} | {c50} | {c90} | {s['calibration_error']:.3f} "
             f"| {s['median_area90_km2']:,.0f} | {s['verify_false_alarm@0.05']:.1%} "
             f"| {power[200.0]:.0%} / {power[750.0]:.0%} / {power[2500.0]:.0%} "
             f"| {recall[1e4]:.0%} / {recall[1e5]:.0%} / {recall[1e6]:.0%} |"

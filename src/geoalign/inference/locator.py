@@ -31,6 +31,7 @@ from geoalign.inference.search import GallerySearch
 from geoalign.models.base import Locator, average_crops, log_probs
 
 NO_IMAGE_BACKBONE = {"places365-scene-labels"}  # feature specs no backbone makes from photos
+MIN_SEPARATION_KM = 5.0  # top-k candidates closer than this to a better one are merged into it
 
 
 class Geolocator:
@@ -294,31 +295,34 @@ class Geolocator:
 
     # -- ranking -------------------------------------------------------------------------------
     def _candidates(
-        self, idx: np.ndarray, coords: np.ndarray, probs: np.ndarray, places: bool
+        self, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], places: bool
     ) -> list[list[Candidate]]:
-        """Candidates from [B, k] indices, [B, k, 2] coordinates and [B, k] probabilities; with
+        """Candidates from per-query (indices [k], coordinates [k, 2], probabilities [k]); with
         `places`, each named offline (the place index loads on first use)."""
-        names = None
+        names: list[Any] = []
         if places:
             if self._places is None:
                 from geoalign.geo.places import PlaceFinder
 
                 self._places = PlaceFinder()
-            names = [p._asdict() for p in self._places.nearest(coords.reshape(-1, 2))]
-        k = idx.shape[1]
-        return [
-            [
-                Candidate(
-                    lat=float(coords[b, j, 0]),
-                    lon=float(coords[b, j, 1]),
-                    prob=float(probs[b, j]),
-                    gallery_index=int(idx[b, j]),
-                    place=names[b * k + j] if names else None,
-                )
-                for j in range(k)
-            ]
-            for b in range(idx.shape[0])
-        ]
+            coords = np.concatenate([c for _, c, _ in rows]) if rows else np.zeros((0, 2))
+            names = [p._asdict() for p in self._places.nearest(coords)]
+        out, at = [], 0
+        for idx, coords, probs in rows:
+            out.append(
+                [
+                    Candidate(
+                        lat=float(coords[j, 0]),
+                        lon=float(coords[j, 1]),
+                        prob=float(probs[j]),
+                        gallery_index=int(idx[j]),
+                        place=names[at + j] if names else None,
+                    )
+                    for j in range(len(idx))
+                ]
+            )
+            at += len(idx)
+        return out
 
     def rank(
         self,
@@ -327,17 +331,47 @@ class Geolocator:
         top_k: int = 5,
         mask: torch.Tensor | None = None,
         places: bool = False,
+        min_separation_km: float = MIN_SEPARATION_KM,
     ) -> list[list[Candidate]]:
-        """Top-k candidates for each query (see `embed_pixels`, `embed_features`)."""
-        idx, probs = self.topk(queries, top_k, mask)
-        return self._candidates(idx, self.coordinates_of(idx), probs, places)
+        """Top-k distinct candidates for each query (see `embed_pixels`, `embed_features`).
+
+        Candidates closer than `min_separation_km` to a more probable one are merged into it
+        (their probability added, `geo.separation.suppress_near_duplicates`), so a dense gallery
+        does not fill the list with near-duplicates; top-1 never changes. 0 keeps them all."""
+        n_allowed = len(self.candidates) if mask is None else int(mask.sum())
+        fetch = top_k if min_separation_km <= 0 else min(4 * top_k, max(n_allowed, 1))
+        idx, probs = self.topk(queries, fetch, mask)
+        coords = self.coordinates_of(idx)
+        rows = []
+        for b in range(idx.shape[0]):
+            if min_separation_km > 0:
+                from geoalign.geo.separation import suppress_near_duplicates
+
+                kept, merged = suppress_near_duplicates(coords[b], probs[b], min_separation_km)
+                order = np.argsort(-merged, kind="stable")[:top_k]
+                rows.append((idx[b, kept[order]], coords[b, kept[order]], merged[order]))
+            else:
+                rows.append((idx[b, :top_k], coords[b, :top_k], probs[b, :top_k]))
+        return self._candidates(rows, places)
 
     def predict_features(
-        self, features: torch.Tensor, *, top_k: int = 5, prior=None, places: bool = False
+        self,
+        features: torch.Tensor,
+        *,
+        top_k: int = 5,
+        prior=None,
+        places: bool = False,
+        min_separation_km: float = MIN_SEPARATION_KM,
     ) -> list[list[Candidate]]:
         """Rank from precomputed backbone features (B, D), e.g. from a feature store."""
         queries = self.embed_features(torch.as_tensor(features))
-        return self.rank(queries, top_k=top_k, mask=self.prior_mask(prior), places=places)
+        return self.rank(
+            queries,
+            top_k=top_k,
+            mask=self.prior_mask(prior),
+            places=places,
+            min_separation_km=min_separation_km,
+        )
 
     def iter_predict(
         self,
@@ -355,6 +389,7 @@ class Geolocator:
         estimate: str | None = None,
         regions: Iterable[float] = (),
         abstain_above_km: float | None = None,
+        min_separation_km: float = MIN_SEPARATION_KM,
     ) -> Iterator[Prediction]:
         """Predictions in input order, batch by batch; unreadable inputs yield an error record.
 
@@ -377,7 +412,13 @@ class Geolocator:
             done: list[tuple[int, Prediction]] = []
             if batch.pixel_values is not None:
                 queries = self.embed_pixels(batch.pixel_values)
-                ranked = self.rank(queries, top_k=top_k, mask=mask, places=places)
+                ranked = self.rank(
+                    queries,
+                    top_k=top_k,
+                    mask=mask,
+                    places=places,
+                    min_separation_km=min_separation_km,
+                )
                 preds = [
                     Prediction(name, cands) for name, cands in zip(batch.names, ranked, strict=True)
                 ]

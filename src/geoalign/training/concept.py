@@ -235,12 +235,24 @@ def quickstart_rows(
     gallery: np.ndarray,
     *,
     progress: bool | None = None,
+    validation: tuple[Any, Any] | None = None,
 ) -> tuple[list[Any], Any]:
-    """Train the concept-aware model with the quickstart's settings and evaluate it like GeoCLIP:
-    (report rows named "Concept-aware alignment", the TrainResult)."""
+    """Train the concept-aware model with the quickstart's settings and evaluate it like GeoCLIP
+    (calibrated on `validation` rows when given): (report rows named "Concept-aware alignment",
+    the TrainResult)."""
     from geoalign.training.quickstart import model_rows
 
     run = quickstart_run(geoclip_cfg, Path(out_dir) / "concept-run")
     result = train_concept(run, progress=progress)
-    rows = model_rows(result.model, test_x, test_y, gallery, "Concept-aware alignment", run.train)
+    e = run.train.eval
+    rows = model_rows(
+        result.model,
+        test_x,
+        test_y,
+        gallery,
+        "Concept-aware alignment",
+        e.modes,
+        e.radius_km,
+        validation,
+    )
     return rows, result

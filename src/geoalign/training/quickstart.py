@@ -40,22 +40,60 @@ def quickstart_config(out_dir: str | Path, **overrides: Any) -> TrainConfig:
     return config_from_dict(data, source=str(path), overrides=items)
 
 
-def model_rows(
-    model: Any, test_x: Any, test_y: Any, gallery: Any, name: str, cfg: TrainConfig
-) -> list[Any]:
-    """Report rows of a GeoCLIP-style model (plain or concept-aware) on the test descriptors, as
-    the config's eval section says: the quickstart's one call into the evaluation harness."""
-    from geoalign.evaluation.harness import evaluate_model
+def validation_rows(cfg: TrainConfig, x: Any, y: Any) -> tuple[Any, Any] | None:
+    """The training rows `data.fraction` leaves out (never trained on, never the test set): the
+    quickstart's validation split for calibration. None when the config trains on every row."""
+    from geoalign.training.data import fraction_mask
 
-    return evaluate_model(
-        model,
-        test_x,
-        test_y,
-        gallery,
-        name=name,
-        modes=cfg.eval.modes,
-        radius_km=cfg.eval.radius_km,
+    if cfg.data.fraction >= 1:
+        return None
+    held_out = ~fraction_mask(len(y), cfg.data.fraction, cfg.data.fraction_seed)
+    return x[held_out], y[held_out]
+
+
+def model_rows(
+    model: Any,
+    test_x: Any,
+    test_y: Any,
+    gallery: Any,
+    name: str,
+    modes: Any,
+    radius_km: float,
+    validation: tuple[Any, Any] | None = None,
+) -> list[Any]:
+    """Report rows of any model on the test descriptors (the eval section's modes): the
+    quickstart's one call into the evaluation harness. With `validation` rows the model's
+    distribution is calibrated on them first (`inference.calibration`); the first row carries
+    the probabilistic measures, calibrated, with the uncalibrated ones beside them."""
+    from geoalign.evaluation.harness import evaluate_model
+    from geoalign.inference.locator import Geolocator
+
+    geo = Geolocator(model, gallery=gallery if model.ranks == "gallery" else None, cache=False)
+    kwargs = {"name": name, "radius_km": radius_km}
+    if validation is None:
+        return evaluate_model(geo, test_x, test_y, modes=list(modes), **kwargs)
+    from geoalign.inference.calibration import fit_calibration
+
+    (raw,) = evaluate_model(geo, test_x, test_y, modes=["top1"], probabilistic=True, **kwargs)
+    cal = fit_calibration(
+        geo, *validation, fitted_on=f"{len(validation[1]):,} held-out training rows"
     )
+    geo.set_calibration(cal)
+    try:
+        rows = evaluate_model(geo, test_x, test_y, modes=list(modes), probabilistic=True, **kwargs)
+    finally:
+        geo.set_calibration(None)
+    rows[0].probabilistic["uncalibrated"] = {
+        k: raw.probabilistic[k]
+        for k in (
+            "reliability",
+            "calibration_error",
+            "verify_false_alarm@0.05",
+            "median_area90_km2",
+        )
+    }
+    rows[0].probabilistic["calibration"] = cal.to_dict()
+    return rows
 
 
 @dataclass
@@ -105,8 +143,13 @@ def run_quickstart(
     out = Path(out_dir)
     cfg = config or quickstart_config(out)
     start = time.perf_counter()
-    train_x, train_y, _ = load_scene_label_set(cfg.data.path or "yfcc26k")
+    all_x, all_y, _ = load_scene_label_set(cfg.data.path or "yfcc26k")
     test_x, test_y, test_ids = load_scene_label_set(cfg.eval.benchmark or "im2gps3k")
+    validation = validation_rows(cfg, all_x, all_y)  # calibration rows, held out of training
+    from geoalign.training.data import fraction_mask
+
+    trained = fraction_mask(len(all_y), cfg.data.fraction, cfg.data.fraction_seed)
+    train_x, train_y = all_x[trained], all_y[trained]  # what GeoCLIP trains on (data.fraction)
 
     say(f"training the alignment on {len(train_x):,} photos' scene labels")
     result = train(cfg, progress=progress)
@@ -121,12 +164,23 @@ def run_quickstart(
         gallery=gallery_name,
         gallery_size=len(gallery),
     )
-    ev.results += model_rows(result.model, test_x, test_y, gallery, "GeoCLIP alignment", cfg)
+    ev.results += model_rows(
+        result.model,
+        test_x,
+        test_y,
+        gallery,
+        "GeoCLIP alignment",
+        cfg.eval.modes,
+        cfg.eval.radius_km,
+        validation,
+    )
     if concept:  # the same settings plus the concept-aware alignment module
         from geoalign.training.concept import quickstart_rows
 
         say("training the concept-aware alignment (same settings + concept module)")
-        rows, _ = quickstart_rows(cfg, out, test_x, test_y, gallery, progress=progress)
+        rows, _ = quickstart_rows(
+            cfg, out, test_x, test_y, gallery, progress=progress, validation=validation
+        )
         ev.results += rows
     geosurge_training = None
     if geosurge:  # ranks its own geocells (built from the training coordinates), no GPS gallery
@@ -143,6 +197,7 @@ def run_quickstart(
             modes=cfg.eval.modes,
             radius_km=cfg.eval.radius_km,
             progress=progress,
+            validation=validation,
         )
         ev.results += rows
         geosurge_training = info.get("training")

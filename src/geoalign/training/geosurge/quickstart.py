@@ -48,6 +48,7 @@ def geosurge_quickstart_rows(
     modes: tuple[str, ...] | list[str] = ("top1", "mode"),
     radius_km: float = 750.0,
     progress: bool | None = None,
+    validation: tuple[Any, Any] | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
     """Train GeoSURGE on the training descriptors (the run folder is `out_dir`), evaluate its best
     model on the test ones: (report rows named "GeoSURGE (geocell hierarchy) ...", a summary).
@@ -55,8 +56,8 @@ def geosurge_quickstart_rows(
     `progress`: Lightning's progress bar (None: off). Runs on one CPU thread and restores the
     thread count after: the model is an MLP and a few hundred cell embeddings, and on a busy
     2-core machine a second thread made each step ~20x slower (contention), not faster."""
-    from geoalign.evaluation.harness import evaluate_model
     from geoalign.models.registry import load_model
+    from geoalign.training.quickstart import model_rows
 
     start = time.perf_counter()
     cfg = quickstart_geosurge_config(out_dir, seed=seed)
@@ -66,13 +67,15 @@ def geosurge_quickstart_rows(
         res = train_geosurge(cfg, arrays=(train_x, train_y), progress=bool(progress))
         model_dir = res.best_dir if res.best_dir.is_dir() else res.last_dir
         trained = time.perf_counter()
-        rows = evaluate_model(
+        rows = model_rows(
             load_model(model_dir),
             test_x,
             test_y,
-            name=QUICKSTART_NAME,
-            modes=list(modes),
-            radius_km=radius_km,
+            None,
+            QUICKSTART_NAME,
+            modes,
+            radius_km,
+            validation,
         )
     finally:
         torch.set_num_threads(threads)
