@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from geoalign.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, _check_pixels, _finish
 from geoalign.errors import DataError
@@ -230,6 +230,10 @@ def decode_image(
         return image.copy() if result is image else result
     except ImageLoadError:
         raise
+    except UnidentifiedImageError as err:  # its text holds a memory address: not reproducible
+        raise ImageLoadError(
+            name, f"undecodable image: not a recognised format (data starts with {data[:16]!r})"
+        ) from err
     except Exception as err:  # Pillow raises many types for corrupt data
         raise ImageLoadError(name, f"undecodable image ({type(err).__name__}: {err})") from err
 
