@@ -59,6 +59,15 @@ def extract_cmd(
         "cpu", help="cpu, cuda, cuda:1, ... (under torchrun, cuda means cuda:LOCAL_RANK)."
     ),
     workers: int = typer.Option(0, min=0, help="Image decoding threads (0: decode inline)."),
+    precision: str = typer.Option(
+        "fp32", help="fp32, bf16 (autocast; CPU or CUDA) or fp16 (autocast; CUDA only)."
+    ),
+    channels_last: bool = typer.Option(
+        False, "--channels-last", help="NHWC memory format (faster conv nets on CUDA)."
+    ),
+    decode: str = typer.Option(
+        "cpu", help="Where JPEGs are decoded: cpu (Pillow) or gpu (nvJPEG; needs --device cuda)."
+    ),
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Skip manifest rows with errors (written to a file)."
     ),
@@ -88,14 +97,21 @@ def extract_cmd(
         fail(f"--dtype must be float16 or float32, got {dtype!r}")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; give a folder for the feature store")
+    if decode not in ("cpu", "gpu"):
+        fail(f"--decode must be cpu or gpu, got {decode!r}")
+    if decode == "gpu" and not device.startswith("cuda"):
+        fail(
+            f"--decode gpu decodes on the GPU the model runs on; give --device cuda (not {device})"
+        )
     if shard_size is None:
         recorded = None if overwrite else recorded_shard_size(out)
         shard_size = recorded or (CPU_SHARD_SIZE if device == "cpu" else GPU_SHARD_SIZE)
     try:
         table = _rows(inputs, out, image_root, skip_bad_rows, rank, world)
+        model = load_backbone(backbone, device=device)
+        model.configure_inference(precision=precision, channels_last=channels_last)
     except GeoalignError as err:
         fail(str(err))
-    model = load_backbone(backbone, device=device)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -103,6 +119,7 @@ def extract_cmd(
                 table,
                 encode_with(model),
                 out,
+                load_fn=_gpu_loader(table, device) if decode == "gpu" else None,
                 batch_size=batch_size,
                 dtype=dtype,
                 shard_size=shard_size,
@@ -121,6 +138,16 @@ def extract_cmd(
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     if store is not None:
         console.print(f"[green]feature store[/] {out}: {len(store)} rows of dim {model.embed_dim}")
+
+
+def _gpu_loader(table, device: str):
+    """load_fn decoding JPEGs with nvJPEG on `device` (shards or image files)."""
+    from geoalign.data.images import decode_jpeg
+    from geoalign.data.wds import ShardImageLoader, ShardManifest
+
+    if isinstance(table, ShardManifest):
+        return ShardImageLoader(decode_device=device)
+    return lambda path: decode_jpeg(Path(path).read_bytes(), str(path), device=device)
 
 
 def _rank_device(device: str, world: int) -> str:

@@ -543,8 +543,10 @@ def encode_with(
 
     @torch.inference_mode()
     def encode(images: list[Any]) -> torch.Tensor:
-        pixels = torch.stack([transform(img) for img in images]).to(device=device, dtype=dtype)
-        return module(pixels)
+        pixels = torch.stack([transform(img) for img in images])
+        if device.type == "cuda" and pixels.device.type == "cpu":  # pinned: an async copy
+            pixels = pixels.pin_memory()
+        return module(pixels.to(device=device, dtype=dtype, non_blocking=True))
 
     return encode
 

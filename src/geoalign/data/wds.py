@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from geoalign.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, _check_pixels, _finish
+from geoalign.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    _check_pixels,
+    _finish,
+    decode_jpeg,
+)
 from geoalign.errors import DataError
 from geoalign.io_atomic import atomic_write
 
@@ -423,8 +429,11 @@ class ShardImageLoader:
     runs outside the lock, so decode threads work in parallel.
     """
 
-    def __init__(self, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, decode_device: str | None = None
+    ) -> None:
         self.max_pixels = max_pixels
+        self.decode_device = decode_device  # "cuda": JPEGs decoded by nvJPEG (decode_jpeg)
         self._lock = threading.Lock()
         self._url: str | None = None
         self._iter: Iterator[dict[str, Any]] | None = None
@@ -455,7 +464,9 @@ class ShardImageLoader:
                     self._held[ordinal] = data
             raise DataError(f"{ref.url}: shard ended before sample {ref.ordinal} ({ref.key!r})")
 
-    def __call__(self, ref: ShardRef) -> Image.Image:
+    def __call__(self, ref: ShardRef) -> Any:
+        if self.decode_device is not None:
+            return decode_jpeg(self._bytes(ref), str(ref), device=self.decode_device)
         return decode_image(self._bytes(ref), str(ref), max_pixels=self.max_pixels)
 
 
