@@ -35,13 +35,13 @@ warnings.filterwarnings("ignore")
 
 
 def features_per_second(tmp: Path, photos: int, batch: int, workers: int, decode: str) -> float:
+    from predict import VIT_L14, _photo
     from transformers import CLIPVisionConfig
 
     from geoalign.data.feature_store import encode_with, extract_features
     from geoalign.data.manifest import load_manifest
     from geoalign.data.wds import ShardImageLoader, list_shards, write_shards
     from geoalign.nn.backbones import ClipBackbone
-    from predict import VIT_L14, _photo
 
     distinct = [_photo(tmp / f"p{i}.jpg", i) for i in range(min(photos, 64))]
     rng = np.random.default_rng(0)
@@ -100,9 +100,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        images_s = features_per_second(
-            tmp, args.photos, args.batch_size, args.workers, args.decode
-        )
+        images_s = features_per_second(tmp, args.photos, args.batch_size, args.workers, args.decode)
         print(f"ViT-L/14 features from shards: {images_s:,.0f} images/s", flush=True)
         samples_s = training_samples_per_second(tmp, args.steps)
         print(f"GeoCLIP training step: {samples_s:,.0f} samples/s", flush=True)
