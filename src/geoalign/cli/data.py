@@ -128,5 +128,59 @@ def benchmark(
     raise typer.Exit(0 if status.ok else 1)
 
 
+@data_app.command("to-wds")
+def to_wds(
+    manifest: Path = typer.Argument(..., help="CSV, TSV or Parquet manifest: image, lat, lon."),
+    out: Path = typer.Option(..., "--out", help="Folder for the shards (000000.tar, ...)."),
+    image_root: Path | None = typer.Option(
+        None, "--image-root", help="Folder image paths are relative to (default: the manifest's)."
+    ),
+    shard_size: int = typer.Option(10_000, "--shard-size", min=1, help="Samples per shard."),
+    skip_bad_rows: bool = typer.Option(
+        False, "--skip-bad-rows", help="Leave out rows with errors (listed in a .skipped.csv)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace shards written from another manifest or shard size."
+    ),
+    image_col: str | None = typer.Option(None, "--image-col", help="Image path/id column."),
+    lat_col: str | None = typer.Option(None, "--lat-col", help="Latitude column."),
+    lon_col: str | None = typer.Option(None, "--lon-col", help="Longitude column."),
+) -> None:
+    """Write a manifest's images as webdataset shards (image bytes as stored + a lat/lon json).
+
+    Each shard is written whole or not at all; rerun after a kill to write the rest. Exit 1 when
+    rows were skipped.
+    """
+    import warnings
+
+    from geoalign.data.manifest import load_manifest
+    from geoalign.data.wds import write_shards
+    from geoalign.errors import GeoalignError
+
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder for the shards")
+    try:
+        table = load_manifest(
+            manifest,
+            image_root=image_root,
+            columns=_columns(image_col, lat_col, lon_col),
+            check_files=True,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            n_rows = len(table)
+            table = table.clean(on_error="skip" if skip_bad_rows else "raise")
+        result = write_shards(table, out, shard_size=shard_size, overwrite=overwrite, progress=True)
+    except GeoalignError as err:
+        fail(str(err))
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    typer.echo(
+        f"{out}: {len(result.shards)} shards, {result.rows} samples "
+        f"({result.written} shards written, {result.kept} kept from an earlier run)"
+    )
+    raise typer.Exit(1 if result.rows < n_rows else 0)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")

@@ -27,7 +27,14 @@ GPU_SHARD_SIZE = 4096
 
 @features_app.command("extract")
 def extract_cmd(
-    manifest: Path = typer.Argument(..., help="CSV/Parquet manifest: image path, lat, lon."),
+    inputs: list[str] = typer.Argument(
+        ...,
+        help=(
+            "A CSV/Parquet manifest (image path, lat, lon), or webdataset shards: tar paths, "
+            "brace patterns ('wds/{000000..000470}.tar'), a folder of .tar files, URLs or pipe:."
+        ),
+        metavar="MANIFEST|SHARDS...",
+    ),
     out: Path = typer.Option(..., "--out", help="Feature store folder (rerun to resume)."),
     backbone: str = typer.Option(
         "clip-vit-l14", help="Backbone spec (see `geoalign backbone list`)."
@@ -48,8 +55,19 @@ def extract_cmd(
         ),
     ),
     dtype: str = typer.Option("float16", help="Stored feature dtype: float16 or float32."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    device: str = typer.Option(
+        "cpu", help="cpu, cuda, cuda:1, ... (under torchrun, cuda means cuda:LOCAL_RANK)."
+    ),
     workers: int = typer.Option(0, min=0, help="Image decoding threads (0: decode inline)."),
+    precision: str = typer.Option(
+        "fp32", help="fp32, bf16 (autocast; CPU or CUDA) or fp16 (autocast; CUDA only)."
+    ),
+    channels_last: bool = typer.Option(
+        False, "--channels-last", help="NHWC memory format (faster conv nets on CUDA)."
+    ),
+    decode: str = typer.Option(
+        "cpu", help="Where JPEGs are decoded: cpu (Pillow) or gpu (nvJPEG; needs --device cuda)."
+    ),
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Skip manifest rows with errors (written to a file)."
     ),
@@ -57,26 +75,43 @@ def extract_cmd(
         False, "--overwrite", help="Replace a store made with other settings instead of resuming."
     ),
 ) -> None:
-    """Encode every image of a manifest into a sharded, resumable feature store."""
+    """Encode every image of a manifest or of webdataset shards into a resumable feature store.
+
+    Under torchrun (RANK/WORLD_SIZE set) each rank encodes its own store shards into
+    OUT/parts/; rank 0 merges them when all ranks are done (`features merge` does it by hand).
+    """
     import warnings
 
-    from geoalign.data.feature_store import DTYPES, encode_with, extract_features
-    from geoalign.data.manifest import load_manifest
+    from geoalign.data.feature_store import DTYPES, dist_env, encode_with, extract_features
     from geoalign.data.shards import recorded_shard_size
     from geoalign.errors import GeoalignError
     from geoalign.nn.backbones import load_backbone
 
+    try:
+        rank, world = dist_env()
+    except GeoalignError as err:
+        fail(str(err))
+    device = _rank_device(device, world)
     check_device(device)
     if dtype not in DTYPES:
         fail(f"--dtype must be float16 or float32, got {dtype!r}")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; give a folder for the feature store")
+    if decode not in ("cpu", "gpu"):
+        fail(f"--decode must be cpu or gpu, got {decode!r}")
+    if decode == "gpu" and not device.startswith("cuda"):
+        fail(
+            f"--decode gpu decodes on the GPU the model runs on; give --device cuda (not {device})"
+        )
     if shard_size is None:
         recorded = None if overwrite else recorded_shard_size(out)
         shard_size = recorded or (CPU_SHARD_SIZE if device == "cpu" else GPU_SHARD_SIZE)
-    table = load_manifest(manifest, image_root=image_root, check_files=True)
-    table = table.clean(on_error="skip" if skip_bad_rows else "raise")
-    model = load_backbone(backbone, device=device)
+    try:
+        table = _rows(inputs, out, image_root, skip_bad_rows, rank, world)
+        model = load_backbone(backbone, device=device)
+        model.configure_inference(precision=precision, channels_last=channels_last)
+    except GeoalignError as err:
+        fail(str(err))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -84,18 +119,125 @@ def extract_cmd(
                 table,
                 encode_with(model),
                 out,
+                load_fn=_gpu_loader(table, device) if decode == "gpu" else None,
                 batch_size=batch_size,
                 dtype=dtype,
                 shard_size=shard_size,
                 num_workers=workers,
                 backbone={"spec": backbone, "embed_dim": model.embed_dim},
                 overwrite=overwrite,
+                progress=rank == 0,
+                rank=rank,
+                world_size=world,
             )
+            if world > 1:
+                store = _finish_distributed(out, rank)
     except GeoalignError as err:
         fail(str(err))
     for w in caught:  # one line each, without the source path of a raw UserWarning
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
-    console.print(f"[green]feature store[/] {out}: {len(store)} rows of dim {model.embed_dim}")
+    if store is not None:
+        console.print(f"[green]feature store[/] {out}: {len(store)} rows of dim {model.embed_dim}")
+
+
+def _gpu_loader(table, device: str):
+    """load_fn decoding JPEGs with nvJPEG on `device` (shards or image files)."""
+    from geoalign.data.images import decode_jpeg
+    from geoalign.data.wds import ShardImageLoader, ShardManifest
+
+    if isinstance(table, ShardManifest):
+        return ShardImageLoader(decode_device=device)
+    return lambda path: decode_jpeg(Path(path).read_bytes(), str(path), device=device)
+
+
+def _rank_device(device: str, world: int) -> str:
+    """Under a launcher, a bare `cuda` means this process's GPU (LOCAL_RANK)."""
+    import os
+
+    if device == "cuda" and world > 1 and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def _rows(
+    inputs: list[str], out: Path, image_root: Path | None, skip_bad: bool, rank: int, world: int
+):
+    """The rows to encode: a cleaned manifest, or the usable samples of webdataset shards
+    (bad samples reported on stderr and listed in OUT/bad-samples.csv)."""
+    from geoalign.data.manifest import load_manifest
+    from geoalign.data.wds import expand_shards, is_shard_spec, list_shards
+
+    if len(inputs) == 1 and not is_shard_spec(inputs[0]):
+        table = load_manifest(Path(inputs[0]), image_root=image_root, check_files=True)
+        return table.clean(on_error="skip" if skip_bad else "raise")
+    n_urls = len(expand_shards(inputs))
+    with console.status("listing shards ..."):
+        listing = list_shards(
+            inputs, cache_dir=out / ".wds-listing", start=rank * n_urls // max(world, 1)
+        )
+    if listing.bad:
+        _report_bad(listing.bad, out if rank == 0 else None)
+    if not len(listing):
+        fail(f"{' '.join(inputs)}: no usable samples in {n_urls} shard(s)")
+    return listing
+
+
+def _report_bad(bad: list, out: Path | None) -> None:
+    import csv
+    import io
+
+    from geoalign.io_atomic import atomic_write
+
+    console.print(
+        f"[yellow]warning:[/] {len(bad)} bad sample(s) left out, e.g. {bad[0]}", highlight=False
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["shard", "key", "reason"])
+        writer.writerows([b.url, b.key, b.reason] for b in bad)
+        data = buf.getvalue().encode()
+        atomic_write(out / "bad-samples.csv", lambda fh: fh.write(data))
+        console.print(f"all {len(bad)} listed in {out / 'bad-samples.csv'}", highlight=False)
+
+
+def _finish_distributed(out: Path, rank: int):
+    """Wait for every rank (when a process group can be formed), then merge on rank 0."""
+    import os
+
+    from geoalign.data.feature_store import merge_parts
+
+    if "MASTER_ADDR" in os.environ:  # torchrun / Lightning: a barrier, then one merge
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+        store = merge_parts(out) if rank == 0 else None
+        dist.barrier()
+        dist.destroy_process_group()
+        return store
+    console.print(
+        f"rank {rank}: part done; once every rank has finished run `geoalign features merge {out}`"
+    )
+    return None
+
+
+@features_app.command("merge")
+def merge_cmd(
+    out: Path = typer.Argument(..., help="Feature store folder a distributed extraction wrote."),
+    keep_parts: bool = typer.Option(False, "--keep-parts", help="Keep OUT/parts/ after merging."),
+) -> None:
+    """Merge the per-rank parts of a distributed `features extract` into one store."""
+    from geoalign.data.feature_store import merge_parts
+    from geoalign.errors import GeoalignError
+
+    try:
+        store = merge_parts(out, keep_parts=keep_parts)
+    except GeoalignError as err:
+        fail(str(err))
+    console.print(f"[green]feature store[/] {out}: {len(store)} rows of dim {store.dim}")
 
 
 @features_app.command("import")

@@ -46,6 +46,7 @@ from geoalign.data.shards import (
     thread_map,
 )
 from geoalign.data.tables import read_table
+from geoalign.data.wds import ShardManifest
 from geoalign.errors import DataError
 
 FORMAT = "geoalign-feature-store"
@@ -238,11 +239,11 @@ def _to_numpy(out: Any) -> np.ndarray:
 
 
 def extract_features(
-    manifest: Manifest,
+    manifest: Manifest | ShardManifest,
     encode_fn: Callable[[list[Any]], Any],
     out_dir: str | Path,
     *,
-    load_fn: Callable[[Path], Any] | None = None,
+    load_fn: Callable[[Any], Any] | None = None,
     batch_size: int = 64,
     dtype: str = "float16",
     shard_size: int | None = None,
@@ -250,24 +251,39 @@ def extract_features(
     backbone: dict[str, Any] | str | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> FeatureStore:
+    rank: int = 0,
+    world_size: int = 1,
+) -> FeatureStore | None:
     """Encode every image of `manifest` with `encode_fn` into a feature store at `out_dir`.
 
     encode_fn(list of loaded images) -> array or tensor [len(list), dim]. load_fn(path) -> image
-    (default: geoalign.data.images.load_image); a load failure, or non-finite features, marks that
+    (default: geoalign.data.images.load_image, or for a `ShardManifest` -- rows listed from
+    webdataset shards -- a `ShardImageLoader`); a load failure, or non-finite features, marks that
     row failed (recorded in the shard metadata) without stopping the run. Exceptions raised by
     encode_fn stop the run; rerunning resumes from the last completed shard and yields the same
     bytes as an uninterrupted run. num_workers > 0 loads images in that many threads.
     shard_size=None keeps the size of the store being resumed, else DEFAULT_SHARD_SIZE. If the
     store's index.json is torn, it is rebuilt from the whole shards whose rows are this
     manifest's (images and coordinates compared); the others are redone.
+
+    world_size > 1 (one process per rank, e.g. under torchrun): this rank encodes store shards
+    k with k % world_size == rank (and none another rank's part already holds) into its own
+    crash-safe part folder `out_dir/parts/part-<rank>`, and returns None; `merge_parts` then
+    assembles the one store, byte-identical to a single-process run.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     if load_fn is None:
-        from geoalign.data.images import load_image
+        from geoalign.data.wds import ShardImageLoader, ShardManifest
 
-        load_fn = load_image
+        if isinstance(manifest, ShardManifest):
+            load_fn = ShardImageLoader()
+        else:
+            from geoalign.data.images import load_image
+
+            load_fn = load_image
     coords = manifest.coords()
     bad = ~np.isfinite(coords).all(axis=1)
     if bad.any():
@@ -277,25 +293,35 @@ def extract_features(
             f"(e.g. rows {rows}); clean the manifest first (Manifest.clean)"
         )
     total = len(manifest)
+    out_dir = Path(out_dir)
     if shard_size is None:
         recorded = None if overwrite else recorded_shard_size(out_dir)
+        if recorded is None and world_size > 1 and not overwrite:
+            recorded = next(filter(None, map(recorded_shard_size, _part_dirs(out_dir))), None)
         shard_size = recorded or DEFAULT_SHARD_SIZE
-    writer = FeatureStoreWriter(
-        out_dir,
-        None,
-        dtype,
-        shard_size,
+    settings = dict(
         total=total,
         backbone=backbone,
         manifest_hash=manifest.content_hash(),
         source=str(manifest.source) if manifest.source else None,
-        overwrite=overwrite,
     )
+    if world_size > 1:
+        writer = FeatureStoreWriter(
+            part_dir(out_dir, rank), None, dtype, shard_size, overwrite=overwrite, **settings
+        )
+    else:
+        writer = FeatureStoreWriter(
+            out_dir, None, dtype, shard_size, overwrite=overwrite, **settings
+        )
     paths = manifest.paths()
     images = manifest.images
     rows = manifest.rows
     _forget_foreign_shards(writer, images, coords)
     todo, done_rows = writer.pending(total)
+    if world_size > 1:
+        elsewhere = _shards_in_other_parts(out_dir, rank, writer.index)
+        todo = [k for k in todo if k % world_size == rank and k not in elsewhere]
+        done_rows = total - sum(b - a for a, b in (writer.shard_range(k, total) for k in todo))
     load = recording_errors(load_fn)
     with (
         thread_map(num_workers) as pmap,
@@ -351,6 +377,8 @@ def extract_features(
                     "error": errors,
                 },
             )
+    if world_size > 1:
+        return None
     store = writer.finalize()
     if store.n_failed:
         warnings.warn(
@@ -359,6 +387,121 @@ def extract_features(
             stacklevel=2,
         )
     return store
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed extraction: one part per rank, then one merge
+
+
+PARTS_DIR = "parts"
+
+
+def part_dir(out_dir: str | Path, rank: int) -> Path:
+    """The folder rank `rank` writes its shards to (a store index listing only its shards)."""
+    return Path(out_dir) / PARTS_DIR / f"part-{rank:05d}"
+
+
+def _part_dirs(out_dir: Path) -> list[Path]:
+    parts = out_dir / PARTS_DIR
+    return sorted(p for p in parts.glob("part-*") if p.is_dir()) if parts.is_dir() else []
+
+
+def _shards_in_other_parts(out_dir: Path, rank: int, settings: dict[str, Any]) -> set[int]:
+    """Shards other parts hold with these settings (a rerun with another world size keeps them)."""
+    done: set[int] = set()
+    for folder in _part_dirs(out_dir):
+        if folder == part_dir(out_dir, rank):
+            continue
+        try:
+            index = read_index(folder, KIND)
+        except DataError:
+            continue
+        if all(index.get(k) == settings.get(k) for k in _PART_SETTINGS):
+            done |= {int(e["shard"]) for e in index["shards"]}
+    return done
+
+
+_PART_SETTINGS = ("dtype", "shard_size", "total", "backbone", "manifest_hash")
+
+
+def merge_parts(out_dir: str | Path, *, keep_parts: bool = False) -> FeatureStore:
+    """Assemble the parts of a distributed extraction into the store at `out_dir`.
+
+    Every shard must be in some part (else DataError naming the missing shards: rerun the ranks
+    that hold them). Shard files are hard-linked (copied across filesystems) and listed in the
+    order a single process writes them, so the store is byte-identical to a single-process run.
+    A merge killed midway is simply rerun; the parts are deleted once the store is complete.
+    """
+    out_dir = Path(out_dir)
+    parts = _part_dirs(out_dir)
+    if not parts:
+        if (out_dir / INDEX_NAME).is_file():
+            return FeatureStore(out_dir)
+        raise DataError(f"{out_dir}: no parts to merge (no {PARTS_DIR}/part-* folders)")
+    indexes = {p: read_index(p, KIND) for p in parts}
+    first = next(iter(indexes.values()))
+    for folder, index in indexes.items():
+        for key in (*_PART_SETTINGS, "source"):
+            if index.get(key) != first.get(key):
+                raise DataError(
+                    f"{folder}: part has {key}={index.get(key)!r}, {parts[0]} has "
+                    f"{first.get(key)!r}; parts of different runs cannot be merged"
+                )
+    entries: dict[int, tuple[Path, dict[str, Any]]] = {}
+    dim = None
+    for folder, index in indexes.items():
+        dim = dim or index.get("dim")
+        for entry in index["shards"]:
+            entries.setdefault(int(entry["shard"]), (folder, entry))
+    total, size = int(first["total"]), int(first["shard_size"])
+    n_shards = -(-total // size)
+    missing = [k for k in range(n_shards) if k not in entries]
+    if missing:
+        raise DataError(
+            f"{out_dir}: shards {missing[:10]} of {n_shards} are in no part yet; rerun the "
+            "extraction (the ranks resume), then merge"
+        )
+    writer = FeatureStoreWriter(
+        out_dir,
+        dim,
+        first["dtype"],
+        size,
+        total=total,
+        backbone=first.get("backbone"),
+        manifest_hash=first.get("manifest_hash"),
+        source=first.get("source"),
+    )
+    from geoalign.io_atomic import fsync_dir
+
+    for k in range(n_shards):
+        folder, entry = entries[k]
+        if k in writer.done_shards:
+            continue
+        for name in (entry[KIND.array_key], entry["meta"]):
+            target = out_dir / name
+            target.unlink(missing_ok=True)
+            try:
+                target.hardlink_to(folder / name)
+            except OSError:
+                shutil.copyfile(folder / name, target)
+        writer.index["shards"].append(dict(entry))
+    fsync_dir(out_dir)
+    writer.save()
+    store = writer.finalize()
+    if not keep_parts:
+        shutil.rmtree(out_dir / PARTS_DIR, ignore_errors=True)
+    return store
+
+
+def dist_env() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment (torchrun, Lightning, SLURM-style
+    RANK/WORLD_SIZE); (0, 1) outside one."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError as err:
+        raise DataError(f"RANK/WORLD_SIZE must be integers ({err})") from err
 
 
 def _forget_foreign_shards(
@@ -400,8 +543,10 @@ def encode_with(
 
     @torch.inference_mode()
     def encode(images: list[Any]) -> torch.Tensor:
-        pixels = torch.stack([transform(img) for img in images]).to(device=device, dtype=dtype)
-        return module(pixels)
+        pixels = torch.stack([transform(img) for img in images])
+        if device.type == "cuda" and pixels.device.type == "cpu":  # pinned: an async copy
+            pixels = pixels.pin_memory()
+        return module(pixels.to(device=device, dtype=dtype, non_blocking=True))
 
     return encode
 

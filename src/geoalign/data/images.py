@@ -15,6 +15,7 @@ Accepted inputs (alone or in a list, freely mixed):
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections import Counter
@@ -171,6 +172,32 @@ def _open_file(path: Path, max_pixels: int | None) -> Image.Image:
         Exception
     ) as err:  # Pillow raises many types for corrupt data (SyntaxError, ValueError, ...)
         raise ImageLoadError(path, f"corrupt image ({type(err).__name__}: {err})") from err
+
+
+def decode_jpeg(data: bytes, name: str, *, device: torch.device | str = "cpu") -> Tensor:
+    """JPEG bytes -> uint8 RGB [3, H, W] on `device` (nvJPEG when it is a CUDA device).
+
+    The GPU decode path for large extractions: decoding moves off the CPU cores, and the tensor
+    transform then runs on the GPU too. Unlike `load_image` it applies no EXIF orientation or ICC
+    profile, and IDCT rounding differs from Pillow's by a level or two. Data that is not JPEG is
+    decoded by Pillow (as `load_image` would) and moved to `device`.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"GPU JPEG decoding needs a CUDA device; none is visible here ({name})")
+    if not data.startswith(b"\xff\xd8"):
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        image = load_image(Image.open(io.BytesIO(data)))
+        return pil_to_tensor(image).to(device)
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as tv_decode_jpeg
+
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        return tv_decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as err:
+        raise ImageLoadError(name, f"undecodable JPEG ({str(err).splitlines()[0]})") from err
 
 
 def _check_pixels(name: str | Path, size: tuple[int, int], max_pixels: int | None) -> None:
