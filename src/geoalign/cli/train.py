@@ -52,6 +52,7 @@ def train(
         from geoalign.training.geosurge import load_geosurge_config, train_geosurge
 
         gs = load_geosurge_config(config, overrides)
+        _check_ten_crop(gs)
         console.print(f"[cyan]•[/] {gs.name}: reproduces {gs.reproduces}")
         done = train_geosurge(gs)
         if done.trained_steps == 0:
@@ -70,6 +71,7 @@ def train(
         from geoalign.training.concept import load_concept_config, train_concept
 
         crun = load_concept_config(config, overrides)
+        _check_ten_crop(crun.train)
         console.print(f"[cyan]•[/] {crun.train.name}: reproduces {crun.train.reproduces}")
         result = train_concept(crun)
         if result.trained_steps == 0:
@@ -87,6 +89,7 @@ def train(
         _evaluate(crun.train, result.export_dir)
         return
     cfg = load_config(config, overrides)
+    _check_ten_crop(cfg)
     console.print(f"[cyan]•[/] {cfg.name}: reproduces {cfg.reproduces}")
     result = run(cfg)
     if result.trained_steps == 0:
@@ -107,6 +110,38 @@ def _resume_setting(config: Path) -> str:
 
     given = (read_config_yaml(config).get("trainer") or {}).get("resume")
     return given if isinstance(given, str) and given not in ("auto", "none") else "auto"
+
+
+def _eval_queries(cfg) -> str | None:
+    """The test queries the after-training evaluation reads (as evaluate_after_training picks
+    them): eval.queries, or the benchmark's scene labels for a run trained on scene labels."""
+    e = cfg.eval
+    if e.queries is None and cfg.data.source == "scene-labels" and e.benchmark:
+        return f"scene-labels:{e.benchmark}"
+    return e.queries
+
+
+def _check_ten_crop(cfg) -> None:
+    """eval.ten_crop (the papers' ten-crop evaluation) is honoured, never dropped: the
+    after-training evaluation averages over the crops the queries hold, so queries that are
+    features of one crop per photo are refused before training starts, not evaluated single-crop.
+    """
+    spec = _eval_queries(cfg)
+    if not (cfg.eval.ten_crop and cfg.eval.after_training and spec):
+        return
+    from geoalign.errors import GeoalignError
+    from geoalign.evaluation.queries import resolve
+
+    try:
+        crops = resolve(spec, max_rows=1, seed=cfg.trainer.seed).features.dim() == 3
+    except GeoalignError as err:
+        fail(f"eval.queries {spec}: {err}")
+    if not crops:
+        fail(
+            f"eval.ten_crop: ten-crop needs photo queries, and eval.queries {spec} holds one "
+            "crop's features per photo: give features stored per crop, evaluate the photos with "
+            "`geoalign evaluate --images ... --ten-crop`, or set eval.ten_crop=false"
+        )
 
 
 def _already_complete(steps: int, model_dir: Path) -> None:
