@@ -25,6 +25,13 @@ def train(
         "--eval/--no-eval",
         help="Evaluate the trained model as the config's eval section says (report in <out>/eval).",
     ),
+    seeds: int = typer.Option(
+        1,
+        "--seeds",
+        min=1,
+        help="Train N runs with seeds s, s+1, ... (s: trainer.seed) into <out>/seed-<s>, evaluate "
+        "each, and write the mean ± std per metric to <out>/summary/.",
+    ),
 ) -> None:
     """Train (or resume) a run. Several processes: torchrun --nproc_per_node N $(which geoalign)
     train CONFIG (CPU processes use gloo, GPUs NCCL; nodes via torchrun's --nnodes)."""
@@ -32,8 +39,7 @@ def train(
         import lightning  # noqa: F401
     except ImportError:
         fail("training needs lightning: pip install 'geoalign[train]'")
-    from geoalign.training.config import load_config, resolve_config
-    from geoalign.training.run import train as run
+    from geoalign.training.config import resolve_config
 
     config = resolve_config(config)  # configs/... names the packaged file outside the repository
 
@@ -46,7 +52,53 @@ def train(
         overrides.append(f"trainer.resume={_resume_setting(config)}")
     if not evaluate:
         overrides.append("eval.after_training=false")
+    if seeds == 1:
+        _train_one(config, overrides)
+        return
+    _train_seeds(config, overrides, seeds)
+
+
+def _typed(config: Path, overrides: list[str]):
+    """The typed config of any method (GeoSURGE, concept-aware: its GeoCLIP part, GeoCLIP)."""
+    from geoalign.training.concept import is_concept_config, load_concept_config
+    from geoalign.training.config import load_config
+    from geoalign.training.geosurge import is_geosurge_config, load_geosurge_config
+
+    if is_geosurge_config(config):
+        return load_geosurge_config(config, overrides)
+    if is_concept_config(config):
+        return load_concept_config(config, overrides).train
+    return load_config(config, overrides)
+
+
+def _train_seeds(config: Path, overrides: list[str], n: int) -> None:
+    """--seeds N: one run per seed, each evaluated, then the summary (mean ± std) on stdout."""
+    from geoalign.training.seeds import seed_runs, write_summary
+
+    base = _typed(config, overrides)
+    root = Path(base.trainer.out_dir)
+    evaluations = {}
+    for seed, run_dir in seed_runs(base.trainer.seed, n, root):
+        console.print(f"[cyan]•[/] seed {seed}: {run_dir}")
+        run = _train_one(config, [*overrides, f"trainer.seed={seed}", f"trainer.out_dir={run_dir}"])
+        if run is not None:
+            evaluations[seed] = run.evaluation
+    if len(evaluations) < n:
+        if evaluations or base.eval.after_training:
+            console.print(
+                f"no summary: {n - len(evaluations)} of {n} runs were not evaluated (see above)"
+            )
+        return
+    frame, paths = write_summary(evaluations, root)
+    typer.echo(paths["markdown"].read_text())
+    console.print(f"summary: [bold]{paths['markdown']}[/] ({len(frame)} methods)")
+
+
+def _train_one(config: Path, overrides: list[str]):
+    """Train one run and evaluate it as its eval section says; the EvaluationRun or None."""
+    from geoalign.training.config import load_config
     from geoalign.training.geosurge import is_geosurge_config
+    from geoalign.training.run import train as run
 
     if is_geosurge_config(config):  # `method: geosurge` in the YAML
         from geoalign.training.geosurge import load_geosurge_config, train_geosurge
@@ -63,8 +115,7 @@ def train(
                 f"{done.seconds:.0f} s; best {gs.optim.monitor} = {done.best}; model: "
                 f"[bold]{done.last_dir}[/] (best: {done.best_dir})"
             )
-        _evaluate(gs, done.best_dir if done.best_dir.is_dir() else done.last_dir)
-        return
+        return _evaluate(gs, done.best_dir if done.best_dir.is_dir() else done.last_dir)
     from geoalign.training.concept import is_concept_config
 
     if is_concept_config(config):  # `method: concept`: GeoCLIP's harness + the concept module
@@ -86,8 +137,7 @@ def train(
                     else ""
                 )
             )
-        _evaluate(crun.train, result.export_dir)
-        return
+        return _evaluate(crun.train, result.export_dir)
     cfg = load_config(config, overrides)
     _check_ten_crop(cfg)
     console.print(f"[cyan]•[/] {cfg.name}: reproduces {cfg.reproduces}")
@@ -100,7 +150,7 @@ def train(
             f"[green]done[/]: {result.trained_steps} steps in {result.seconds:.0f} s ({rate}); "
             f"{result.global_step} in all; model: [bold]{result.export_dir}[/]"
         )
-    _evaluate(cfg, result.export_dir)
+    return _evaluate(cfg, result.export_dir)
 
 
 def _resume_setting(config: Path) -> str:
@@ -149,12 +199,13 @@ def _already_complete(steps: int, model_dir: Path) -> None:
     console.print(f"{steps} steps, trained before; model: [bold]{model_dir}[/]")
 
 
-def _evaluate(cfg, model_dir: Path) -> None:
-    """The config's after-training evaluation, in the rank-0 process only."""
+def _evaluate(cfg, model_dir: Path):
+    """The config's after-training evaluation, in the rank-0 process only (its EvaluationRun;
+    None elsewhere or when the config asks for none)."""
     from lightning.pytorch.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:
-        return
+        return None
     from geoalign.cli.quickstart import print_table
     from geoalign.evaluation.report import table
     from geoalign.evaluation.run import evaluate_after_training
@@ -164,6 +215,7 @@ def _evaluate(cfg, model_dir: Path) -> None:
         ev = run.evaluation
         print_table(table(ev), f"{ev.benchmark}: {len(ev.truth):,} queries, gallery {ev.gallery}")
         console.print(f"report: [bold]{run.paths['markdown']}[/]")
+    return run
 
 
 def register(app: typer.Typer) -> None:
