@@ -79,3 +79,25 @@ def test_an_unknown_key_is_refused(tmp_path):
     path.write_text(yaml.safe_dump({"eval": {"ten_crops": True}}))
     with pytest.raises(DataError, match="ten_crops"):
         load_config(path)
+
+
+def test_the_readme_states_the_quickstart_geosurge_hierarchy_it_runs():
+    from geoalign.training.geosurge import load_geosurge_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    quickstart = readme.split("## The quickstart", 1)[1].split("\n## ", 1)[0]
+    line = next(x for x in quickstart.splitlines() if x.startswith("- **GeoSURGE**"))
+    cells = load_geosurge_config(packaged_configs() / "geosurge" / "scene_labels.yaml").cells
+    levels = re.search(r"(\d+)-level", line)
+    assert levels and int(levels.group(1)) == len(cells.tau_max), line
+    assert " / ".join(f"{t:g}" for t in cells.tau_max) in line
+
+
+def test_no_concept_or_geosurge_config_claims_as_published_without_saying_what_differs():
+    for path in [
+        *packaged_configs().glob("concept/*.yaml"),
+        *packaged_configs().glob("geosurge/*.yaml"),
+    ]:
+        text = path.read_text()
+        if "as published" in text.lower():
+            assert re.search(r"not as published|can differ|not, as published", text, re.I), path
