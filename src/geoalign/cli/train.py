@@ -25,6 +25,13 @@ def train(
         "--eval/--no-eval",
         help="Evaluate the trained model as the config's eval section says (report in <out>/eval).",
     ),
+    seeds: int = typer.Option(
+        1,
+        "--seeds",
+        min=1,
+        help="Train N runs with seeds s, s+1, ... (s: trainer.seed) into <out>/seed-<s>, evaluate "
+        "each, and write the mean ± std per metric to <out>/summary/.",
+    ),
 ) -> None:
     """Train (or resume) a run. Several processes: torchrun --nproc_per_node N $(which geoalign)
     train CONFIG (CPU processes use gloo, GPUs NCCL; nodes via torchrun's --nnodes)."""
@@ -32,8 +39,7 @@ def train(
         import lightning  # noqa: F401
     except ImportError:
         fail("training needs lightning: pip install 'geoalign[train]'")
-    from geoalign.training.config import load_config, resolve_config
-    from geoalign.training.run import train as run
+    from geoalign.training.config import resolve_config
 
     config = resolve_config(config)  # configs/... names the packaged file outside the repository
 
@@ -46,12 +52,59 @@ def train(
         overrides.append(f"trainer.resume={_resume_setting(config)}")
     if not evaluate:
         overrides.append("eval.after_training=false")
+    if seeds == 1:
+        _train_one(config, overrides)
+        return
+    _train_seeds(config, overrides, seeds)
+
+
+def _typed(config: Path, overrides: list[str]):
+    """The typed config of any method (GeoSURGE, concept-aware: its GeoCLIP part, GeoCLIP)."""
+    from geoalign.training.concept import is_concept_config, load_concept_config
+    from geoalign.training.config import load_config
+    from geoalign.training.geosurge import is_geosurge_config, load_geosurge_config
+
+    if is_geosurge_config(config):
+        return load_geosurge_config(config, overrides)
+    if is_concept_config(config):
+        return load_concept_config(config, overrides).train
+    return load_config(config, overrides)
+
+
+def _train_seeds(config: Path, overrides: list[str], n: int) -> None:
+    """--seeds N: one run per seed, each evaluated, then the summary (mean ± std) on stdout."""
+    from geoalign.training.seeds import seed_runs, write_summary
+
+    base = _typed(config, overrides)
+    root = Path(base.trainer.out_dir)
+    evaluations = {}
+    for seed, run_dir in seed_runs(base.trainer.seed, n, root):
+        console.print(f"[cyan]•[/] seed {seed}: {run_dir}")
+        run = _train_one(config, [*overrides, f"trainer.seed={seed}", f"trainer.out_dir={run_dir}"])
+        if run is not None:
+            evaluations[seed] = run.evaluation
+    if len(evaluations) < n:
+        if evaluations or base.eval.after_training:
+            console.print(
+                f"no summary: {n - len(evaluations)} of {n} runs were not evaluated (see above)"
+            )
+        return
+    frame, paths = write_summary(evaluations, root)
+    typer.echo(paths["markdown"].read_text())
+    console.print(f"summary: [bold]{paths['markdown']}[/] ({len(frame)} methods)")
+
+
+def _train_one(config: Path, overrides: list[str]):
+    """Train one run and evaluate it as its eval section says; the EvaluationRun or None."""
+    from geoalign.training.config import load_config
     from geoalign.training.geosurge import is_geosurge_config
+    from geoalign.training.run import train as run
 
     if is_geosurge_config(config):  # `method: geosurge` in the YAML
         from geoalign.training.geosurge import load_geosurge_config, train_geosurge
 
         gs = load_geosurge_config(config, overrides)
+        _check_ten_crop(gs)
         console.print(f"[cyan]•[/] {gs.name}: reproduces {gs.reproduces}")
         done = train_geosurge(gs)
         if done.trained_steps == 0:
@@ -62,14 +115,14 @@ def train(
                 f"{done.seconds:.0f} s; best {gs.optim.monitor} = {done.best}; model: "
                 f"[bold]{done.last_dir}[/] (best: {done.best_dir})"
             )
-        _evaluate(gs, done.best_dir if done.best_dir.is_dir() else done.last_dir)
-        return
+        return _evaluate(gs, done.best_dir if done.best_dir.is_dir() else done.last_dir)
     from geoalign.training.concept import is_concept_config
 
     if is_concept_config(config):  # `method: concept`: GeoCLIP's harness + the concept module
         from geoalign.training.concept import load_concept_config, train_concept
 
         crun = load_concept_config(config, overrides)
+        _check_ten_crop(crun.train)
         console.print(f"[cyan]•[/] {crun.train.name}: reproduces {crun.train.reproduces}")
         result = train_concept(crun)
         if result.trained_steps == 0:
@@ -84,9 +137,9 @@ def train(
                     else ""
                 )
             )
-        _evaluate(crun.train, result.export_dir)
-        return
+        return _evaluate(crun.train, result.export_dir)
     cfg = load_config(config, overrides)
+    _check_ten_crop(cfg)
     console.print(f"[cyan]•[/] {cfg.name}: reproduces {cfg.reproduces}")
     result = run(cfg)
     if result.trained_steps == 0:
@@ -97,7 +150,7 @@ def train(
             f"[green]done[/]: {result.trained_steps} steps in {result.seconds:.0f} s ({rate}); "
             f"{result.global_step} in all; model: [bold]{result.export_dir}[/]"
         )
-    _evaluate(cfg, result.export_dir)
+    return _evaluate(cfg, result.export_dir)
 
 
 def _resume_setting(config: Path) -> str:
@@ -109,17 +162,50 @@ def _resume_setting(config: Path) -> str:
     return given if isinstance(given, str) and given not in ("auto", "none") else "auto"
 
 
+def _eval_queries(cfg) -> str | None:
+    """The test queries the after-training evaluation reads (as evaluate_after_training picks
+    them): eval.queries, or the benchmark's scene labels for a run trained on scene labels."""
+    e = cfg.eval
+    if e.queries is None and cfg.data.source == "scene-labels" and e.benchmark:
+        return f"scene-labels:{e.benchmark}"
+    return e.queries
+
+
+def _check_ten_crop(cfg) -> None:
+    """eval.ten_crop (the papers' ten-crop evaluation) is honoured, never dropped: the
+    after-training evaluation averages over the crops the queries hold, so queries that are
+    features of one crop per photo are refused before training starts, not evaluated single-crop.
+    """
+    spec = _eval_queries(cfg)
+    if not (cfg.eval.ten_crop and cfg.eval.after_training and spec):
+        return
+    from geoalign.errors import GeoalignError
+    from geoalign.evaluation.queries import resolve
+
+    try:
+        crops = resolve(spec, max_rows=1, seed=cfg.trainer.seed).features.dim() == 3
+    except GeoalignError as err:
+        fail(f"eval.queries {spec}: {err}")
+    if not crops:
+        fail(
+            f"eval.ten_crop: ten-crop needs photo queries, and eval.queries {spec} holds one "
+            "crop's features per photo: give features stored per crop, evaluate the photos with "
+            "`geoalign evaluate --images ... --ten-crop`, or set eval.ten_crop=false"
+        )
+
+
 def _already_complete(steps: int, model_dir: Path) -> None:
     """After the trainer's "already complete" line: what the finished run left."""
     console.print(f"{steps} steps, trained before; model: [bold]{model_dir}[/]")
 
 
-def _evaluate(cfg, model_dir: Path) -> None:
-    """The config's after-training evaluation, in the rank-0 process only."""
+def _evaluate(cfg, model_dir: Path):
+    """The config's after-training evaluation, in the rank-0 process only (its EvaluationRun;
+    None elsewhere or when the config asks for none)."""
     from lightning.pytorch.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:
-        return
+        return None
     from geoalign.cli.quickstart import print_table
     from geoalign.evaluation.report import table
     from geoalign.evaluation.run import evaluate_after_training
@@ -129,6 +215,7 @@ def _evaluate(cfg, model_dir: Path) -> None:
         ev = run.evaluation
         print_table(table(ev), f"{ev.benchmark}: {len(ev.truth):,} queries, gallery {ev.gallery}")
         console.print(f"report: [bold]{run.paths['markdown']}[/]")
+    return run
 
 
 def register(app: typer.Typer) -> None:

@@ -135,15 +135,15 @@ class ConceptAwareGeoCLIP(GeoCLIP):
             concept.mapping, text_kind, text_embeddings.shape[1], config.image_head.in_dim
         )
         if mapping == "image_head":
-            # GeoCLIP's text queries: CLIP text embedding -> image head -> location space. E is
-            # computed once with the head and then fixed (the text encoder is frozen).
+            # GeoCLIP's text queries: CLIP text embedding -> image head -> location space, through
+            # the head this model trains, recomputed on every use (see ConceptBasis "head").
             self.basis = ConceptBasis(
-                torch.zeros(len(concept_set), self.embed_dim),
+                text_embeddings,
                 self.embed_dim,
-                mapping="fixed",
+                mapping="head",
                 learn_delta=concept.learn_delta,
             )
-            self.map_text_through_head(text_embeddings)
+            self.basis.bind_mapper(self._text_through_head)
         elif mapping in {"projection", "fixed"}:
             self.basis = ConceptBasis(
                 text_embeddings,
@@ -181,18 +181,12 @@ class ConceptAwareGeoCLIP(GeoCLIP):
         with torch.no_grad():
             model.logit_scale.copy_(geoclip.logit_scale)
         model.queue.load_state_dict(geoclip.queue.state_dict())
-        if (
-            model.mapping == "image_head"
-        ):  # E through the copied head, not the constructor's fresh one
-            model.map_text_through_head(text_embeddings)
         return model
 
-    @torch.no_grad()
-    def map_text_through_head(self, text_embeddings: Tensor) -> None:
-        """Set E = normalise(image_head(t)) with the current image head (GeoCLIP's text queries)."""
+    def _text_through_head(self, text_embeddings: Tensor) -> Tensor:
+        """g(t): text embeddings through the current image head (GeoCLIP's text queries)."""
         param = next(self.image_head.parameters())
-        mapped = self.image_head(text_embeddings.to(param)).float()
-        self.basis.text.copy_(torch.nn.functional.normalize(mapped, dim=-1).to(self.basis.text))
+        return self.image_head(text_embeddings.to(param))
 
     @classmethod
     def build(
@@ -299,6 +293,8 @@ class ConceptAwareGeoCLIP(GeoCLIP):
 
     # GeoCLIP's save/load with the concept module's parts added through its hooks
     def _extra_state(self) -> dict[str, Tensor]:
+        with torch.no_grad():
+            self.basis.concept_embeddings()  # a "head" basis stores the E of the saved head
         state = {f"concept.basis.{k}": v for k, v in self.basis.state_dict().items()}
         state.update({f"concept.f_img.{k}": v for k, v in self.f_img.state_dict().items()})
         return state
@@ -313,7 +309,10 @@ class ConceptAwareGeoCLIP(GeoCLIP):
 
     @classmethod
     def _from_checkpoint(cls, ckpt: Any, config: GeoCLIPConfig) -> ConceptAwareGeoCLIP:
-        """The module as saved (no text encoder needed: E is stored)."""
+        """The module as saved (no text encoder needed: the text embeddings, or E, are stored).
+
+        A basis saved with its `embedding` buffer is a "head" basis (E follows the head); one
+        without it predates that and loads "fixed", with the E it was trained with."""
         from geoalign.errors import WeightsNotFoundError
 
         cfg = ckpt.config
@@ -323,13 +322,18 @@ class ConceptAwareGeoCLIP(GeoCLIP):
                 "one (train one with a configs/concept/*.yaml config)"
             )
         info = ConceptInfo(**cfg["concept"]["info"])
+        basis = ckpt.component("concept.basis")
+        if info.mapping == "projection":
+            mapping = "projection"
+        else:
+            mapping = "image_head" if "embedding" in basis else "fixed"
         model = cls(
             config,
             ConceptConfig.from_dict(cfg["concept"]["config"]),
             info.concept_set(),
-            ckpt.component("concept.basis")["text"],
+            basis["text"],
             text_kind=info.text_kind,
-            mapping="fixed" if info.mapping in {"image_head", "fixed"} else "projection",
+            mapping=mapping,
         )
         model.mapping = info.mapping
         model.text_encoder_fingerprint = info.extra.get("text_encoder_fingerprint")

@@ -5,22 +5,32 @@ Rows are concepts (B is stored as [k, d], the transpose of the paper's d x k): z
 the L2-normalised location (or image) embedding, so that at initialisation z_c is the cosine between
 the embedding and concept c's direction.
 
-E comes from a frozen text encoder, mapped into the location-embedding space in one of two ways:
-- "fixed": E is given already in that space, e.g. CLIP text embeddings passed through GeoCLIP's image
-  head (how GeoCLIP maps text queries to locations); E is a buffer, only Δ learns;
+E comes from a frozen text encoder, mapped into the location-embedding space in one of three ways:
+- "head": E = normalise(g(t)) with g the model's own image head (how GeoCLIP maps text queries to
+  locations), bound with `bind_mapper`. E is recomputed from the head on every use, so it follows
+  the head as it trains (every training step, every evaluation): computing k concepts through the
+  head costs a k-row forward pass, nothing next to a batch, and a per-epoch refresh would leave E
+  describing a head that no longer exists for most of the epoch (with a randomly initialised head,
+  the whole first epoch would use random directions). No gradient flows through E into the head:
+  E reads the head, it does not train it (L_concept still reaches the head through the image
+  embeddings). The latest E is also kept in the `embedding` buffer, so a checkpoint stores the E
+  of the head it stores;
+- "fixed": E is given already in that space (and frozen); only Δ learns. Checkpoints written
+  before "head" existed load this way, with the E they were trained with;
 - "projection": E = P t with a learned linear map P from the text space (MiniLM's 384-d, or any width),
   initialised semi-orthogonal so that it starts by preserving the text geometry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Mapping = Literal["fixed", "projection"]
+Mapping = Literal["head", "fixed", "projection"]
 
 
 class ConceptBasis(nn.Module):
@@ -41,14 +51,18 @@ class ConceptBasis(nn.Module):
         self.mapping = mapping
         k = embeddings.shape[0]
         emb = embeddings.detach().float()
-        if mapping == "fixed":
+        self._mapper: Callable[[Tensor], Tensor] | None = None
+        self.projection: nn.Linear | None = None
+        if mapping == "head":
+            self.register_buffer("text", emb)  # as the text encoder gives it: the head's input
+            self.register_buffer("embedding", torch.zeros(k, embed_dim))
+        elif mapping == "fixed":
             if emb.shape[1] != embed_dim:
                 raise ValueError(
                     f"fixed concept embeddings have width {emb.shape[1]}, the location space "
                     f"{embed_dim}: use mapping='projection'"
                 )
             self.register_buffer("text", F.normalize(emb, dim=-1))
-            self.projection = None
         elif mapping == "projection":
             self.register_buffer("text", F.normalize(emb, dim=-1))
             self.projection = nn.Linear(emb.shape[1], embed_dim, bias=False)
@@ -58,7 +72,7 @@ class ConceptBasis(nn.Module):
                 nn.init.orthogonal_(w, generator=gen)
                 self.projection.weight.copy_(w)
         else:
-            raise ValueError(f"mapping must be 'fixed' or 'projection', got {mapping!r}")
+            raise ValueError(f"mapping must be 'head', 'fixed' or 'projection', got {mapping!r}")
         self.delta = nn.Parameter(torch.zeros(k, embed_dim), requires_grad=learn_delta)
 
     @property
@@ -69,8 +83,25 @@ class ConceptBasis(nn.Module):
     def embed_dim(self) -> int:
         return self.delta.shape[1]
 
+    def bind_mapper(self, mapper: Callable[[Tensor], Tensor]) -> None:
+        """For mapping "head": the function t -> g(t) (the model's image head) E is computed with.
+        Kept as a plain attribute, not a submodule: the head's weights belong to the model."""
+        if self.mapping != "head":
+            raise ValueError(
+                f"only a 'head' concept basis takes a mapper, this one is {self.mapping!r}"
+            )
+        self._mapper = mapper
+
     def concept_embeddings(self) -> Tensor:
-        """E_concept [k, d] (unit rows): fixed, or the current projection of the text embeddings."""
+        """E_concept [k, d] (unit rows): through the current head, fixed, or the current projection
+        of the text embeddings."""
+        if self.mapping == "head":
+            if self._mapper is None:
+                raise RuntimeError("a 'head' concept basis needs bind_mapper(head) before use")
+            with torch.no_grad():
+                e = F.normalize(self._mapper(self.text).float(), dim=-1)
+                self.embedding.copy_(e.to(self.embedding.dtype))
+            return e
         if self.projection is None:
             return self.text
         return F.normalize(self.projection(self.text.to(self.projection.weight.dtype)), dim=-1)

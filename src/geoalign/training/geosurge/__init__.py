@@ -1,4 +1,6 @@
-"""Train GeoSURGE as published (Daruna et al., Sec. III-C and IV), from features or from images.
+"""Train GeoSURGE (Daruna et al., Sec. III-C and IV) with the paper's recipe, from features or
+from images. Not as published: feature-store training sees one fixed view per image, and the
+config's evaluation of feature queries is single-crop (the paper's ten-crop needs photos).
 
 Recipe: AdamW (lr 1e-4, weight decay 1e-4), StepLR gamma 0.5 after every epoch, an effective batch
 of 1024 (gradient accumulation over micro-batches when memory needs it), 1% of the rows held out
@@ -17,8 +19,9 @@ Three visual inputs (`model.visual`):
 Choices where the paper is silent: the temperatures get no weight decay (decaying a log
 temperature pulls it to tau = 1); photos get no augmentation (the map must stay aligned with the
 crop); the cell hierarchy is built from the training rows (not the held-out ones) unless
-`cells.path` names one. With "batch" negatives and gradient accumulation, the negatives are the
-cells of each micro-batch (of the whole micro-batch across processes under DDP).
+`cells.path` names one. With "batch" negatives the negatives are the cells of the whole
+effective batch (across processes under DDP), also when it is split into micro-batches: the
+step is a GradCache-style two-pass step (`module.GeoSurgeModule`), exactly one batch's loss.
 
 Config: YAML with sections model, cells, data, optim, trainer, eval and `method: geosurge`; see
 configs/geosurge/. Unknown keys are errors; `base: file.yaml` inherits another config.

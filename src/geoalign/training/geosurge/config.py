@@ -33,6 +33,11 @@ def _fusion_config() -> type:
 
 @dataclass
 class GeoSurgeModelSection:
+    """The `model:` section. Its fields named as GeoSurgeConfig's are that config's fields (same
+    names, types and meaning, with the training defaults); `model_config` passes them on by name,
+    so a field is declared here once and never copied by hand. The others are YAML-only:
+    fusion_blocks and fusion (the SemanticFusionConfig, completed from the backbone), init."""
+
     objective: Literal["embeddings", "classifier"] = "embeddings"  # Table VI
     negatives: Literal["batch", "all"] = "batch"
     embed_dim: int = 768
@@ -55,6 +60,37 @@ class GeoSurgeModelSection:
         "fusion_blocks": at_least(0, 3),
         "fusion": keys_of(_fusion_config),
     }
+
+    def model_config(
+        self,
+        level_sizes: tuple[int, ...],
+        visual: str,
+        *,
+        feature_dim: int | None = None,
+        image_size: int | None = None,
+        fusion: Any = None,
+    ) -> Any:
+        """The GeoSurgeConfig of a run: the shared fields by name, then what the run knows
+        (the hierarchy's sizes, the backbone's widths) and what `visual` rules out."""
+        import dataclasses
+
+        from geoalign.models.geosurge import GeoSurgeConfig
+
+        names = {f.name for f in dataclasses.fields(GeoSurgeConfig)}
+        shared = {f.name for f in dataclasses.fields(self)} & names - {"fusion", "visual"}
+        values: dict[str, Any] = {name: getattr(self, name) for name in shared}
+        values.update(
+            level_sizes=tuple(level_sizes),
+            visual=visual,
+            feature_dim=feature_dim if visual == "features" else None,
+            image_size=image_size,
+            fusion=fusion,
+        )
+        if visual == "features":
+            values["trainable_blocks"] = 0  # no backbone block trains on precomputed features
+        if visual != "fusion":
+            values["segmenter"] = None
+        return GeoSurgeConfig(**values)
 
 
 @dataclass

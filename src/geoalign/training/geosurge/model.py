@@ -10,7 +10,7 @@ import numpy as np
 
 from geoalign.errors import DataError
 from geoalign.geo.cells import CellHierarchy, PartitionRules
-from geoalign.models.geosurge import GeoSurge, GeoSurgeConfig
+from geoalign.models.geosurge import GeoSurge
 from geoalign.nn.semantic_fusion import SemanticFusionConfig
 from geoalign.training.geosurge.config import GeoSurgeTrainConfig
 
@@ -66,22 +66,12 @@ def build_model(
                 "num_blocks": m.fusion_blocks,
             }
         )
-    config = GeoSurgeConfig(
-        level_sizes=tuple(hierarchy.sizes),
-        embed_dim=m.embed_dim,
-        objective=m.objective,
-        negatives=m.negatives,
-        temperature_init=m.temperature_init,
-        learn_temperature=m.learn_temperature,
-        visual=visual,
-        feature_dim=feature_dim if visual == "features" else None,
-        feature_head=m.feature_head,
-        backbone=m.backbone,
+    config = m.model_config(
+        tuple(hierarchy.sizes),
+        visual,
+        feature_dim=feature_dim,
         image_size=backbone.image_size if backbone is not None else None,
-        trainable_blocks=m.trainable_blocks if visual != "features" else 0,
         fusion=fusion,
-        segmenter=m.segmenter if visual == "fusion" else None,
-        coordinates=m.coordinates,
     )
     return GeoSurge(config, hierarchy, backbone=backbone)
 

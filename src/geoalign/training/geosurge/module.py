@@ -20,7 +20,17 @@ from geoalign.training.geosurge.model import set_trainable
 class GeoSurgeModule(L.LightningModule):
     """One step: labels of the batch coordinates at every level, visual features, summed InfoNCE.
     Validation: full-softmax loss, hierarchical top-1 cell, GeoScore and accuracy at the five
-    distance thresholds of its cell mean (summed over processes)."""
+    distance thresholds of its cell mean (summed over processes).
+
+    A step sees the whole effective batch (`optim.batch_size`), so eq. 1's in-batch negatives are
+    the cells of all of it, whatever `optim.micro_batch_size`. When the batch is split into
+    micro-batches it is a GradCache-style two-pass step (Gao et al. 2021): encode every
+    micro-batch without a graph, take the loss over all the visual features and its gradient with
+    respect to them, then re-encode each micro-batch with a graph (the same random state) and
+    back-propagate that cached gradient. Memory is one micro-batch's graph, and the loss and
+    gradients are those of one pass over the full batch (one extra forward pass per micro-batch).
+    The optimisation is manual for that reason (one optimizer step per batch, StepLR per epoch).
+    """
 
     THRESHOLDS = (1, 25, 200, 750, 2500)
 
@@ -34,6 +44,7 @@ class GeoSurgeModule(L.LightningModule):
         self._position = DataPosition()
         self._val: Tensor | None = None
         self._cell_latlon = torch.from_numpy(model.cell_latlon)
+        self.automatic_optimization = False  # the two-pass step (see the class docstring)
 
     # -- data position (exact mid-epoch resume, as GeoCLIPModule) -------------------------------
     def data_position(self) -> tuple[int, int]:
@@ -41,7 +52,11 @@ class GeoSurgeModule(L.LightningModule):
         return epoch, self._position.start(epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["geoalign"] = {**self._position.state(), "config": self.cfg.to_dict()}
+        checkpoint["geoalign"] = {
+            **self._position.state(),
+            "batch_rows": self.cfg.optim.batch_size,
+            "config": self.cfg.to_dict(),
+        }
         if self.model.backbone is not None:
             frozen = {
                 f"model.backbone.{n}"
@@ -52,7 +67,11 @@ class GeoSurgeModule(L.LightningModule):
                 checkpoint["state_dict"].pop(key, None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._position.restore(checkpoint.get("geoalign"))
+        state = checkpoint.get("geoalign")
+        if state is not None and "batch_rows" not in state:
+            # written when a batch of the loader was one micro-batch: count whole batches
+            state = {**state, "batches_done": int(state["batches_done"]) // self.cfg.accumulate}
+        self._position.restore(state)
 
     # -- steps ----------------------------------------------------------------------------------------
     def _labels(self, coords: Tensor) -> Tensor:
@@ -65,11 +84,14 @@ class GeoSurgeModule(L.LightningModule):
         if world > 1 and self.model.config.negatives == "batch":
             # Every process's cells are negatives. Pad to the full local batch (for a source
             # whose batches can be short) so all_gather sees equal shapes; -1 rows are none.
-            full = (self.cfg.optim.micro_batch_size or self.cfg.optim.batch_size) // world
+            full = self.cfg.optim.batch_size // world
             pad = labels.new_full((max(0, full - labels.shape[0]), labels.shape[1]), -1)
             candidates = self.all_gather(torch.cat([labels, pad])).reshape(-1, labels.shape[1])
-        visual = self.model.encode(batch)
-        losses = self.model.loss(visual, labels, candidates)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        with self._local_gradients():
+            losses = self.full_batch_backward(batch, labels, candidates)
+        optimizer.step()
         self._position.step()
         b = labels.shape[0]
         self.log("train/loss", losses.total.detach(), prog_bar=True, batch_size=b)
@@ -78,7 +100,79 @@ class GeoSurgeModule(L.LightningModule):
         if hasattr(self.model.geo, "scales"):
             taus = 1.0 / self.model.geo.scales().detach().exp()
             self.log("train/temperature_finest", taus[-1], batch_size=b)
-        return losses.total
+        return losses.total.detach()
+
+    def full_batch_backward(
+        self, batch: Batch, labels: Tensor, candidates: Tensor | None = None
+    ) -> Any:
+        """Gradients of the loss over the whole batch, one micro-batch's graph at a time.
+
+        Returns the LevelLosses (detached). Gradients accumulate into the parameters' .grad."""
+        rows = labels.shape[0]
+        world = self.trainer.world_size if self._trainer is not None else 1
+        micro = max(1, (self.cfg.optim.micro_batch_size or self.cfg.optim.batch_size) // world)
+        if micro >= rows:  # one pass: nothing to cache
+            losses = self.model.loss(self.model.encode(batch), labels, candidates)
+            self._backward(losses.total)
+            return _detached(losses)
+        chunks = [slice(i, min(i + micro, rows)) for i in range(0, rows, micro)]
+        states, parts = [], []
+        with torch.no_grad():
+            for part in chunks:
+                states.append(_rng_state(labels.device))
+                parts.append(self.model.encode(_rows(batch, part)))
+        visual = torch.cat(parts).detach().requires_grad_(True)
+        losses = self.model.loss(visual, labels, candidates)
+        self._backward(losses.total)  # the cells' and temperatures' gradients, and d loss / d v
+        cached = visual.grad / self._loss_scale()
+        for part, state in zip(chunks, states, strict=True):
+            _set_rng_state(state, labels.device)
+            again = self.model.encode(_rows(batch, part))
+            self._backward((again.float() * cached[part].float()).sum())
+        return _detached(losses)
+
+    def _backward(self, loss: Tensor) -> None:
+        if self._trainer is None:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
+
+    def _loss_scale(self) -> float:
+        """The fp16 loss scale manual_backward applies (1 for fp32 / bf16): the cached gradient
+        must not be scaled twice."""
+        if self._trainer is None:
+            return 1.0
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None else 1.0
+
+    def _local_gradients(self) -> Any:
+        """Several backward passes per step: under DDP, accumulate locally, then all-reduce."""
+        import contextlib
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = self.trainer.strategy.model
+        if not isinstance(wrapped, DistributedDataParallel):
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def synced() -> Iterator[None]:
+            with wrapped.no_sync():
+                yield
+            world = self.trainer.world_size
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(world)
+
+        return synced()
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
 
     def on_validation_epoch_start(self) -> None:
         self._val = torch.zeros(4 + len(self.THRESHOLDS), dtype=torch.float64, device=self.device)
@@ -140,6 +234,27 @@ class GeoSurgeModule(L.LightningModule):
         }
 
 
+def _rows(batch: Batch, part: slice) -> Batch:
+    return {k: v[part] for k, v in batch.items()}
+
+
+def _detached(losses: Any) -> Any:
+    from geoalign.losses import LevelLosses
+
+    return LevelLosses(losses.total.detach(), losses.per_level.detach(), losses.counts)
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 class GeoSurgeDataModule(L.LightningDataModule):
     def __init__(self, data: GeoSurgeData, cfg: GeoSurgeTrainConfig) -> None:
         super().__init__()
@@ -151,7 +266,7 @@ class GeoSurgeDataModule(L.LightningDataModule):
         o = self.cfg.optim
         return EpochLoader(
             self.data.train,
-            o.micro_batch_size or o.batch_size,
+            o.batch_size,  # whole batches: the step splits them (see GeoSurgeModule)
             self.cfg.trainer.seed,
             position=t.lightning_module.data_position,
             rank=t.global_rank,

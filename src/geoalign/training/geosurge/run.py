@@ -129,6 +129,7 @@ def train_geosurge(
             n_rows=data.train.n_rows,
             trained_steps=0,
         )
+    cfg.accumulate  # noqa: B018 -- refuses a batch_size that micro-batches do not divide
     stop = EarlyStopping(
         monitor=o.monitor, mode=o.monitor_mode, patience=o.patience, check_on_train_epoch_end=False
     )
@@ -140,7 +141,6 @@ def train_geosurge(
         max_steps=o.max_steps,
         callbacks=[stop, export, *(extra_callbacks or [])],
         progress=progress,
-        accumulate=cfg.accumulate,
         validate=True,
     )
     if trainer.global_rank == 0:
