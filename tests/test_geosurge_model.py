@@ -377,3 +377,50 @@ def test_report_rows_top1_and_mode_seeking(world, trained):
         evaluate_model(loaded, x[:, :5], truth, modes=["top1"])
     with pytest.raises(DataError, match="unknown prediction mode"):
         evaluate_model(loaded, x, truth, modes=["top5"])
+
+
+def test_train_evaluates_a_photo_trained_run_from_photos(world, tiny_clip_dir, tmp_path):
+    """eval.images: the after-training evaluation reads the photos through the trained block."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from geoalign.evaluation.run import evaluate_after_training
+    from geoalign.nn.backbones import load_backbone
+    from geoalign.training.config import EvalSection
+
+    hierarchy = world[0]
+    cfg = GeoSurgeConfig(
+        level_sizes=tuple(hierarchy.sizes),
+        embed_dim=16,
+        visual="backbone",
+        backbone=f"hf:{tiny_clip_dir}",
+        image_size=28,
+    )
+    model_dir = GeoSurge(cfg, hierarchy, backbone=load_backbone(f"hf:{tiny_clip_dir}")).save(
+        tmp_path / "run" / "model"
+    )
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.jpg"
+        )
+        rows.append(f"{i}.jpg,{10 + i},{20 - i}")
+    (tmp_path / "test.csv").write_text("image,lat,lon\n" + "\n".join(rows) + "\n")
+    run_cfg = SimpleNamespace(
+        name="gs-photos",
+        eval=EvalSection(
+            benchmark=None,
+            images=str(tmp_path / "test.csv"),
+            ten_crop=True,
+            modes=["top1"],
+            baselines=False,
+        ),
+        trainer=SimpleNamespace(out_dir=str(tmp_path / "run"), seed=0),
+        data=SimpleNamespace(source="images", path=None),
+    )
+    run = evaluate_after_training(run_cfg, model_dir)
+    (top1,) = run.evaluation.results
+    assert top1.metrics["n"] == 4 and run.evaluation.meta["ten_crop"] is True
+    assert (tmp_path / "run" / "eval" / "report.md").is_file()

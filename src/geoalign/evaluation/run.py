@@ -199,6 +199,26 @@ def evaluate_checkpoint_photos(
     return EvaluationRun(ev, write_report(ev, out))
 
 
+def _photo_queries(images: str, benchmark: str | None) -> tuple[list[str], Any, Any, str]:
+    """(photo paths, truth [N, 2], ids, name) of a benchmark's photo folder or a manifest."""
+    from geoalign.data.manifest import load_manifest
+
+    path = Path(images)
+    if path.is_dir():
+        if not benchmark:
+            raise DataError(
+                f"eval.images {images}: a folder needs eval.benchmark to read its labels"
+            )
+        from geoalign.data.benchmarks import get_benchmark
+
+        man = get_benchmark(benchmark).load(path)
+        name = benchmark
+    else:
+        man = load_manifest(path, check_files=True).clean(on_error="skip")
+        name = benchmark or path.name
+    return [str(p) for p in man.paths()], man.coords(), list(man.images), name
+
+
 def training_queries(source: str, path: str | None, seed: int = 0) -> Queries | None:
     """The training rows as features, for the baselines and `train:N` galleries (None for a
     run from photos or in-memory arrays, whose features are not kept)."""
@@ -216,8 +236,10 @@ def evaluate_after_training(
 ) -> EvaluationRun | None:
     """The evaluation a training config asks for (its `eval` section), on the exported model.
 
-    Runs when `eval.after_training` is on and the test features are known: `eval.queries`, or the
-    benchmark's scene labels for a run trained on scene labels. Writes to <out_dir>/eval.
+    Runs when `eval.after_training` is on and the test queries are known: `eval.images` (the
+    benchmark's photos, or a manifest: evaluated from photos through the model's own image side,
+    ten-crop when `eval.ten_crop`; what photo-trained GeoSURGE runs need), `eval.queries`, or
+    the benchmark's scene labels for a run trained on scene labels. Writes to <out_dir>/eval.
     """
     from geoalign.evaluation import queries as Q
 
@@ -225,6 +247,26 @@ def evaluate_after_training(
     e = cfg.eval
     if not e.after_training:
         return None
+    if getattr(e, "images", None):
+        paths, truth, ids, name = _photo_queries(e.images, e.benchmark)
+        say(
+            f"evaluating on {len(paths):,} photos of {name}" + (" (ten-crop)" if e.ten_crop else "")
+        )
+        return evaluate_checkpoint_photos(
+            model_dir,
+            paths,
+            truth,
+            ids,
+            benchmark=name,
+            out=Path(cfg.trainer.out_dir) / "eval",
+            gallery=e.gallery if not e.gallery.startswith("train:") else "auto",
+            modes=e.modes,
+            radius_km=e.radius_km,
+            ten_crop=e.ten_crop,
+            seed=cfg.trainer.seed,
+            label=cfg.name,
+            say=say,
+        )
     spec = e.queries
     if spec is None and cfg.data.source == "scene-labels" and e.benchmark:
         spec = f"scene-labels:{e.benchmark}"

@@ -181,6 +181,7 @@ class EvalSection:
     # folder or scene-labels:<benchmark or CSV>. None: scene labels of `benchmark` when training
     # on scene labels, otherwise no evaluation (run `geoalign evaluate` on the photos instead).
     queries: str | None = None
+    images: str | None = None  # the benchmark's photo folder (or a manifest): evaluate from photos
     after_training: bool = True
     baselines: bool = True  # beside the model, on the training features (at most 200,000 rows)
 
