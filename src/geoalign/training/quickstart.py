@@ -186,7 +186,7 @@ def run_quickstart(
     if geosurge:  # ranks its own geocells (built from the training coordinates), no GPS gallery
         from geoalign.training.geosurge import geosurge_quickstart_rows
 
-        say("training GeoSURGE (7-level S2 geocell hierarchy, learned cell embeddings)")
+        say("training GeoSURGE (S2 geocell hierarchy, learned cell embeddings)")
         rows, info = geosurge_quickstart_rows(
             train_x,
             train_y,
