@@ -88,32 +88,32 @@ def load_model(name_or_path: str | Path | Checkpoint = "geoclip", **kwargs: Any)
 # --- single components (the downstream probes and `embed-locations` need only one) ----------------
 
 
-def load_location_encoder(name_or_path: str | Path = "geoclip", *, device="cpu", dtype=None):
-    """The location encoder of a GeoCLIP-style checkpoint."""
+def _component(name_or_path: str | Path, key: str, module: type, config: type, device, dtype):
+    """One network component of a GeoCLIP-style checkpoint, built from its config section."""
     import torch
 
+    ckpt = load_checkpoint(name_or_path)
+    if key not in ckpt.config:
+        raise WeightsNotFoundError(f"{ckpt.path}: a {ckpt.method!r} model has no {key}")
+    net = module(config.from_dict(ckpt.config[key]))
+    net.load_state_dict(ckpt.component(key), strict=True)
+    return net.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+def load_location_encoder(name_or_path: str | Path = "geoclip", *, device="cpu", dtype=None):
+    """The location encoder of a GeoCLIP-style checkpoint."""
     from geoalign.nn.location_encoder import LocationEncoder, LocationEncoderConfig
 
-    ckpt = load_checkpoint(name_or_path)
-    if "location_encoder" not in ckpt.config:
-        raise WeightsNotFoundError(f"{ckpt.path}: a {ckpt.method!r} model has no location encoder")
-    enc = LocationEncoder(LocationEncoderConfig.from_dict(ckpt.config["location_encoder"]))
-    enc.load_state_dict(ckpt.component("location_encoder"), strict=True)
-    return enc.to(device=device, dtype=dtype or torch.float32).eval()
+    return _component(
+        name_or_path, "location_encoder", LocationEncoder, LocationEncoderConfig, device, dtype
+    )
 
 
 def load_image_head(name_or_path: str | Path = "geoclip", *, device="cpu", dtype=None):
     """The image head of a GeoCLIP-style checkpoint."""
-    import torch
-
     from geoalign.nn.image_head import ImageHead, ImageHeadConfig
 
-    ckpt = load_checkpoint(name_or_path)
-    if "image_head" not in ckpt.config:
-        raise WeightsNotFoundError(f"{ckpt.path}: a {ckpt.method!r} model has no image head")
-    head = ImageHead(ImageHeadConfig.from_dict(ckpt.config["image_head"]))
-    head.load_state_dict(ckpt.component("image_head"), strict=True)
-    return head.to(device=device, dtype=dtype or torch.float32).eval()
+    return _component(name_or_path, "image_head", ImageHead, ImageHeadConfig, device, dtype)
 
 
 def load_logit_scale(name_or_path: str | Path = "geoclip"):
