@@ -234,3 +234,12 @@ def test_an_edited_config_that_tracebacks_today(
     _edit_config(folder, edit)
     with pytest.raises(GeoalignError):
         load_model(folder)
+
+
+def test_the_official_conversion_records_its_sha256():
+    pytest.importorskip("geoclip")
+    from geoalign.models.registry import checkpoint_config, resolve_checkpoint_dir
+
+    folder = resolve_checkpoint_dir("geoclip")  # converted into the tests' private cache
+    recorded = checkpoint_config("geoclip")[SHA256_KEY]
+    assert recorded == file_sha256(folder / "model.safetensors")
