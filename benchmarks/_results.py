@@ -1,11 +1,19 @@
-"""Shared benchmark plumbing: timing, machine description, and RESULTS.md sections."""
+"""Shared benchmark plumbing: timing, machine description, and RESULTS.md sections.
+
+Each `## ` section of RESULTS.md is written by one script through `write_section`, which stamps it
+with the script's name and a digest of its text; tests/test_results_claims.py checks every stamp,
+so a section edited by hand (or one no script writes) fails the fast suite. Change a section by
+changing its script and rerunning it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
 import resource
+import sys
 import time
 from collections.abc import Callable
 from datetime import date
@@ -58,18 +66,38 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section `## name` in RESULTS.md, stamped with machine and date."""
+STAMP = re.compile(
+    r"^<!-- written by benchmarks/(?P<script>[\w.]+\.py); text sha256 (?P<digest>[0-9a-f]{16})"
+    r"(?P<note>; [^>]*)? -->$"
+)
+PREAMBLE = "# Benchmark results\n\nRun on demand; each section is rewritten by its script.\n"
+
+
+def text_digest(body: str) -> str:
+    """The digest a section's stamp records: sha256 of its stripped text, 16 hex digits."""
+    return hashlib.sha256(body.strip().encode()).hexdigest()[:16]
+
+
+def sections(text: str) -> dict[str, str]:
+    """RESULTS.md split into {section title: everything after its `## ` header line}."""
+    parts = re.split(r"^## (.+)\n", text, flags=re.M)
+    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def write_section(name: str, body: str, *, script: str | None = None) -> None:
+    """Replace (or append) the section `## name` in RESULTS.md, stamped with machine and date,
+    the script that wrote it (the caller's file unless given) and a digest of its text."""
+    script = script or Path(sys._getframe(1).f_code.co_filename).name
     header = f"## {name}"
-    block = f"{header}\n\n_{date.today().isoformat()} · {machine()}_\n\n{body.strip()}\n"
-    text = (
-        RESULTS.read_text()
-        if RESULTS.exists()
-        else "# Benchmark results\n\nRun on demand; each section is rewritten by its script.\n"
-    )
+    text_part = f"_{date.today().isoformat()} · {machine()}_\n\n{body.strip()}"
+    stamp = f"<!-- written by benchmarks/{script}; text sha256 {text_digest(text_part)} -->"
+    block = f"{header}\n{stamp}\n\n{text_part}\n"
+    text = RESULTS.read_text() if RESULTS.exists() else PREAMBLE
     pattern = re.compile(rf"^{re.escape(header)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = (
-        pattern.sub(block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+        pattern.sub(lambda _: block + "\n", text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block
     )
     RESULTS.write_text(text)
     print(block)

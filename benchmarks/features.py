@@ -96,9 +96,7 @@ def main() -> None:
         f"| geoclip package, one photo at a time (its predict's image path) | {n / t_ref:.2f} | 1.00x |\n"
         f"| geoalign `features extract` (batch {args.batch_size}, float16 store) | "
         f"{n / t_ours:.2f} | {t_ref / t_ours:.2f}x |\n\n"
-        f"Peak RSS of the geoalign extraction process: {rss_ours:,.0f} MB. The forward pass of the "
-        "vision tower is most of both; the store is resumable (rerun after a kill continues from "
-        "the last complete shard)."
+        f"Peak RSS of the geoalign extraction process: {rss_ours:,.0f} MB."
     )
     write_section("Feature extraction", body)
     print(body)

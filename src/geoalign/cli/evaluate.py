@@ -1,13 +1,24 @@
-"""`geoalign evaluate`: any model x any benchmark or manifest x any gallery, with baselines."""
+"""`geoalign evaluate`: any model x any benchmark or manifest x any gallery, with baselines.
+
+Options are checked before any model or feature is loaded; the accuracy table is the result
+(stdout, or the report's JSON with `--json -`), progress and notes go to stderr.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from geoalign.cli.common import console, fail, progress_bar
+from geoalign.cli.common import console, fail, print_result, progress_bar
 from geoalign.evaluation.run import BASELINE_ROWS
+
+MODES = ("top1", "mode")
+STDOUT = "-"
 
 
 def evaluate(
@@ -27,9 +38,17 @@ def evaluate(
         help="Benchmark name (im2gps3k, yfcc4k, ...): names the report "
         "and, with --images, where the photos are.",
     ),
-    images: Path = typer.Option(None, help="Folder with the benchmark's photos (and labels)."),
+    images: Path = typer.Option(
+        None,
+        help="Folder with the benchmark's photos (and labels); with --manifest, the folder its "
+        "relative image paths are read from (default: the manifest's folder).",
+    ),
     labels: Path = typer.Option(None, help="The benchmark's label file, if not found by itself."),
-    manifest: Path = typer.Option(None, help="A manifest of photos with lat/lon to evaluate on."),
+    manifest: Path = typer.Option(
+        None,
+        help="A manifest of photos with lat/lon to evaluate on; bad rows are skipped and listed "
+        "in <out>/<manifest name>.skipped.csv.",
+    ),
     gallery: str = typer.Option(
         "geoclip-100k", help="Gallery: a name, a CSV/Parquet of lat/lon, or train:N."
     ),
@@ -42,7 +61,7 @@ def evaluate(
     train_sample: int = typer.Option(
         BASELINE_ROWS, help="At most this many training rows for the baselines."
     ),
-    mode: list[str] = typer.Option(["top1", "mode"], help="Prediction modes: top1, mode."),
+    mode: list[str] = typer.Option(list(MODES), help="Prediction modes: top1, mode."),
     radius_km: float = typer.Option(750.0, help="Radius of the mode-seeking prediction."),
     ten_crop: bool = typer.Option(False, help="Average logits over ten crops (photos only)."),
     baselines: bool = typer.Option(True, help="Also run the baselines (needs --train)."),
@@ -51,6 +70,11 @@ def evaluate(
     batch_size: int = typer.Option(32, help="Photos per backbone batch."),
     out: Path = typer.Option(Path("geoalign-eval"), "--out", "-o", help="Report folder."),
     seed: int = typer.Option(0, help="Seed for sampled galleries and baselines."),
+    json_out: str = typer.Option(
+        None,
+        "--json",
+        help="Also write the report's JSON here; '-' prints it on stdout instead of the table.",
+    ),
 ) -> None:
     """Evaluate a model (top-1 and mode-seeking) and baselines; write a report with figures.
 
@@ -59,6 +83,19 @@ def evaluate(
     from geoalign.evaluation.report import table
     from geoalign.evaluation.run import evaluate_checkpoint, model_features
 
+    _check_options(
+        gallery=gallery,
+        train=train_features,
+        mode=mode,
+        radius_km=radius_km,
+        batch_size=batch_size,
+        train_sample=train_sample,
+        device=device,
+        out=out,
+        json_out=json_out,
+        manifest=manifest,
+        images=images,
+    )
     features_spec = model_features(model)
     if queries is not None:
         q = Q.resolve(queries, seed=seed)
@@ -67,7 +104,14 @@ def evaluate(
         from geoalign.data.manifest import load_manifest
 
         if manifest is not None:
-            man = load_manifest(manifest, check_files=True).clean(on_error="skip")
+            out.mkdir(parents=True, exist_ok=True)
+            man = load_manifest(manifest, image_root=images, check_files=True).clean(
+                on_error="skip", skipped_path=out / f"{manifest.name}.skipped.csv"
+            )
+            if len(man) == 0:
+                fail(
+                    f"--manifest {manifest}: no usable rows (see {out / manifest.name}.skipped.csv)"
+                )
         elif benchmark is None:
             fail("--images needs --benchmark NAME (or pass --manifest)")
         else:
@@ -87,6 +131,8 @@ def evaluate(
         q = Q.from_scene_labels(benchmark)
     else:
         fail("give the queries: --queries, --benchmark with --images, or --manifest")
+    if len(q.truth) == 0:
+        fail("no queries to evaluate: the queries given hold no rows")
     train = Q.resolve(train_features, max_rows=train_sample, seed=seed) if train_features else None
     name = benchmark or (str(manifest) if manifest else queries)
     with progress_bar() as bar:
@@ -106,11 +152,107 @@ def evaluate(
             progress=lambda n: bar.advance(task, n),
             say=lambda m: console.print(f"[cyan]•[/] {m}"),
         )
-    from geoalign.cli.quickstart import print_table
-
     ev = run.evaluation
-    print_table(table(ev), f"{name}: {len(q.truth):,} queries, gallery {ev.gallery}")
+    report_json = run.paths["json"]
+    if json_out == STDOUT:
+        sys.stdout.write(report_json.read_text().rstrip("\n") + "\n")  # not through rich markup
+        sys.stdout.flush()
+    else:
+        print_result(
+            accuracy_table(table(ev), f"{name}: {len(q.truth):,} queries, gallery {ev.gallery}")
+        )
+        if json_out is not None:
+            _copy_atomic(report_json, Path(json_out))
+            console.print(f"report JSON: [bold]{json_out}[/]")
     console.print(f"report: [bold]{run.paths['markdown']}[/]")
+
+
+def _check_options(
+    *,
+    gallery: str,
+    train: str | None,
+    mode: list[str],
+    radius_km: float,
+    batch_size: int,
+    train_sample: int,
+    device: str,
+    out: Path,
+    json_out: str | None,
+    manifest: Path | None,
+    images: Path | None,
+) -> None:
+    """Usage errors (exit 2) found from the options alone, before any model is read."""
+    unknown = [m for m in mode if m not in MODES]
+    if unknown:
+        fail(f"--mode {unknown[0]}: expected one of {', '.join(MODES)}")
+    if not (math.isfinite(radius_km) and radius_km > 0):
+        fail(f"--radius-km {radius_km:g}: give a positive distance in km, e.g. 750")
+    if batch_size < 1:
+        fail(f"--batch-size {batch_size}: give at least 1 photo per batch")
+    if train_sample < 1:
+        fail(f"--train-sample {train_sample}: give at least 1 training row")
+    if gallery.startswith("train:"):
+        n = gallery.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
+            fail(f"--gallery {gallery}: expected train:N with N >= 1 (e.g. train:10000)")
+        if train is None:
+            fail(f"--gallery {gallery} samples training coordinates: give them with --train")
+    elif Path(gallery).suffix or Path(gallery).exists():
+        _check_gallery_file(gallery)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            fail(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: is a file; give a folder for the report")
+    if json_out not in (None, STDOUT) and Path(json_out).is_dir():
+        fail(
+            f"--json {json_out}: is a folder; give a file name, e.g. {Path(json_out) / 'report.json'}"
+        )
+    if manifest is not None and not manifest.is_file():
+        what = "is a folder" if manifest.is_dir() else "not found"
+        fail(f"--manifest {manifest}: {what}; give a CSV/TSV/Parquet file of image,lat,lon rows")
+    if images is not None and not images.is_dir():
+        fail(f"--images {images}: not a folder")
+
+
+def _check_gallery_file(gallery: str) -> None:
+    """A gallery file must load and hold at least one coordinate (an empty one ranks nothing)."""
+    from geoalign.data.galleries import load_gallery
+
+    if not Path(gallery).is_file():
+        what = "is a folder" if Path(gallery).is_dir() else "not found"
+        fail(f"--gallery {gallery}: {what}; give a CSV/Parquet of lat/lon, a name or train:N")
+    if len(load_gallery(gallery)) == 0:
+        fail(f"--gallery {gallery}: holds no coordinates (a header only); add lat,lon rows")
+
+
+def accuracy_table(frame: Any, title: str) -> Any:
+    """The report's accuracy table as a rich Table (model rows bold, published rows dim)."""
+    import pandas as pd
+    from rich.table import Table
+
+    from geoalign.evaluation.report import ACC_KEYS
+
+    tbl = Table(title=title, title_justify="left")
+    tbl.add_column("method")
+    for key in ACC_KEYS:
+        tbl.add_column(key.removeprefix("acc@").replace("km", " km"), justify="right")
+    tbl.add_column("median km", justify="right")
+    for _, r in frame.iterrows():
+        cells = [("–" if pd.isna(r[k]) else f"{r[k]:.1f}") for k in ACC_KEYS]
+        med = "–" if pd.isna(r["median_km"]) else f"{r['median_km']:,.0f}"
+        style = "bold" if r["kind"] == "model" else ("dim" if r["kind"] == "published" else None)
+        tbl.add_row(str(r["method"]), *cells, med, style=style)
+    return tbl
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    from geoalign.io_atomic import atomic_write
+
+    data = json.loads(src.read_text())  # a copy that is valid JSON or nothing
+    atomic_write(dst, lambda fh: fh.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def register(app: typer.Typer) -> None:

@@ -3,17 +3,22 @@
 The official GeoCLIP code re-encodes its 100K gallery for every photo (~20 s on a CPU). The
 embeddings depend only on the encoder's weights and the coordinates, so both are hashed into the
 cache key: change either and the key changes; nothing stale is ever read.
+
+A cache file is checked on every read (readable .npy, float32, (M, D) for this gallery and encoder,
+all finite); a truncated, NaN-filled or wrong-shape file is a one-line warning and is rebuilt in
+place, so a damaged cache never reaches a prediction. Writes are atomic (temp + fsync + rename).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from geoalign.io_atomic import atomic_write, remove_stale_temps
 from geoalign.nn.location_encoder import LocationEncoder
 from geoalign.paths import cache_dir
 
@@ -32,6 +37,23 @@ def coords_fingerprint(latlon: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(latlon, dtype=np.float64).tobytes()).hexdigest()
 
 
+def read_cached(path: Path, rows: int, dim: int) -> tuple[np.ndarray | None, str | None]:
+    """The cached (rows, dim) float32 array at `path`, or (None, why it cannot be used)."""
+    try:
+        # Read straight into memory: a copy out of a memory map would hold the file's pages and
+        # the copy at once (twice the gallery in peak RSS).
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        return None, f"unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+        return None, f"dtype {getattr(arr, 'dtype', type(arr).__name__)}, expected float32"
+    if arr.shape != (rows, dim):
+        return None, f"shape {arr.shape}, expected ({rows}, {dim})"
+    if not np.isfinite(arr).all():
+        return None, f"{int((~np.isfinite(arr)).sum()):,} NaN/inf values"
+    return arr, None
+
+
 def gallery_embeddings(
     encoder: LocationEncoder,
     latlon: np.ndarray,
@@ -40,14 +62,13 @@ def gallery_embeddings(
     cache: bool = True,
     progress=None,
 ) -> torch.Tensor:
-    """(M, D) float32 embeddings of the gallery, read from the cache when present."""
+    """(M, D) float32 embeddings of the gallery, read from the cache when present and sound."""
     path = cached_gallery_path(encoder, latlon)
     if cache and path.is_file():
-        # Read straight into memory: a copy out of a memory map would hold the file's pages and
-        # the copy at once (twice the gallery in peak RSS).
-        arr = np.load(path)
-        if arr.shape[0] == len(latlon):
+        arr, why = read_cached(path, len(latlon), encoder.embed_dim)
+        if arr is not None:
             return torch.from_numpy(arr)
+        warnings.warn(f"gallery cache {path} is damaged ({why}): rebuilding it", stacklevel=2)
     param = next(encoder.parameters())
     coords = torch.tensor(
         latlon, dtype=torch.float32, device=param.device
@@ -55,9 +76,8 @@ def gallery_embeddings(
     emb = encoder.encode(coords, batch_size=batch_size, progress=progress).float().cpu()
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, emb.numpy())
-        os.replace(tmp, path)
+        remove_stale_temps(path)
+        atomic_write(path, lambda fh: np.save(fh, emb.numpy()))
     return emb
 
 
