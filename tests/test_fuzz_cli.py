@@ -40,7 +40,7 @@ CASES: dict[str, list[tuple[str, list[str]]]] = {
         ("NaN gallery", ["--gallery", N, "--benchmark", "im2gps", "--out", T]),
         ("zero radius", ["--radius-km", "0", "--out", T]),
         ("negative batch size", ["--batch-size", "-1", "--out", T]),
-        ("unknown choice", ["--mode", "median", "--out", T]),
+        ("unknown choice", ["--mode", "bogus", "--out", T]),
         ("train:0 gallery", ["--gallery", "train:0", "--train", "scene-labels:im2gps"]),
     ],
     "predict": [
@@ -54,6 +54,34 @@ CASES: dict[str, list[tuple[str, list[str]]]] = {
         ("out-of-range near", [M, "--near", "95,10"]),
         ("unknown estimate", [M, "--estimate", "bogus"]),
         ("negative workers", [M, "--workers", "-1"]),
+    ],
+    "calibrate": [
+        ("missing model", ["--model", M, "--queries", "scene-labels:im2gps"]),
+        ("missing queries", ["--model", "geoclip", "--queries", M, "--out", T]),
+        ("named weights in place", ["--model", "geoclip", "--queries", "scene-labels:im2gps"]),
+        ("too few rows", ["--model", "geoclip", "--queries", H, "--max-rows", "5", "--out", T]),
+    ],
+    "verify": [
+        ("missing photo", [M, "--claimed", "10,10"]),
+        ("bad claim", [M, "--claimed", "north"]),
+        ("out-of-range claim", [E, "--claimed", "95,10"]),
+        ("zero alpha", [M, "--alpha", "0"]),
+        ("json to a file", [M, "--json", "x.json"]),
+    ],
+    "locate-text": [
+        ("json to a file", ["snow", "--json", "x.json"]),
+        ("zero top-k", ["snow", "--top-k", "0"]),
+        ("unknown text encoder", ["snow", "--text-encoder", "word2vec"]),
+    ],
+    "data to-wds": [
+        ("missing file", [M, "--out", T]),
+        ("empty file", [E, "--out", T]),
+        ("header-only CSV", [H, "--out", T]),
+        ("zero shard size", [H, "--out", T, "--shard-size", "0"]),
+    ],
+    "features merge": [
+        ("missing folder", [M]),
+        ("file as folder", [E]),
     ],
     "quickstart": [
         ("zero epochs", ["--epochs", "0", "--out", T]),
@@ -216,8 +244,6 @@ XFAIL: dict[tuple[str, str], str] = {
     "traceback from inside the run",
     ("quickstart", "output is a file"): "src/geoalign/cli/quickstart.py: an --out that is a file "
     "is a NotADirectoryError traceback",
-    ("train", "bad override"): "src/geoalign/training/config.py: optim.lr=-1 is not checked; "
-    "torch's 'Invalid learning rate' ValueError escapes",
 }
 NOT_RUN: dict[tuple[str, str], str] = {
     ("quickstart", "zero epochs"): "src/geoalign/cli/quickstart.py: --epochs 0 is not checked; "

@@ -170,6 +170,8 @@ def to_wds(
             warnings.simplefilter("always")
             n_rows = len(table)
             table = table.clean(on_error="skip" if skip_bad_rows else "raise")
+        if len(table) == 0:
+            fail(f"{manifest}: no usable rows ({n_rows:,} rows in the file); nothing written")
         result = write_shards(table, out, shard_size=shard_size, overwrite=overwrite, progress=True)
     except GeoalignError as err:
         fail(str(err))

@@ -263,12 +263,19 @@ class GeoCLIP(nn.Module):
             raise WeightsNotFoundError(
                 f"{ckpt.path} is a {ckpt.method!r} checkpoint, not a {cls.method!r} one"
             )
-        model = cls._from_checkpoint(ckpt, cls.config_from_checkpoint(ckpt.config, **overrides))
-        model._load_extra_state(ckpt)
         try:
+            config = cls.config_from_checkpoint(ckpt.config, **overrides)
+        except (KeyError, TypeError, ValueError) as err:
+            raise WeightsNotFoundError(
+                f"{ckpt.path}/config.json: not a complete {cls.method} config ({err!r} missing "
+                "or malformed): re-export the checkpoint"
+            ) from err
+        model = cls._from_checkpoint(ckpt, config)
+        try:
+            model._load_extra_state(ckpt)
             model.location_encoder.load_state_dict(ckpt.component("location_encoder"), strict=True)
             model.image_head.load_state_dict(ckpt.component("image_head"), strict=True)
-        except RuntimeError as err:
+        except (RuntimeError, KeyError) as err:
             raise WeightsNotFoundError(
                 f"{ckpt.path}: the weights do not match the config.json's architecture "
                 f"({str(err).splitlines()[0]})"

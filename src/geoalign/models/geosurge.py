@@ -393,7 +393,13 @@ class GeoSurge(nn.Module):
                 "GeoSURGE checkpoint does not match the model: "
                 f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
-        self.load_state_dict({**own, **{k: state[k] for k in expected}}, strict=True)
+        try:
+            self.load_state_dict({**own, **{k: state[k] for k in expected}}, strict=True)
+        except RuntimeError as err:
+            raise WeightsNotFoundError(
+                "GeoSURGE checkpoint does not match its config.json (edited dimensions?): "
+                f"{str(err).splitlines()[0]}"
+            ) from err
 
 
 def _backbone_module(
