@@ -250,3 +250,35 @@ def test_page_and_assets_are_local(client):
     countries = client.get("/basemap.geojson").json()
     assert len(countries["features"]) > 200
     assert {"code", "name"} <= set(countries["features"][0]["properties"])
+
+
+def test_cli_serve_binds_loopback_and_hands_the_config_to_workers(monkeypatch, tmp_path):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from geoalign.cli import app
+    from geoalign.serve.config import ENV_VAR
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: seen.update(target=target, **kw))
+    monkeypatch.setenv(ENV_VAR, "")  # undone after the test, whatever the CLI sets
+    res = CliRunner().invoke(app, ["serve", "--max-batch", "4", "--cors", "http://a.example"])
+    assert res.exit_code == 0, res.output
+    assert seen["host"] == "127.0.0.1" and seen["factory"] is True and seen["workers"] == 1
+    sent = ServeConfig.from_json(__import__("os").environ[ENV_VAR])
+    assert sent.max_batch == 4 and sent.cors_origins == ("http://a.example",)
+    short = tmp_path / "k.txt"
+    short.write_text("abc")
+    res = CliRunner().invoke(app, ["serve", "--api-key-file", str(short)])
+    assert res.exit_code == 2 and "at least 16 characters" in res.output
+    res = CliRunner().invoke(app, ["serve", "--api-key-file", str(tmp_path / "none.txt")])
+    assert res.exit_code == 2 and "cannot read it" in res.output
+
+
+def test_cors_allow_list(config, engine):
+    open_to = ServeConfig(**{**config.__dict__, "cors_origins": ("http://ok.example",)})
+    with TestClient(create_app(open_to, engine)) as c:
+        allowed = c.get("/healthz", headers={"Origin": "http://ok.example"})
+        assert allowed.headers.get("access-control-allow-origin") == "http://ok.example"
+        other = c.get("/healthz", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
