@@ -90,7 +90,18 @@ class Engine:
         geo = Geolocator.from_pretrained(
             config.model, backbone=config.backbone, gallery=config.gallery, device=config.device
         )
-        return cls(geo, config, model_card(config, checkpoint_config(config.model), geo))
+        engine = cls(geo, config, model_card(config, checkpoint_config(config.model), geo))
+        engine.warm_up()
+        return engine
+
+    def warm_up(self) -> None:
+        """One blank photo through the whole path, so that /readyz means the first request
+        pays no lazy loading (the place index, the smoothing grid, the mode seeker)."""
+        from PIL import Image
+
+        pixels = self.transform(Image.new("RGB", (64, 64), (128, 128, 128)))
+        decoded = [Decoded("warm-up", pixels=pixels)]
+        self.finish(decoded, list(self.embed(pixels[None])), Options(top_k=1, regions=(0.5,)))
 
     # -- model thread ----------------------------------------------------------------------------
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
