@@ -78,6 +78,15 @@ def test_calibration_fixes_region_coverage_on_held_out_rows(geo, tmp_path):
     cal = fit_calibration(geo, val_x, val_y, fitted_on="val rows", levels=(4, 5, 6))
     assert cal.nll_after < cal.nll_before and cal.scale < 0.5 and cal.n == 300
     assert all(np.diff(cal.masses) >= 0)
+    from geoalign.inference.calibration import SUPPORT
+    from geoalign.inference.distribution import CellGrid
+
+    # the chosen level's cells hold nearly every validation truth, so its regions can cover them
+    assert (CellGrid(geo.candidates.latlon, cal.level).cell_index(val_y) >= 0).mean() >= SUPPORT
+    finest = CellGrid(geo.candidates.latlon, 12)
+    assert (finest.cell_index(val_y) >= 0).mean() < SUPPORT  # (level 12 would not qualify)
+    with pytest.raises(AssertionError):
+        assert fit_calibration(geo, val_x, val_y, fitted_on="v", levels=(12,)).level != 12
     geo.set_calibration(cal)
     try:
         for p in (0.5, 0.9):

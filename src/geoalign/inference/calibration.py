@@ -3,7 +3,10 @@
 Two steps, both fitted on held-out rows with known locations (never the test set):
 1. Temperature scaling (Guo et al. 2017) and the smoothing level: the factor `scale` that
    multiplies the model's logits and the S2 level of the density's box kernel are chosen to
-   minimise the mean negative log-likelihood of the smoothed density at the true locations.
+   minimise the mean negative log-likelihood of the smoothed density at the true locations,
+   among the levels whose support (cells holding a candidate) contains at least `SUPPORT` of
+   the validation truths: a truth outside every candidate cell is outside every region, so a
+   finer level with a better likelihood could not give 90% regions that hold 90% of truths.
 2. Split-conformal regions (Vovk et al.; Angelopoulos & Bates 2021): a region of nominal
    probability p is the highest-density region holding mass q(p), where q(p) is the
    ceil((n + 1) p) / n empirical quantile of the validation truths' levels. Under
@@ -28,6 +31,7 @@ from geoalign.errors import DataError
 P_GRID = tuple(round(p, 2) for p in np.arange(0.01, 1.0, 0.01))
 SCALES = tuple(float(s) for s in np.geomspace(0.1, 10.0, 25))
 LEVELS = (3, 4, 5, 6, 7, 8)
+SUPPORT = 0.98  # a level is admissible when this share of validation truths lies in its support
 
 
 @dataclass
@@ -128,7 +132,16 @@ def fit_calibration(
     queries = torch.cat([geo.embed_features(c) for c in feats.float().split(512)])
     before = float(nll_table(geo, queries, truth, (1.0,), (DEFAULT_LEVEL,))[0, 0])
     table = nll_table(geo, queries, truth, tuple(scales), tuple(levels))
-    i, k = np.unravel_index(int(np.argmin(table)), table.shape)
+    from geoalign.inference.distribution import CellGrid
+
+    support = np.array(
+        [(CellGrid(geo.candidates.latlon, lv).cell_index(truth) >= 0).mean() for lv in levels]
+    )
+    admissible = support >= SUPPORT
+    if not admissible.any():  # the coarsest level covers the most
+        admissible = np.asarray(levels) == min(levels)
+    table_ok = np.where(admissible[None, :], table, np.inf)
+    i, k = np.unravel_index(int(np.argmin(table_ok)), table.shape)
     scale, level, nll = float(scales[i]), int(levels[k]), float(table[i, k])
     found = []
     for s in range(0, len(truth), 256):
