@@ -44,6 +44,8 @@ def test_evaluate_scene_label_model_with_baselines(tmp_path):
             "train:200",
             "--radius-km",
             "1000",
+            "--prior-radius-km",
+            "2500",
             "--out",
             str(out),
         ],
@@ -51,7 +53,9 @@ def test_evaluate_scene_label_model_with_baselines(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     names = [r["method"] for r in report["results"]]
-    assert names[:2] == ["model (top-1)", "model (mode, 1000 km)"]
+    assert names[:3] == ["model (top-1)", "model (mode, 1000 km)", "model (median)"]
+    assert "model, prior 2500 km (top-1)" in names  # GeoCLIP Table 5's protocol
+    assert "probabilistic" in report["results"][0]  # coverage, verify rates, risk-coverage
     assert "1-NN" in names and any(n.startswith("prior") for n in names)
     assert report["n_queries"] == 237 and report["gallery_size"] == 200
     assert any(p["method"].startswith("GeoSURGE") for p in report["published"])  # Im2GPS, Table I

@@ -240,24 +240,8 @@ CASES: dict[str, list[tuple[str, list[str]]]] = {
 
 # Cases that fail today, with the file to fix. Each is a strict xfail: it turns into a failure
 # once fixed, so the entry goes then. NOT_RUN ones would start real work (minutes or forever).
-XFAIL: dict[tuple[str, str], str] = {
-    ("data check", "header-only CSV"): "src/geoalign/cli/data.py: a header-only manifest "
-    "reports 'OK: no errors in 0 rows' and exits 0",
-    ("places lookup", "negative coast distance"): "src/geoalign/cli/places.py: --coast-km -1 "
-    "is accepted (exit 0)",
-    ("downstream run", "zero points"): "src/geoalign/cli/downstream.py: --n-points 0 is a "
-    "traceback from inside the run",
-    ("quickstart", "output is a file"): "src/geoalign/cli/quickstart.py: an --out that is a file "
-    "is a NotADirectoryError traceback",
-}
-NOT_RUN: dict[tuple[str, str], str] = {
-    ("quickstart", "zero epochs"): "src/geoalign/cli/quickstart.py: --epochs 0 is not checked; "
-    "the quickstart starts training",
-    ("quickstart", "negative epochs"): "src/geoalign/cli/quickstart.py: --epochs -1 is not "
-    "checked; the quickstart starts training",
-    ("downstream run", "negative jobs"): "src/geoalign/cli/downstream.py: --jobs -1 is not "
-    "checked; the run starts",
-}
+XFAIL: dict[tuple[str, str], str] = {}
+NOT_RUN: dict[tuple[str, str], str] = {}
 
 
 def _commands() -> list[str]:

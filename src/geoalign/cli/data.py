@@ -55,6 +55,8 @@ def check(
         fail(str(err))
     if json_out is not None:
         write_json_file(json_out, report.to_dict())
+    if report.n_rows == 0:
+        fail(f"{manifest}: no data rows (a header only?); a manifest lists one image per row")
     cols = ", ".join(f"{k}={v!r}" for k, v in report.columns.items())
     console.print(f"[bold]{manifest}[/]: {report.n_rows} rows; columns {cols}")
     if report.checked_files:

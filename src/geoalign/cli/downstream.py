@@ -30,14 +30,18 @@ def run(
         DEFAULT_OUT, "--out", "-o", help="Folder for results.json, maps, report."
     ),
     probes: str = typer.Option("mlp,linear", "--probes", help="Probe kinds: mlp, linear."),
-    n_points: int | None = typer.Option(None, "--n-points", help="Land points sampled per task."),
+    n_points: int | None = typer.Option(
+        None, "--n-points", min=1, help="Land points sampled per task."
+    ),
     seeds: int | None = typer.Option(None, "--seeds", help="Probe seeds for the final scores."),
     trials_mlp: int | None = typer.Option(
         None, "--trials-mlp", help="Random-search draws, MLP probe."
     ),
     trials_linear: int | None = typer.Option(None, "--trials-linear", help="Draws, linear probe."),
     seed: int = typer.Option(0, "--seed", help="Seed of points, split and search draws."),
-    jobs: int | None = typer.Option(None, "--jobs", help="Worker processes (default: CPU cores)."),
+    jobs: int | None = typer.Option(
+        None, "--jobs", min=1, help="Worker processes (default: CPU cores)."
+    ),
     device: str = typer.Option("cpu", "--device", help="Device for the probes (cpu, cuda)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Task/embedding cache folder."),
     quick: bool = typer.Option(False, "--quick", help="Small, fast run (tests, smoke checks)."),

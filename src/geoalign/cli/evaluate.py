@@ -17,7 +17,8 @@ import typer
 from geoalign.cli.common import console, fail, print_result, progress_bar
 from geoalign.evaluation.run import BASELINE_ROWS
 
-MODES = ("top1", "mode")
+MODES = ("top1", "mode", "mean", "median")  # geoalign.inference.distribution.ESTIMATES
+DEFAULT_MODES = ("top1", "mode", "median")
 STDOUT = "-"
 
 
@@ -61,7 +62,15 @@ def evaluate(
     train_sample: int = typer.Option(
         BASELINE_ROWS, help="At most this many training rows for the baselines."
     ),
-    mode: list[str] = typer.Option(list(MODES), help="Prediction modes: top1, mode."),
+    mode: list[str] = typer.Option(
+        list(DEFAULT_MODES), help="Prediction rows: top1, mode, mean, median (repeatable)."
+    ),
+    prior_radius_km: list[float] = typer.Option(
+        [],
+        "--prior-radius-km",
+        help="GeoCLIP Table 5: also rank each query's gallery within this radius of its truth "
+        "(repeatable: 2500, 750, 200, 25 are continent, country, state, city).",
+    ),
     radius_km: float = typer.Option(750.0, help="Radius of the mode-seeking prediction."),
     ten_crop: bool = typer.Option(False, help="Average logits over ten crops (photos only)."),
     baselines: bool = typer.Option(True, help="Also run the baselines (needs --train)."),
@@ -83,6 +92,8 @@ def evaluate(
     from geoalign.evaluation.report import table
     from geoalign.evaluation.run import evaluate_checkpoint, model_features
 
+    if any(not r > 0 for r in prior_radius_km):
+        fail("--prior-radius-km: each radius must be positive, e.g. --prior-radius-km 750")
     _check_options(
         gallery=gallery,
         train=train_features,
@@ -147,6 +158,7 @@ def evaluate(
             modes=mode,
             radius_km=radius_km,
             baselines=baselines,
+            prior_radii_km=tuple(prior_radius_km),
             seed=seed,
             device=device,
             progress=lambda n: bar.advance(task, n),

@@ -38,7 +38,7 @@ def lookup(
         ..., help="LAT LON pairs, e.g. `48.8566 2.3522 35.68,139.69`."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
-    coast_km: float = typer.Option(5.0, "--coast-km", help=_COAST_HELP),
+    coast_km: float = typer.Option(5.0, "--coast-km", min=0, help=_COAST_HELP),
 ) -> None:
     """Town (the most populous one covering the point, else the nearest), region and country of
     each point, offline; points at sea name the nearest coast within 100 km."""
@@ -133,7 +133,7 @@ def prior(
         None, help="'MIN_LAT,MIN_LON,MAX_LAT,MAX_LON' (MIN_LON>MAX_LON crosses 180)."
     ),
     land_only: bool = typer.Option(False, "--land-only", help="Drop open-sea gallery points."),
-    coast_km: float = typer.Option(5.0, "--coast-km", help=_COAST_HELP),
+    coast_km: float = typer.Option(5.0, "--coast-km", min=0, help=_COAST_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
     """How many gallery points a prior (--within, --near/--radius-km, --bbox, --land-only) keeps."""

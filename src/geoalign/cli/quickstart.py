@@ -53,6 +53,8 @@ def quickstart(
     """
     if epochs < 1:
         fail(f"--epochs {epochs}: train at least one epoch (the default is 6)")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: is a file; give a folder for the run and its report")
     try:
         import lightning  # noqa: F401
     except ImportError:
