@@ -146,7 +146,7 @@ def test_the_table_is_on_stdout_and_json_dash_prints_the_report(scene_model, gal
         (["--gallery", "train:abc", "--train", "scene-labels:im2gps"], "train:N with N >= 1"),
         (["--gallery", "train:100"], "give them with --train"),
         (["--device", "cuda"], "no CUDA GPU"),
-        (["--mode", "median"], "--mode median: expected one of top1, mode"),
+        (["--mode", "centroid"], "--mode centroid: expected one of top1, mode, mean, median"),
         (["--radius-km", "0"], "--radius-km 0"),
         (["--radius-km", "nan"], "--radius-km nan"),
         (["--batch-size", "0"], "--batch-size 0"),
