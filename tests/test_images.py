@@ -349,3 +349,15 @@ def test_cli_images_check(tmp_path):
     assert "not a recognised image format" in failure["reason"]
     (tmp_path / "bad.png").unlink()
     assert CliRunner().invoke(app, ["images", "check", str(tmp_path)]).exit_code == 0
+
+
+def test_broken_symlink_is_reported_as_broken_named_or_in_a_folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (4, 4)).save(folder / "ok.png")
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    assert expand_image_paths(folder) == [folder / "gone.jpg", folder / "ok.png"]
+    with pytest.raises(ImageLoadError, match="broken symbolic link.*deleted.jpg does not exist"):
+        load_image(folder / "gone.jpg")
+    with pytest.raises(ImageLoadError, match="file not found"):
+        load_image(folder / "never.jpg")

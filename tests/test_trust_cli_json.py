@@ -48,3 +48,16 @@ def test_json_report_leaves_no_temp_file(tmp_path: Path, command: str) -> None:
     res = runner.invoke(app, [*_inputs(tmp_path)[command], "--json", str(out)])
     assert res.exit_code == 1 and json.loads(out.read_text())
     assert [p.name for p in out.parent.iterdir()] == ["report.json"]
+
+
+@pytest.mark.parametrize("command,needle", [("images", "bad.png"), ("data", "latitude")])
+def test_the_check_report_is_the_result_on_stdout(tmp_path: Path, command: str, needle: str):
+    """Without `--json -` the report (summary and bad entries) is stdout; stderr keeps messages."""
+    res = runner.invoke(app, _inputs(tmp_path)[command])
+    assert res.exit_code == 1, res.output
+    assert needle in res.stdout.lower() and needle not in res.stderr.lower()
+
+
+def test_benchmark_listing_is_on_stdout() -> None:
+    res = runner.invoke(app, ["data", "benchmarks"])
+    assert res.exit_code == 0 and "im2gps3k" in res.stdout and res.stderr == ""

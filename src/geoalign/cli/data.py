@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from geoalign.cli._options import check_output_file, write_json_file
-from geoalign.cli.common import console, fail
+from geoalign.cli.common import console, fail, print_result
 
 data_app = typer.Typer(
     help="Check image manifests and benchmark folders.",
@@ -57,12 +57,14 @@ def check(
         write_json_file(json_out, report.to_dict())
     if report.n_rows == 0:
         fail(f"{manifest}: no data rows (a header only?); a manifest lists one image per row")
+    # The report is the result (stdout), unless JSON already goes there.
+    show = console.print if json_out is not None and str(json_out) == "-" else print_result
     cols = ", ".join(f"{k}={v!r}" for k, v in report.columns.items())
-    console.print(f"[bold]{manifest}[/]: {report.n_rows} rows; columns {cols}")
+    show(f"[bold]{manifest}[/]: {report.n_rows} rows; columns {cols}")
     if report.checked_files:
-        console.print(f"image files checked under {report.image_root}")
+        show(f"image files checked under {report.image_root}")
     else:
-        console.print("image files not checked (--no-files)")
+        show("image files not checked (--no-files)")
     if report.issues:
         counts = Table(title="problems by reason")
         counts.add_column("reason")
@@ -72,22 +74,22 @@ def check(
             for reason, n in report.counts(severity).items():
                 style = "red" if severity == "error" else "yellow"
                 counts.add_row(reason, f"[{style}]{severity}[/]", str(n))
-        console.print(counts)
+        show(counts)
         rows = Table(title=f"first {min(max_rows, len(report.issues))} problems ({ROW_CONVENTION})")
         rows.add_column("row", justify="right")
         rows.add_column("reason")
         rows.add_column("detail", overflow="fold")
         for issue in report.issues[:max_rows]:
             rows.add_row(str(issue.row), issue.reason, issue.message)
-        console.print(rows)
+        show(rows)
         if len(report.issues) > max_rows:
             more = len(report.issues) - max_rows
             hint = f" (all in {json_out})" if json_out else " (--json FILE lists all)"
-            console.print(f"... {more} more{hint}")
+            show(f"... {more} more{hint}")
     if report.ok:
-        console.print(f"[green]OK[/]: no errors in {report.n_rows} rows")
+        show(f"[green]OK[/]: no errors in {report.n_rows} rows")
         raise typer.Exit(0)
-    console.print(
+    show(
         f"[red]{len(report.bad_rows)} of {report.n_rows} rows have errors[/]; training refuses "
         "this manifest unless bad rows are skipped (they are then written to a .skipped.csv)"
     )
@@ -106,7 +108,7 @@ def benchmarks() -> None:
         table.add_column(col, overflow="fold")
     for b in list_benchmarks():
         table.add_row(b.name, f"{b.expected_rows:,}", ", ".join(b.label_files), b.naming)
-    console.print(table)
+    print_result(table)
 
 
 @data_app.command("benchmark")
@@ -125,8 +127,8 @@ def benchmark(
             status = bench.verify(folder, labels)
     except GeoalignError as err:
         fail(str(err))
-    console.print(status.describe())
-    console.print(f"label format: {bench.label_format}")
+    print_result(status.describe())
+    print_result(f"label format: {bench.label_format}")
     raise typer.Exit(0 if status.ok else 1)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from geoalign.cli._options import check_output_file, write_json_file
-from geoalign.cli.common import console, fail, progress_bar
+from geoalign.cli.common import console, fail, print_result, progress_bar
 
 images_app = typer.Typer(help="Check image files and folders.", no_args_is_help=True)
 
@@ -56,7 +56,9 @@ def check(
             if err is not None:
                 failures.append(err)
             bar.advance(task)
-    console.print(f"{len(paths) - len(failures)} of {len(paths)} images readable")
+    # The summary and the failures are the result (stdout), unless JSON already goes there.
+    show = console.print if json_out is not None and str(json_out) == "-" else print_result
+    show(f"{len(paths) - len(failures)} of {len(paths)} images readable")
     if json_out is not None:
         write_json_file(json_out, [{"path": e.path, "reason": e.reason} for e in failures])
     if failures:
@@ -65,9 +67,9 @@ def check(
         table.add_column("reason")
         for err in failures[:max_rows]:
             table.add_row(escape(err.path), escape(err.reason))
-        console.print(table)
+        show(table)
         if len(failures) > max_rows:
-            console.print(f"... and {len(failures) - max_rows} more (see --json)")
+            show(f"... and {len(failures) - max_rows} more (see --json)")
         raise typer.Exit(1)
 
 

@@ -87,7 +87,7 @@ def _folder_images(folder: Path, recursive: bool) -> list[Path]:
         for p in folder.glob(pattern)
         if p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
+        and (p.is_file() or p.is_symlink())  # a broken link is listed, then reported as broken
     )
     if not found:
         hint = "" if recursive else " (images in sub-folders are only found with recursive=True)"
@@ -128,6 +128,9 @@ def load_image(source: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXEL
 
 def _open_file(path: Path, max_pixels: int | None) -> Image.Image:
     if not path.exists():
+        if path.is_symlink():
+            target = os.readlink(path)
+            raise ImageLoadError(path, f"broken symbolic link: its target {target} does not exist")
         raise ImageLoadError(path, "file not found")
     if path.is_dir():
         raise ImageLoadError(path, "is a folder, not an image file")
