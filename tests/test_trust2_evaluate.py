@@ -151,6 +151,8 @@ def test_the_table_is_on_stdout_and_json_dash_prints_the_report(scene_model, gal
         (["--radius-km", "nan"], "--radius-km nan"),
         (["--batch-size", "0"], "--batch-size 0"),
         (["--train-sample", "-1"], "--train-sample -1"),
+        (["--retrieval-k", "-1"], "--retrieval-k -1"),
+        (["--retrieval-k", "4"], "--retrieval-k adds the training photos' locations"),
     ],
 )
 def test_bad_options_are_usage_errors_before_any_work(scene_model, tmp_path, extra, needle):
@@ -169,3 +171,15 @@ def test_an_empty_gallery_file_is_a_usage_error(scene_model, tmp_path):
     assert res.exit_code == 2 and "holds no coordinates" in res.stderr, res.output
     res = runner.invoke(app, _scene_args(scene_model, tmp_path / "o", "--gallery", str(tmp_path)))
     assert res.exit_code == 2 and "is a folder" in res.stderr, res.output
+
+
+def test_retrieval_k_adds_the_augmented_rows_beside_the_plain_ones(scene_model, gallery, tmp_path):
+    args = ["--gallery", str(gallery), "--train", "scene-labels:im2gps", "--train-sample", "40"]
+    res = runner.invoke(
+        app, _scene_args(scene_model, tmp_path / "o", *args, "--retrieval-k", "4", "--json", "-")
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    names = [r["method"] for r in report["results"]]
+    assert "model (top-1)" in names and "model + 4 training neighbours (top-1)" in names
+    assert report["meta"]["retrieval_k"] == 4

@@ -72,6 +72,12 @@ def evaluate(
         "(repeatable: 2500, 750, 200, 25 are continent, country, state, city).",
     ),
     radius_km: float = typer.Option(750.0, help="Radius of the mode-seeking prediction."),
+    retrieval_k: int = typer.Option(
+        0,
+        "--retrieval-k",
+        help="Also evaluate with retrieval-augmented candidates: each query's K nearest training "
+        "photos (--train) add their locations to the gallery (G3/Img2Loc); 0: off.",
+    ),
     ten_crop: bool = typer.Option(False, help="Average logits over ten crops (photos only)."),
     baselines: bool = typer.Option(True, help="Also run the baselines (needs --train)."),
     backbone: str = typer.Option(None, help="Backbone for photos (default: the model's)."),
@@ -92,6 +98,10 @@ def evaluate(
     from geoalign.evaluation.report import table
     from geoalign.evaluation.run import evaluate_checkpoint, model_features
 
+    if retrieval_k < 0:
+        fail(f"--retrieval-k {retrieval_k}: give K >= 1 training neighbours, or 0 for none")
+    if retrieval_k and not train_features:
+        fail("--retrieval-k adds the training photos' locations: give their features with --train")
     if any(not r > 0 for r in prior_radius_km):
         fail("--prior-radius-km: each radius must be positive, e.g. --prior-radius-km 750")
     _check_options(
@@ -159,6 +169,7 @@ def evaluate(
             radius_km=radius_km,
             baselines=baselines,
             prior_radii_km=tuple(prior_radius_km),
+            retrieval_k=retrieval_k,
             seed=seed,
             device=device,
             progress=lambda n: bar.advance(task, n),

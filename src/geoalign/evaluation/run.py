@@ -49,6 +49,7 @@ def evaluate_checkpoint(
     baselines: bool = True,
     probabilistic: bool = True,
     prior_radii_km: tuple[float, ...] = (),
+    retrieval_k: int = 0,
     seed: int = 0,
     device: str = "cpu",
     label: str | None = None,
@@ -60,7 +61,9 @@ def evaluate_checkpoint(
     `probabilistic`: also measure the model's distributions (region coverage, verify false
     alarms and power, recall vs area, risk-coverage; `evaluation.probabilistic`).
     `prior_radii_km`: GeoCLIP's Table 5 rows, the gallery restricted per query to each radius
-    around the true location (the published rows are added for Im2GPS3k)."""
+    around the true location (the published rows are added for Im2GPS3k). `retrieval_k`: also
+    the rows of the same model with each query's k nearest training photos (`train`) added to
+    its candidates (`Geolocator.with_training_neighbours`), beside the plain rows."""
     from geoalign.evaluation.harness import (
         Evaluation,
         evaluate_baselines,
@@ -110,10 +113,16 @@ def evaluate_checkpoint(
             cache_gallery=True,
             prior_radius_km=float(radius),
         )
+    if retrieval_k:
+        rows += _retrieval_augmented_rows(
+            net, g, queries, train, retrieval_k, label=label, modes=modes, radius_km=radius_km
+        )
     n_candidates = len(g) if net.ranks == "gallery" else len(net.cell_latlon)
     ev = Evaluation(benchmark, queries.ids, queries.truth, g_name, n_candidates)
     ev.results += rows
     ev.meta.update(model=f"{model} ({method})", features=queries.description)
+    if retrieval_k:
+        ev.meta["retrieval_k"] = int(retrieval_k)
     if prior_radii_km:
         ev.meta["prior_radius_km"] = [float(r) for r in prior_radii_km]
     ev.meta["ten_crop"] = queries.features.dim() == 3
@@ -131,6 +140,40 @@ def evaluate_checkpoint(
     elif baselines:
         say("no training features: baselines skipped")
     return EvaluationRun(ev, write_report(ev, out))
+
+
+def _retrieval_augmented_rows(
+    net: Any,
+    gallery: Any,
+    queries: Queries,
+    train: Queries | None,
+    k: int,
+    *,
+    label: str,
+    modes: Any,
+    radius_km: float,
+) -> list[Any]:
+    """The model's rows with each query's k nearest training photos among its candidates."""
+    from geoalign.evaluation.harness import evaluate_model
+    from geoalign.inference.locator import Geolocator
+
+    if train is None:
+        raise DataError("retrieval-augmented candidates need the training photos' features")
+    if net.ranks != "gallery":
+        raise DataError(
+            f"retrieval-augmented candidates join a GPS gallery; this {net.method} model ranks "
+            "its own geocells"
+        )
+    geo = Geolocator(net, gallery=gallery, cache=True)
+    geo = geo.with_training_neighbours(train.features, train.truth, k=k)
+    return evaluate_model(
+        geo,
+        queries.features,
+        queries.truth,
+        name=f"{label} + {geo.neighbours.k} training neighbours",
+        modes=list(modes),
+        radius_km=radius_km,
+    )
 
 
 def evaluate_checkpoint_photos(

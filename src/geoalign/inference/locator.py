@@ -9,6 +9,7 @@ error records are this one code path, and so is `log_probs`, which the evaluatio
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -26,9 +27,10 @@ from geoalign.inference.distribution import (
     check_p,
 )
 from geoalign.inference.gallery_cache import gallery_embeddings
+from geoalign.inference.neighbours import TrainingNeighbours
 from geoalign.inference.prediction import Candidate, Prediction, describe
 from geoalign.inference.search import GallerySearch
-from geoalign.models.base import Locator, average_crops, log_probs
+from geoalign.models.base import Candidates, Locator, average_crops, log_probs
 
 NO_IMAGE_BACKBONE = {"places365-scene-labels"}  # feature specs no backbone makes from photos
 MIN_SEPARATION_KM = 5.0  # top-k candidates closer than this to a better one are merged into it
@@ -97,6 +99,7 @@ class Geolocator:
             elif self.coordinates != "mean":
                 raise ValueError(f"coordinates must be 'mean' or 'gallery', got {coordinates!r}")
         self._latlon = self.candidates.latlon
+        self.neighbours: TrainingNeighbours | None = None  # see with_training_neighbours
         self._places = None
         self._grids: dict[int, CellGrid] = {}
         self._seekers: dict[float, Any] = {}
@@ -171,6 +174,65 @@ class Geolocator:
             calibration=calibration,
         )
 
+    def with_training_neighbours(
+        self, features: Any, latlon: Any, k: int = 16, *, batch_size: int = 1024
+    ) -> Geolocator:
+        """A copy whose candidates add, for each query, the locations of its `k` nearest
+        training photos in the model's query space (retrieval-augmented candidates, as G3 and
+        Img2Loc; `geoalign.inference.neighbours`). `features`: the training photos' backbone
+        features [N, D] (a feature store's rows), `latlon`: their locations [N, 2].
+
+        The candidates become the gallery followed by the N training locations (indices >= the
+        gallery's length are training rows); each is scored by the same location encoder,
+        temperature and calibration as the gallery. Retrieval methods only."""
+        from geoalign.geo.coords import as_latlon_array
+
+        if self.model.ranks != "gallery":
+            raise GeoalignError(
+                f"training neighbours join a GPS gallery; this {self.model.method} model ranks "
+                "its own geocells"
+            )
+        if self.neighbours is not None:
+            raise GeoalignError("this Geolocator already has training neighbours")
+        latlon = as_latlon_array(latlon, source="training locations")
+        feats = torch.as_tensor(features if torch.is_tensor(features) else np.asarray(features))
+        if len(feats) != len(latlon):
+            raise DataError(f"{len(feats)} training feature rows but {len(latlon)} locations")
+        queries = (
+            torch.cat(
+                [
+                    self.embed_features(feats[s : s + batch_size]).cpu()
+                    for s in range(0, len(feats), batch_size)
+                ]
+            )
+            if len(feats)
+            else torch.zeros(0, 1)
+        )
+        keys = None
+        if hasattr(self.model, "location_encoder"):
+            keys = gallery_embeddings(self.model.location_encoder, latlon, cache=False)
+        extra = self.model.candidates(latlon, keys)
+        gallery = self.candidates
+        geo = copy.copy(self)
+        geo.neighbours = TrainingNeighbours(queries, latlon, k, offset=len(gallery))
+        geo.candidates = Candidates(
+            np.concatenate([gallery.latlon, extra.latlon]),
+            "gallery",
+            torch.cat([gallery.keys, extra.keys.to(gallery.keys.device)]),
+            f"{gallery.description} + {geo.neighbours.k} of {len(latlon)} training locations",
+        )
+        geo.search = None  # per-query masks: ranked by the exact softmax below
+        geo._latlon = geo.candidates.latlon
+        geo._grids, geo._seekers = {}, {}
+        return geo
+
+    def _allowed(self, queries: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The prior's mask, and with training neighbours each query's own neighbours."""
+        if self.neighbours is None:
+            return mask
+        allowed = self.neighbours.mask(queries, len(self.candidates))
+        return allowed if mask is None else allowed & mask.to(allowed.device)
+
     # -- queries -----------------------------------------------------------------------------
     @torch.no_grad()  # not inference_mode: GeoSURGE caches its unit tables between calls
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
@@ -214,6 +276,7 @@ class Geolocator:
         """[B, M] log-probabilities over every candidate (-inf outside a prior's `mask`); the
         model's logits times the calibration's factor (or `scale`, when given)."""
         factor = self._factor() if scale is None else float(scale)
+        mask = self._allowed(queries, mask)
         return log_probs(self.model.logits(queries, self.candidates) * factor, mask).cpu()
 
     @torch.no_grad()
@@ -223,6 +286,7 @@ class Geolocator:
         """[B, M] probabilities (float32; the softmax of `log_probs`' logits, in one pass)."""
         factor = self._factor() if scale is None else float(scale)
         logits = self.model.logits(queries, self.candidates) * factor
+        mask = self._allowed(queries, mask)
         if mask is not None:
             logits = logits.masked_fill(~mask.to(logits.device), float("-inf"))
         return torch.softmax(logits.float(), dim=-1).cpu()
@@ -232,14 +296,16 @@ class Geolocator:
         self, queries: torch.Tensor, k: int, mask: torch.Tensor | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(candidate indices [B, k], probabilities [B, k]) renormalised over the allowed ones."""
-        n_allowed = len(self.candidates) if mask is None else int(mask.sum())
+        allowed = self._allowed(queries, mask)  # [M] prior, or [B, M] with neighbours
+        n_allowed = len(self.candidates) if allowed is None else int(allowed.sum(-1).min())
         if n_allowed == 0:
             raise DataError("the prior leaves no candidate to predict")
         k = min(k, n_allowed)
         if self.search is not None:
             res = self.search.topk(queries, k, mask=mask, normalized_queries=True)
             return res.indices.cpu().numpy(), res.probs.cpu().numpy()
-        top, idx = torch.topk(self.log_probs(queries, mask), k, dim=-1)
+        logits = self.model.logits(queries, self.candidates) * self._factor()
+        top, idx = torch.topk(log_probs(logits, allowed).cpu(), k, dim=-1)
         return idx.numpy(), top.exp().numpy()
 
     def distributions(
@@ -338,7 +404,7 @@ class Geolocator:
         Candidates closer than `min_separation_km` to a more probable one are merged into it
         (their probability added, `geo.separation.suppress_near_duplicates`), so a dense gallery
         does not fill the list with near-duplicates; top-1 never changes. 0 keeps them all."""
-        n_allowed = len(self.candidates) if mask is None else int(mask.sum())
+        n_allowed = len(self.candidates) if mask is None else int(mask.sum(-1).min())
         fetch = top_k if min_separation_km <= 0 else min(4 * top_k, max(n_allowed, 1))
         idx, probs = self.topk(queries, fetch, mask)
         coords = self.coordinates_of(idx)
