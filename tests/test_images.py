@@ -361,3 +361,7 @@ def test_broken_symlink_is_reported_as_broken_named_or_in_a_folder(tmp_path):
         load_image(folder / "gone.jpg")
     with pytest.raises(ImageLoadError, match="file not found"):
         load_image(folder / "never.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    assert folder / "loop.jpg" in expand_image_paths(folder)
+    with pytest.raises(ImageLoadError, match="symbolic link loop"):
+        load_image(folder / "loop.jpg")

@@ -15,6 +15,7 @@ Accepted inputs (alone or in a list, freely mixed):
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -129,6 +130,13 @@ def load_image(source: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXEL
 def _open_file(path: Path, max_pixels: int | None) -> Image.Image:
     if not path.exists():
         if path.is_symlink():
+            try:
+                os.stat(path)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise ImageLoadError(
+                        path, "symbolic link loop (it points back to itself)"
+                    ) from None
             target = os.readlink(path)
             raise ImageLoadError(path, f"broken symbolic link: its target {target} does not exist")
         raise ImageLoadError(path, "file not found")
