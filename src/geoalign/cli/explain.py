@@ -101,7 +101,12 @@ def image(
 ) -> None:
     """Where a photo was taken, its strongest concepts, and each concept's share in the country
     decision (label-free concept bottleneck): a chart (PNG) and JSON per photo."""
-    from geoalign.interpret.explain import explain_features, explain_images, plot_explanation
+    from geoalign.interpret.explain import (
+        explain_features,
+        explain_images,
+        explanation_record,
+        plot_explanation,
+    )
 
     net, path, cbm = _load(model)
     images: list = []
@@ -156,7 +161,7 @@ def image(
     for n, (exp, img) in enumerate(zip(exps, images, strict=True)):
         stem = f"{n:03d}_" + re.sub(r"[^\w.-]+", "_", stems[n])[:80]
         png = plot_explanation(exp, out / f"{stem}.png", image=img)
-        record = {**exp.to_dict(), "chart": str(png), "model": str(path)}
+        record = explanation_record(exp, str(path), chart=str(png))
         (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
         results.append(record)
         if not as_json:
