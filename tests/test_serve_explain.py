@@ -71,6 +71,45 @@ def test_explain_record_equals_cli_json(client, concept_model, small_gallery, tm
     assert len(api_record["location"]) == 5 and api_record["model"] == str(concept_model)
 
 
+def test_a_calibrated_model_explains_with_predicts_probabilities_in_both(
+    concept_model, small_gallery, tmp_path
+):
+    """A calibration stored in the checkpoint (`geoalign calibrate`) sharpens the location
+    probabilities of the explanation, from the CLI and the API alike."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from geoalign.cli import app
+    from geoalign.inference.calibration import Calibration
+    from geoalign.serve.config import ServeConfig
+    from geoalign.serve.engine import Engine
+
+    model = tmp_path / "calibrated"
+    shutil.copytree(concept_model, model)
+    meta = json.loads((model / "config.json").read_text())
+    meta["calibration"] = Calibration(scale=40.0, fitted_on="test").to_dict()
+    (model / "config.json").write_text(json.dumps(meta))
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(jpeg_bytes(8))
+    args = ["explain", str(photo), "--model", str(model), "--gallery", str(small_gallery)]
+    res = CliRunner().invoke(app, [*args, "--json", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    (cli_record,) = json.loads(res.stdout)
+    served = Engine.load(ServeConfig(model=str(model), gallery=str(small_gallery)))
+    try:
+        with TestClient(create_app(served.config, served)) as c:
+            (api_record,) = _explain(c, [("p.jpg", photo.read_bytes())]).json()["results"]
+    finally:
+        served.close()
+    cli_record.pop("chart")
+    assert {**api_record, "source": ""} == {**cli_record, "source": ""}
+    res = CliRunner().invoke(app, [*args[:3], str(concept_model), *args[4:], "--json",
+                                   "--out", str(tmp_path / "plain")])  # fmt: skip
+    (plain,) = json.loads(res.stdout)
+    assert api_record["location"][0]["prob"] > 2 * plain["location"][0]["prob"]
+
+
 def test_explain_options_several_images_and_errors(client):
     images = [("a.jpg", jpeg_bytes(1)), ("bad.jpg", b"not an image"), ("b.jpg", jpeg_bytes(2))]
     res = _explain(client, images, top_k=3)

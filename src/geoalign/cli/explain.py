@@ -107,8 +107,10 @@ def image(
         explanation_record,
         plot_explanation,
     )
+    from geoalign.interpret.loading import stored_calibration
 
     net, path, cbm = _load(model)
+    cal = stored_calibration(path)
     images: list = []
     if features or benchmark:
         from geoalign.interpret.data import check_width, load_feature_set
@@ -122,7 +124,9 @@ def image(
             fail(f"--index {bad[0]} is outside 0..{len(fs) - 1} ({fs.source})")
         sel = fs.take(rows)
         sources = [f"{fs.source}#{r} ({sel.ids[i]})" for i, r in enumerate(rows)]
-        exps = explain_features(net, sel.features, sources, gallery=gallery, cbm=cbm, top_k=top_k)
+        exps = explain_features(
+            net, sel.features, sources, gallery=gallery, cbm=cbm, top_k=top_k, calibration=cal
+        )
         images = [None] * len(exps)
         from geoalign.geo.places import nearest_places
 
@@ -149,7 +153,7 @@ def image(
             )
         bb = load_backbone(spec)
         exps, images, errors = explain_images(
-            net, bb, list(inputs), gallery=gallery, cbm=cbm, top_k=top_k
+            net, bb, list(inputs), gallery=gallery, cbm=cbm, top_k=top_k, calibration=cal
         )
         for p, why in errors:
             console.print(f"[yellow]skipped[/] {p}: {why}")

@@ -251,16 +251,18 @@ def ranked_candidates(
     top_k: int = 5,
     places: bool = True,
     geolocator: Any = None,
+    calibration: Any = None,
 ) -> list[list[dict[str, Any]]]:
-    """Top-k gallery locations per image embedding (GeoCLIP's retrieval), with place names.
+    """Top-k gallery locations per image embedding (GeoCLIP's retrieval), with place names and
+    the probabilities `geoalign predict` gives (the checkpoint's `calibration` applied).
 
-    `geolocator`: one already built over `model` and its gallery (the service keeps one), so
-    the gallery is not embedded again; `gallery` is then not read."""
+    `geolocator`: one already built over `model`, its gallery and calibration (the service
+    keeps one), so the gallery is not embedded again; `gallery` is then not read."""
     if geolocator is None:
         from geoalign.data.galleries import load_gallery
         from geoalign.inference.locator import Geolocator
 
-        geolocator = Geolocator(model, gallery=load_gallery(gallery))
+        geolocator = Geolocator(model, gallery=load_gallery(gallery), calibration=calibration)
     geo = geolocator
     emb = F.normalize(torch.as_tensor(image_emb).float(), dim=-1)
     ranked = geo.rank(emb, top_k=top_k, places=places)
@@ -280,15 +282,18 @@ def explain_features(
     top_k: int | None = None,
     n_candidates: int = 5,
     geolocator: Any = None,
+    calibration: Any = None,
 ) -> list[Explanation]:
     """Explanations for backbone feature rows (precomputed features, scene-label descriptors);
-    `geolocator` as in `ranked_candidates`."""
+    `geolocator` and `calibration` as in `ranked_candidates`."""
     from geoalign.interpret.data import image_embeddings
 
     emb = image_embeddings(model, features)
     with torch.inference_mode():
         scores = model.image_concepts(torch.from_numpy(emb)).float().numpy()
-    cands = ranked_candidates(model, emb, gallery, top_k=n_candidates, geolocator=geolocator)
+    cands = ranked_candidates(
+        model, emb, gallery, top_k=n_candidates, geolocator=geolocator, calibration=calibration
+    )
     return explain_scores(model, scores, sources=sources, candidates=cands, cbm=cbm, top_k=top_k)
 
 
@@ -301,6 +306,7 @@ def explain_images(
     cbm: ConceptBottleneck | None = None,
     top_k: int | None = None,
     batch_size: int = 16,
+    calibration: Any = None,
 ) -> tuple[list[Explanation], list[Any], list[tuple[str, str]]]:
     """Explanations for photos: (explanations, the photos as PIL images, unreadable (path, why))."""
     from geoalign.data.images import iter_image_batches, load_image
@@ -320,7 +326,13 @@ def explain_images(
     if not feats:
         return [], [], errors
     exps = explain_features(
-        model, torch.cat(feats).numpy(), names, gallery=gallery, cbm=cbm, top_k=top_k
+        model,
+        torch.cat(feats).numpy(),
+        names,
+        gallery=gallery,
+        cbm=cbm,
+        top_k=top_k,
+        calibration=calibration,
     )
     images = []
     for name in names:
