@@ -128,6 +128,35 @@ def test_explain_options_several_images_and_errors(client):
     assert only_bad.status_code == 422 and "bad.jpg" in only_bad.json()["error"]["message"]
 
 
+def test_explain_is_bounded_by_the_queue_limit(concept_config, concept_engine):
+    from geoalign.serve.config import ServeConfig
+
+    tight = ServeConfig(**{**concept_config.__dict__, "max_queue": 1})
+    with TestClient(create_app(tight, concept_engine)) as c:
+        res = _explain(c, [("a.jpg", jpeg_bytes(1)), ("b.jpg", jpeg_bytes(2))])
+        assert res.status_code == 503 and res.headers["retry-after"] == "1"
+        assert "queue full" in res.json()["error"]["message"]
+        assert _explain(c, [("a.jpg", jpeg_bytes(1))]).status_code == 200  # one image fits
+
+
+def test_a_bottleneck_for_other_concepts_fails_the_start_up(concept_model, tmp_path):
+    import shutil
+
+    from geoalign.errors import DataError
+    from geoalign.serve.engine import Explainer
+
+    model = tmp_path / "model"
+    shutil.copytree(concept_model, model)
+    meta = model / "cbm" / "cbm.json"
+    record = json.loads(meta.read_text())
+    net_names = list(record["concepts"])
+    record["concepts"] = net_names[::-1]
+    meta.write_text(json.dumps(record))
+    assert Explainer.load(str(concept_model), net_names).cbm is not None
+    with pytest.raises(DataError, match="another concept list.*fit-cbm"):
+        Explainer.load(str(model), net_names)
+
+
 def test_card_and_docs_describe_explain(client):
     card = client.get("/v1/models").json()["models"][0]
     assert card["method"] == "concept" and card["explain"] is True

@@ -82,7 +82,9 @@ class Explainer:
     cbm: Any = None
 
     @classmethod
-    def load(cls, model: str) -> Explainer:
+    def load(cls, model: str, concepts: list[str]) -> Explainer:
+        """A bottleneck fitted for another concept list fails here, at start-up (reported by
+        /readyz), not in every /v1/explain call."""
         from geoalign.interpret.cbm import ConceptBottleneck, cbm_dir
         from geoalign.models.registry import resolve_checkpoint_dir
 
@@ -90,6 +92,11 @@ class Explainer:
         cbm = None
         if (cbm_dir(path) / "cbm.json").is_file():
             cbm = ConceptBottleneck.load(cbm_dir(path))
+            if cbm.concepts != concepts:
+                raise DataError(
+                    f"{cbm_dir(path)}: the concept bottleneck was fitted for another concept "
+                    "list than the model's; refit it with `geoalign explain fit-cbm`"
+                )
         return cls(str(path), cbm)
 
 
@@ -122,7 +129,9 @@ class Engine:
         geo = Geolocator.from_pretrained(
             config.model, backbone=config.backbone, gallery=config.gallery, device=config.device
         )
-        explainer = Explainer.load(config.model) if geo.model.method == "concept" else None
+        explainer = None
+        if geo.model.method == "concept":
+            explainer = Explainer.load(config.model, list(geo.model.concept_set.names))
         card = model_card(config, checkpoint_config(config.model), geo)
         engine = cls(geo, config, card, explainer)
         engine.warm_up()
