@@ -145,6 +145,8 @@ class Engine:
         pixels = self.transform(Image.new("RGB", (64, 64), (128, 128, 128)))
         decoded = [Decoded("warm-up", pixels=pixels)]
         self.finish(decoded, list(self.embed(pixels[None])), Options(top_k=1, regions=(0.5,)))
+        if self.explainer is not None:  # the concept path too (the country names, the CBM)
+            self.explain(decoded, top_k=1)
 
     # -- model thread ----------------------------------------------------------------------------
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
