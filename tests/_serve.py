@@ -58,6 +58,63 @@ def engine(config):
     loaded.close()
 
 
+@pytest.fixture(scope="module")
+def concept_model(tiny_clip, small_gallery, tmp_path_factory):
+    """A tiny concept-aware checkpoint that reads the tiny CLIP tower's features (40 concepts,
+    random "CLIP" text embeddings), with a country concept bottleneck fitted next to it."""
+    import pandas as pd
+    import torch
+
+    from geoalign.data.concept_sets import load_concept_set
+    from geoalign.interpret.cbm import cbm_dir, fit_country_cbm
+    from geoalign.models.concept import ConceptAwareGeoCLIP, ConceptConfig
+    from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
+    from geoalign.nn.image_head import ImageHeadConfig
+    from geoalign.nn.location_encoder import LocationEncoderConfig
+
+    torch.manual_seed(0)
+    geoclip = GeoCLIP(
+        GeoCLIPConfig(
+            location_encoder=LocationEncoderConfig(
+                n_frequencies=16, hidden_dim=32, n_hidden=1, embed_dim=16
+            ),
+            image_head=ImageHeadConfig(in_dim=768, hidden_dim=32, out_dim=16),
+            queue_size=32,
+            features=f"hf:{tiny_clip}",
+        )
+    )
+    text = torch.randn(40, 768, generator=torch.Generator().manual_seed(1))
+    net = ConceptAwareGeoCLIP.from_geoclip(
+        geoclip,
+        ConceptConfig(k=40, head_hidden=(32,), top_k=6),
+        load_concept_set("geography").select(40),
+        text,
+        text_kind="clip",
+    ).eval()
+    path = tmp_path_factory.mktemp("concept") / "model"
+    net.save(path)
+    latlon = pd.read_csv(small_gallery)[["lat", "lon"]].to_numpy()[:600]
+    features = np.random.default_rng(0).normal(size=(len(latlon), 768)).astype(np.float32)
+    fit_country_cbm(net, features, latlon, target_nonzero=5, min_per_class=15).save(cbm_dir(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def concept_config(concept_model, small_gallery):
+    from geoalign.serve.config import ServeConfig
+
+    return ServeConfig(model=str(concept_model), gallery=str(small_gallery))
+
+
+@pytest.fixture(scope="module")
+def concept_engine(concept_config):
+    from geoalign.serve.engine import Engine
+
+    loaded = Engine.load(concept_config)
+    yield loaded
+    loaded.close()
+
+
 def jpeg_bytes(seed: int = 0, size: tuple[int, int] = (64, 48), exif=None) -> bytes:
     rng = np.random.default_rng(seed)
     image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))

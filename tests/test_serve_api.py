@@ -147,6 +147,38 @@ def test_verify_reads_exif_gps_from_the_upload(client):
     assert tagged_check["claim_source"] == "exif" and "no EXIF GPS" in untagged_check["error"]
 
 
+def test_upload_exif_is_read_by_the_parser_geoalign_verify_uses(tmp_path):
+    """One EXIF GPS parser: an upload's claim and its error messages are `read_exif_gps`'s
+    for the same bytes (the CLI's message adds only what to type instead)."""
+    from PIL import Image
+
+    from geoalign.errors import DataError
+    from geoalign.inference.verify import read_exif_gps
+    from geoalign.serve.uploads import decode_upload
+
+    bad_ref = gps_exif(10.5, 20.25)
+    bad_ref[0x8825] = {**bad_ref[0x8825], 1: "Q"}
+    cases = {"ok": gps_exif(-33.8568, 151.2153), "bad-ref": bad_ref, "none": Image.Exif()}
+    for name, exif in cases.items():
+        data = jpeg_bytes(6, exif=exif)
+        photo = tmp_path / f"{name}.jpg"
+        photo.write_bytes(data)
+        upload = decode_upload(data, str(photo), lambda image: image, 10**7)
+        try:
+            expected = read_exif_gps(photo)
+        except DataError as err:
+            assert upload.exif_gps is None
+            assert str(err).startswith(upload.exif_error), (name, upload.exif_error)
+        else:
+            assert upload.exif_gps == expected and upload.exif_error is None
+    assert (
+        "GPSLatitudeRef is 'Q'"
+        in decode_upload(
+            jpeg_bytes(6, exif=bad_ref), "x.jpg", lambda image: image, 10**7
+        ).exif_error
+    )
+
+
 def test_upload_and_pixel_limits(config, engine):
     small = ServeConfig(**{**config.__dict__, "max_upload_mb": 0.01, "max_pixels": 100 * 100})
     with TestClient(create_app(small, engine)) as c:

@@ -13,10 +13,29 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi")
-from _serve import config, engine, gps_exif, jpeg_bytes, live_server, small_gallery, tiny_clip  # noqa: E402
+from _serve import (  # noqa: E402
+    concept_config,
+    concept_engine,
+    concept_model,
+    config,
+    engine,
+    gps_exif,
+    jpeg_bytes,
+    live_server,
+    small_gallery,
+    tiny_clip,
+)
 from _shared import SHARED_DATA  # noqa: E402
 
-__all__ = ["config", "engine", "small_gallery", "tiny_clip"]  # fixtures
+__all__ = [  # fixtures
+    "concept_config",
+    "concept_engine",
+    "concept_model",
+    "config",
+    "engine",
+    "small_gallery",
+    "tiny_clip",
+]
 
 CHROMIUM = next(
     (p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).exists()), None
@@ -92,10 +111,51 @@ def test_page_locates_a_photo_and_reports_a_corrupt_one(browser, config, engine,
         page.screenshot(path=str(shot), full_page=False)
         assert shot.stat().st_size > 10_000
 
+        assert card.query_selector("[data-testid=concepts]") is None  # not a concept model
+
+        # the prior selector: a bounding box keeps every candidate inside it
+        page.select_option("#prior-kind", "bbox")
+        page.fill("#bbox", "35,-10,60,30")
+        page.set_input_files("#files", str(photo))
+        page.locator("article.card[data-state=done]").nth(1).wait_for(timeout=30_000)
+        boxed = page.query_selector("article.card")  # the newest card comes first
+        for row in boxed.query_selector_all("table[data-testid=topk] tbody tr"):
+            lat, lon = (float(v) for v in row.query_selector_all("td")[3].inner_text().split(","))
+            assert 35 <= lat <= 60 and -10 <= lon <= 30, (lat, lon)
+        page.select_option("#prior-kind", "none")
+
         page.set_input_files("#files", str(corrupt))
         failed = page.wait_for_selector("article.card[data-state=error]", timeout=30_000)
         message = failed.query_selector("[data-testid=error]").inner_text()
         assert "corrupt.jpg" in message and "request" in message
         assert "Traceback" not in message
         assert problems == []  # no script error, no request left the server
+        page.close()
+
+
+def test_page_shows_the_concept_explanation_of_a_concept_model(
+    browser, concept_config, concept_engine, tmp_path
+):
+    from geoalign.serve.app import create_app
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg_bytes(3, (320, 240)))
+    with live_server(create_app(concept_config, concept_engine)) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        problems: list[str] = []
+        page.on("pageerror", lambda err: problems.append(str(err)))
+        page.goto(url + "/")
+        page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+        page.set_input_files("#files", str(photo))
+        card = page.wait_for_selector("article.card[data-state=done]", timeout=30_000)
+        panel = card.query_selector("[data-testid=concepts]")
+        assert panel is not None and "Strongest concepts" in panel.inner_text()
+        rows = panel.query_selector_all("tbody tr")
+        assert len(rows) == 6  # the model's top_k
+        scores = [float(r.query_selector_all("td")[2].inner_text()) for r in rows]
+        assert scores == sorted(scores, reverse=True)
+        country = card.query_selector("[data-testid=concept-country]").inner_text()
+        assert "Concept bottleneck:" in country and "%" in country
+        assert len(card.query_selector_all("path.ga-pin")) == 5
+        assert problems == []
         page.close()

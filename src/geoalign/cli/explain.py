@@ -101,9 +101,16 @@ def image(
 ) -> None:
     """Where a photo was taken, its strongest concepts, and each concept's share in the country
     decision (label-free concept bottleneck): a chart (PNG) and JSON per photo."""
-    from geoalign.interpret.explain import explain_features, explain_images, plot_explanation
+    from geoalign.interpret.explain import (
+        explain_features,
+        explain_images,
+        explanation_record,
+        plot_explanation,
+    )
+    from geoalign.interpret.loading import stored_calibration
 
     net, path, cbm = _load(model)
+    cal = stored_calibration(path)
     images: list = []
     if features or benchmark:
         from geoalign.interpret.data import check_width, load_feature_set
@@ -117,7 +124,9 @@ def image(
             fail(f"--index {bad[0]} is outside 0..{len(fs) - 1} ({fs.source})")
         sel = fs.take(rows)
         sources = [f"{fs.source}#{r} ({sel.ids[i]})" for i, r in enumerate(rows)]
-        exps = explain_features(net, sel.features, sources, gallery=gallery, cbm=cbm, top_k=top_k)
+        exps = explain_features(
+            net, sel.features, sources, gallery=gallery, cbm=cbm, top_k=top_k, calibration=cal
+        )
         images = [None] * len(exps)
         from geoalign.geo.places import nearest_places
 
@@ -144,7 +153,7 @@ def image(
             )
         bb = load_backbone(spec)
         exps, images, errors = explain_images(
-            net, bb, list(inputs), gallery=gallery, cbm=cbm, top_k=top_k
+            net, bb, list(inputs), gallery=gallery, cbm=cbm, top_k=top_k, calibration=cal
         )
         for p, why in errors:
             console.print(f"[yellow]skipped[/] {p}: {why}")
@@ -156,7 +165,7 @@ def image(
     for n, (exp, img) in enumerate(zip(exps, images, strict=True)):
         stem = f"{n:03d}_" + re.sub(r"[^\w.-]+", "_", stems[n])[:80]
         png = plot_explanation(exp, out / f"{stem}.png", image=img)
-        record = {**exp.to_dict(), "chart": str(png), "model": str(path)}
+        record = explanation_record(exp, str(path), chart=str(png))
         (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
         results.append(record)
         if not as_json:

@@ -37,8 +37,8 @@ def serve(
     ),
     places: bool = typer.Option(True, help="Add nearest city, region and country."),
 ) -> None:
-    """Serve predictions over HTTP: POST /v1/predict, /v1/verify; GET /v1/models, /healthz,
-    /readyz, /metrics, /docs; the web page at /."""
+    """Serve predictions over HTTP: POST /v1/predict, /v1/verify, /v1/explain; GET /v1/models,
+    /healthz, /readyz, /metrics, /docs; the web page at /."""
     import os
 
     try:

@@ -68,24 +68,32 @@ def _degrees(dms: Any, ref: Any, axis: str, source: str) -> float:
     return -value if ref in ("S", "W") else value
 
 
+def exif_gps_from_image(image: Any, source: str, *, hint: str = "") -> tuple[float, float]:
+    """(lat, lon) from an opened PIL image's EXIF GPS tags; DataError when absent or malformed.
+
+    The one EXIF GPS parser: `geoalign verify` reads it from a path (`read_exif_gps`), the
+    service from an upload in memory. `hint` ends the "no GPS" message with what to do instead."""
+    gps = image.getexif().get_ifd(GPS_IFD)
+    if not gps or 2 not in gps or 4 not in gps:
+        raise DataError(f"{source}: the photo has no EXIF GPS location{hint}")
+    lat = _degrees(gps.get(2), gps.get(1), "Latitude", source)
+    lon = _degrees(gps.get(4), gps.get(3), "Longitude", source)
+    la, lo = validate_latlon([lat], [lon], source=f"{source} EXIF GPS")
+    return float(la[0]), float(lo[0])
+
+
 def read_exif_gps(path: str | Path) -> tuple[float, float]:
-    """(lat, lon) from a photo's EXIF GPS tags; a clear error when absent or malformed."""
+    """(lat, lon) from a photo file's EXIF GPS tags; a clear error when absent or malformed."""
     from PIL import Image, UnidentifiedImageError
 
     source = str(path)
     try:
         with Image.open(path) as image:
-            gps = image.getexif().get_ifd(GPS_IFD)
+            return exif_gps_from_image(
+                image, source, hint="; give the claim with --claimed LAT,LON"
+            )
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"{source}: cannot read the image ({err})") from err
-    if not gps or 2 not in gps or 4 not in gps:
-        raise DataError(
-            f"{source}: the photo has no EXIF GPS location; give the claim with --claimed LAT,LON"
-        )
-    lat = _degrees(gps.get(2), gps.get(1), "Latitude", source)
-    lon = _degrees(gps.get(4), gps.get(3), "Longitude", source)
-    la, lo = validate_latlon([lat], [lon], source=f"{source} EXIF GPS")
-    return float(la[0]), float(lo[0])
 
 
 @dataclass

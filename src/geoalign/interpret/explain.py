@@ -17,6 +17,8 @@ from geoalign.interpret.cbm import ConceptBottleneck, country_name
 from geoalign.interpret.figures import save_figure
 from geoalign.nn.concept_basis import top_k_sparse
 
+EXPLANATION_SCHEMA = "geoalign.explanation/v1"  # `geoalign explain --json` and POST /v1/explain
+
 # --- explanations of single images -----------------------------------------------------------------
 
 
@@ -43,6 +45,7 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema": EXPLANATION_SCHEMA,
             "source": self.source,
             "location": self.candidates,
             "country": self.country,
@@ -118,6 +121,12 @@ def explain_scores(
                 )
         out.append(exp)
     return out
+
+
+def explanation_record(exp: Explanation, model: str, chart: str | None = None) -> dict[str, Any]:
+    """The JSON of one explanation, the same from `geoalign explain --json` and the service:
+    `to_dict()` plus the model it came from, and the chart's path when one was written."""
+    return {**exp.to_dict(), **({"chart": chart} if chart is not None else {}), "model": model}
 
 
 # --- the chart ---------------------------------------------------------------------------------------
@@ -235,13 +244,26 @@ def plot_explanation(
 
 
 def ranked_candidates(
-    model: Any, image_emb: np.ndarray, gallery: str, *, top_k: int = 5, places: bool = True
+    model: Any,
+    image_emb: np.ndarray,
+    gallery: str,
+    *,
+    top_k: int = 5,
+    places: bool = True,
+    geolocator: Any = None,
+    calibration: Any = None,
 ) -> list[list[dict[str, Any]]]:
-    """Top-k gallery locations per image embedding (GeoCLIP's retrieval), with place names."""
-    from geoalign.data.galleries import load_gallery
-    from geoalign.inference.locator import Geolocator
+    """Top-k gallery locations per image embedding (GeoCLIP's retrieval), with place names and
+    the probabilities `geoalign predict` gives (the checkpoint's `calibration` applied).
 
-    geo = Geolocator(model, gallery=load_gallery(gallery))
+    `geolocator`: one already built over `model`, its gallery and calibration (the service
+    keeps one), so the gallery is not embedded again; `gallery` is then not read."""
+    if geolocator is None:
+        from geoalign.data.galleries import load_gallery
+        from geoalign.inference.locator import Geolocator
+
+        geolocator = Geolocator(model, gallery=load_gallery(gallery), calibration=calibration)
+    geo = geolocator
     emb = F.normalize(torch.as_tensor(image_emb).float(), dim=-1)
     ranked = geo.rank(emb, top_k=top_k, places=places)
     return [
@@ -259,14 +281,19 @@ def explain_features(
     cbm: ConceptBottleneck | None = None,
     top_k: int | None = None,
     n_candidates: int = 5,
+    geolocator: Any = None,
+    calibration: Any = None,
 ) -> list[Explanation]:
-    """Explanations for backbone feature rows (precomputed features, scene-label descriptors)."""
+    """Explanations for backbone feature rows (precomputed features, scene-label descriptors);
+    `geolocator` and `calibration` as in `ranked_candidates`."""
     from geoalign.interpret.data import image_embeddings
 
     emb = image_embeddings(model, features)
     with torch.inference_mode():
         scores = model.image_concepts(torch.from_numpy(emb)).float().numpy()
-    cands = ranked_candidates(model, emb, gallery, top_k=n_candidates)
+    cands = ranked_candidates(
+        model, emb, gallery, top_k=n_candidates, geolocator=geolocator, calibration=calibration
+    )
     return explain_scores(model, scores, sources=sources, candidates=cands, cbm=cbm, top_k=top_k)
 
 
@@ -279,6 +306,7 @@ def explain_images(
     cbm: ConceptBottleneck | None = None,
     top_k: int | None = None,
     batch_size: int = 16,
+    calibration: Any = None,
 ) -> tuple[list[Explanation], list[Any], list[tuple[str, str]]]:
     """Explanations for photos: (explanations, the photos as PIL images, unreadable (path, why))."""
     from geoalign.data.images import iter_image_batches, load_image
@@ -298,7 +326,13 @@ def explain_images(
     if not feats:
         return [], [], errors
     exps = explain_features(
-        model, torch.cat(feats).numpy(), names, gallery=gallery, cbm=cbm, top_k=top_k
+        model,
+        torch.cat(feats).numpy(),
+        names,
+        gallery=gallery,
+        cbm=cbm,
+        top_k=top_k,
+        calibration=calibration,
     )
     images = []
     for name in names:

@@ -33,3 +33,13 @@ def load_model(
 def model_features(model: Any) -> str | None:
     """The features the model's image head reads (a backbone spec or the scene-label name)."""
     return getattr(model.config, "features", None)
+
+
+def stored_calibration(model_dir: str | Path) -> Any:
+    """The calibration `geoalign calibrate` stored in a checkpoint (None: none), so that an
+    explanation's location probabilities are the ones `geoalign predict` gives."""
+    from geoalign.inference.calibration import Calibration
+    from geoalign.models.registry import checkpoint_config
+
+    record = checkpoint_config(model_dir).get("calibration")
+    return Calibration.from_dict(record) if record else None

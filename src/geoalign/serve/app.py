@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,7 +31,7 @@ from geoalign.serve.engine import Engine, Options, basemap_geojson
 from geoalign.serve.errors import ApiError, error_body
 from geoalign.serve.guard import BodyTooLarge, Guard
 from geoalign.serve.metrics import Metrics
-from geoalign.serve.options import parse_options, parse_prior
+from geoalign.serve.options import parse_concept_top_k, parse_options, parse_prior
 from geoalign.serve.page import PAGE_ROUTES, page_response
 from geoalign.serve.uploads import Decoded, decode_upload
 
@@ -53,7 +54,12 @@ _OPTION_DOCS = {
 }
 
 
-def _openapi_body(verify: bool) -> dict[str, Any]:
+EXPLAIN_DOCS = {
+    "top_k": ("integer", "Concepts kept per image (default: the model's, as `explain --top-k`)."),
+}
+
+
+def _openapi_body(verify: bool = False, explain: bool = False) -> dict[str, Any]:
     props: dict[str, Any] = {
         UPLOAD_FIELD: {
             "type": "array",
@@ -61,7 +67,8 @@ def _openapi_body(verify: bool) -> dict[str, Any]:
             "description": "One or more image files (repeat the field).",
         }
     }
-    for name, (kind, text) in _OPTION_DOCS.items():
+    docs = EXPLAIN_DOCS if explain else _OPTION_DOCS
+    for name, (kind, text) in docs.items():
         if (name in ("claimed", "alpha")) and not verify:
             continue
         props[name] = {"type": kind, "description": text + " Also accepted as a query parameter."}
@@ -86,6 +93,7 @@ class State:
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None
         self.load_error: str | None = None
+        self.explaining = 0  # images in /v1/explain calls now (bounded by max_queue)
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
@@ -256,6 +264,21 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
             )
         return JSONResponse({"request_id": rid, "results": items})
 
+    @app.post(
+        "/v1/explain",
+        tags=["api"],
+        openapi_extra=_openapi_body(explain=True),
+        responses={409: {"description": "The served model is not concept-aware."}},
+    )
+    async def explain(request: Request) -> JSONResponse:
+        """The concept explanation of each photo (concept-aware models): its strongest
+        concepts, the country the concept bottleneck reads from them with each concept's share,
+        and the model's top locations; one `geoalign.explanation/v1` record per image, the
+        record `geoalign explain --json` prints. Other models: 409 (see `explain` in
+        /v1/models)."""
+        rid, records = await _explain(state, request)
+        return JSONResponse({"request_id": rid, "results": records})
+
     # -- the page ---------------------------------------------------------------------------------
     @app.get("/page-config.json", include_in_schema=False)
     async def page_config() -> dict[str, Any]:
@@ -265,6 +288,8 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
             "max_images": config.max_images,
             "max_upload_mb": config.max_upload_mb,
             "version": __version__,
+            # None while the model loads (the page asks again); then whether /v1/explain works
+            "explain": None if state.engine is None else state.engine.explainer is not None,
         }
 
     @app.get("/basemap.geojson", include_in_schema=False)
@@ -326,13 +351,11 @@ async def _read_form(request: Request, max_images: int):
         ) from None
 
 
-async def _serve(
-    state: State, request: Request, *, verify: bool
-) -> tuple[str, Options, list[Decoded], list[dict[str, Any]]]:
-    """Read, decode, batch and finish one predict/verify request."""
-    from geoalign.serve.context import request_id
-
-    engine = _engine(state)
+async def _read_uploads(
+    state: State, request: Request, engine: Engine, parse: Callable[[dict[str, str]], Any]
+) -> tuple[Any, list[Decoded]]:
+    """The request's options (`parse` of its query and text fields, awaited; checked before
+    any image is decoded) and its uploads decoded off the event loop, in order."""
     config = state.config
     kind = request.headers.get("content-type", "")
     if not kind.startswith("multipart/form-data"):
@@ -348,8 +371,7 @@ async def _serve(
         for key, value in form.multi_items():
             if isinstance(value, str):
                 params[key] = value
-        options = parse_options(params, max_top_k=config.max_top_k, verify=verify)
-        options.prior = await asyncio.to_thread(parse_prior, params)
+        options = await parse(params)
         uploads = [v for v in form.getlist(UPLOAD_FIELD)]
         if not uploads:
             raise ApiError(
@@ -375,22 +397,35 @@ async def _serve(
         )
     )
     del blobs
-    readable = [d for d in decoded if d.pixels is not None]
     for d in decoded:
         state.metrics.images.labels("ok" if d.pixels is not None else "unreadable").inc()
-    if not readable:
+    if not any(d.pixels is not None for d in decoded):
         first = decoded[0]
         status = 413 if "pixels is above the limit" in (first.error or "") else 422
         raise ApiError(status, f"{UPLOAD_FIELD} {first.name}: {first.error}", field=UPLOAD_FIELD)
+    return options, decoded
+
+
+async def _serve(
+    state: State, request: Request, *, verify: bool
+) -> tuple[str, Options, list[Decoded], list[dict[str, Any]]]:
+    """Read, decode, batch and finish one predict/verify request."""
+    from geoalign.serve.context import request_id
+
+    engine = _engine(state)
+
+    async def parse(params: dict[str, str]) -> Options:
+        options = parse_options(params, max_top_k=state.config.max_top_k, verify=verify)
+        options.prior = await asyncio.to_thread(parse_prior, params)
+        return options
+
+    options, decoded = await _read_uploads(state, request, engine, parse)
+    readable = [d for d in decoded if d.pixels is not None]
     assert state.batcher is not None
     try:
         queries = await state.batcher.submit_many([d.pixels for d in readable])
     except QueueFull:
-        raise ApiError(
-            503,
-            "the service is at capacity (queue full); retry after the Retry-After seconds",
-            headers={"Retry-After": "1"},
-        ) from None
+        raise _at_capacity() from None
     loop = asyncio.get_running_loop()
     try:
         results = await loop.run_in_executor(
@@ -400,6 +435,48 @@ async def _serve(
         field = "prior" if options.prior is not None else None
         raise ApiError(422, str(err), field=field) from None
     return request_id(), options, decoded, results
+
+
+def _at_capacity() -> ApiError:
+    return ApiError(
+        503,
+        "the service is at capacity (queue full); retry after the Retry-After seconds",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _explain(state: State, request: Request) -> tuple[str, list[dict[str, Any]]]:
+    """Read, decode and explain one /v1/explain request (a 409 before reading the body when
+    the served model has no concept scores)."""
+    from geoalign.serve.context import request_id
+
+    engine = _engine(state)
+    if engine.explainer is None:
+        raise ApiError(
+            409,
+            f"the served model ({state.config.model}, method {engine.card['method']!r}) has no "
+            "concept scores: /v1/explain needs a concept-aware model (trained with a "
+            "configs/concept/*.yaml config); GET /v1/models says `explain: false`",
+            field="model",
+        )
+    concepts = engine.card["concepts"]["count"]
+
+    async def parse(params: dict[str, str]) -> int | None:
+        return parse_concept_top_k(params, concepts)
+
+    top_k, decoded = await _read_uploads(state, request, engine, parse)
+    readable = sum(d.pixels is not None for d in decoded)
+    if state.explaining + readable > state.config.max_queue:
+        raise _at_capacity()
+    state.explaining += readable
+    try:
+        loop = asyncio.get_running_loop()
+        records = await loop.run_in_executor(engine.executor, engine.explain, decoded, top_k)
+    except GeoalignError as err:
+        raise ApiError(422, str(err), field=None) from None
+    finally:
+        state.explaining -= readable
+    return request_id(), records
 
 
 def _source_name(filename: str | None, index: int) -> str:

@@ -73,15 +73,49 @@ def record_settings(config: ServeConfig, top_k: int, prior: Any) -> dict[str, An
     }
 
 
+@dataclass
+class Explainer:
+    """What /v1/explain needs beside the model: the checkpoint folder the explanation names
+    (as `geoalign explain` does) and its country concept bottleneck, when one was fitted."""
+
+    model_path: str
+    cbm: Any = None
+
+    @classmethod
+    def load(cls, model: str, concepts: list[str]) -> Explainer:
+        """A bottleneck fitted for another concept list fails here, at start-up (reported by
+        /readyz), not in every /v1/explain call."""
+        from geoalign.interpret.cbm import ConceptBottleneck, cbm_dir
+        from geoalign.models.registry import resolve_checkpoint_dir
+
+        path = resolve_checkpoint_dir(model)
+        cbm = None
+        if (cbm_dir(path) / "cbm.json").is_file():
+            cbm = ConceptBottleneck.load(cbm_dir(path))
+            if cbm.concepts != concepts:
+                raise DataError(
+                    f"{cbm_dir(path)}: the concept bottleneck was fitted for another concept "
+                    "list than the model's; refit it with `geoalign explain fit-cbm`"
+                )
+        return cls(str(path), cbm)
+
+
 class Engine:
     """A loaded model with the batching-friendly calls the app needs."""
 
-    def __init__(self, geolocator: Any, config: ServeConfig, card: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        geolocator: Any,
+        config: ServeConfig,
+        card: dict[str, Any],
+        explainer: Explainer | None = None,
+    ) -> None:
         if geolocator.backbone is None:
             raise DataError("the service reads photos: the model needs a backbone")
         self.geo = geolocator
         self.config = config
-        self.card = card
+        self.explainer = explainer
+        self.card = {**card, **explain_card(geolocator, explainer)}
         self.transform = geolocator.backbone.transform
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoalign-model")
         self._masks: OrderedDict[str, torch.Tensor | None] = OrderedDict()
@@ -95,7 +129,11 @@ class Engine:
         geo = Geolocator.from_pretrained(
             config.model, backbone=config.backbone, gallery=config.gallery, device=config.device
         )
-        engine = cls(geo, config, model_card(config, checkpoint_config(config.model), geo))
+        explainer = None
+        if geo.model.method == "concept":
+            explainer = Explainer.load(config.model, list(geo.model.concept_set.names))
+        card = model_card(config, checkpoint_config(config.model), geo)
+        engine = cls(geo, config, card, explainer)
         engine.warm_up()
         return engine
 
@@ -107,6 +145,8 @@ class Engine:
         pixels = self.transform(Image.new("RGB", (64, 64), (128, 128, 128)))
         decoded = [Decoded("warm-up", pixels=pixels)]
         self.finish(decoded, list(self.embed(pixels[None])), Options(top_k=1, regions=(0.5,)))
+        if self.explainer is not None:  # the concept path too (the country names, the CBM)
+            self.explain(decoded, top_k=1)
 
     # -- model thread ----------------------------------------------------------------------------
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -164,6 +204,41 @@ class Engine:
                 out.append(by_name[id(d)])
         return out
 
+    def explain(self, decoded: list[Decoded], top_k: int | None) -> list[dict[str, Any]]:
+        """One `geoalign.explanation/v1` record per upload, in order: the record `geoalign
+        explain --json` writes for the same photo (less its chart file), or the upload's error.
+
+        Runs the backbone itself (not through the batcher: the concept scores read the head's
+        unnormalised embedding of the backbone features, not the unit queries)."""
+        from geoalign.interpret.explain import (
+            EXPLANATION_SCHEMA,
+            explain_features,
+            explanation_record,
+        )
+
+        if self.explainer is None:
+            raise DataError("the served model has no concept scores")
+        readable = [d for d in decoded if d.pixels is not None]
+        by_id: dict[int, dict[str, Any]] = {}
+        if readable:
+            pixels = torch.stack([d.pixels for d in readable]).to(self.config.device)
+            with torch.inference_mode():
+                features = self.geo.backbone(pixels).float().cpu().numpy()
+            exps = explain_features(
+                self.geo.model,
+                features,
+                [d.name for d in readable],
+                cbm=self.explainer.cbm,
+                top_k=top_k,
+                geolocator=self.geo,
+            )
+            for d, exp in zip(readable, exps, strict=True):
+                by_id[id(d)] = explanation_record(exp, self.explainer.model_path)
+        return [
+            by_id.get(id(d)) or {"schema": EXPLANATION_SCHEMA, "source": d.name, "error": d.error}
+            for d in decoded
+        ]
+
     def _verify(self, d: Decoded, dist: Any, options: Options) -> dict[str, Any]:
         """The claim check: the given claim, else the photo's EXIF GPS, else why there is none."""
         claim, source = options.claimed, "given"
@@ -211,6 +286,21 @@ def model_card(config: ServeConfig, ckpt: dict[str, Any], geo: Any) -> dict[str,
         "estimates": list(ESTIMATES),
         "device": config.device,
         "format": {k: ckpt.get(k) for k in ("format", "format_version")},
+    }
+
+
+def explain_card(geo: Any, explainer: Explainer | None) -> dict[str, Any]:
+    """The model card's say on /v1/explain: whether it works, and with what."""
+    if explainer is None:
+        return {"explain": False, "concepts": None}
+    model = geo.model
+    return {
+        "explain": True,
+        "concepts": {
+            "count": model.num_concepts,
+            "top_k": model.concept_config.top_k,
+            "country_bottleneck": explainer.cbm is not None,
+        },
     }
 
 

@@ -114,6 +114,14 @@ def parse_prior(params: Mapping[str, str]) -> Any:
         raise _bad(field, str(err)) from None
 
 
+def parse_concept_top_k(params: Mapping[str, str], concepts: int) -> int | None:
+    """/v1/explain's `top_k`: concepts kept per image, as `geoalign explain --top-k` (None: the
+    model's own)."""
+    if params.get("top_k") in (None, ""):
+        return None
+    return _int(params, "top_k", 0, 1, concepts)
+
+
 def parse_options(params: Mapping[str, str], *, max_top_k: int, verify: bool) -> Options:
     """All options of /v1/predict or /v1/verify (the prior is parsed separately: it may load
     the country polygons, which belongs off the event loop)."""

@@ -1,8 +1,8 @@
 """Uploaded bytes -> pixels, with the pixel limit checked before anything is decoded.
 
 The bytes never touch the filesystem under a client-given name: Pillow reads them from memory.
-`exif_gps_from_image` is `geoalign.inference.verify.read_exif_gps` for an opened image (the
-inference module reads from a path); it could move there.
+EXIF GPS is read by `geoalign.inference.verify.exif_gps_from_image`, the parser `geoalign
+verify` uses too.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from geoalign.data.images import ImageLoadError, load_image
 from geoalign.errors import DataError
-from geoalign.geo.coords import validate_latlon
-from geoalign.inference.verify import GPS_IFD, _degrees
+from geoalign.inference.verify import exif_gps_from_image
 
 
 @dataclass
@@ -30,17 +29,6 @@ class Decoded:
     error: str | None = None
     exif_gps: tuple[float, float] | None = None
     exif_error: str | None = None
-
-
-def exif_gps_from_image(image: Image.Image, source: str) -> tuple[float, float]:
-    """(lat, lon) from an opened image's EXIF GPS tags; DataError when absent or malformed."""
-    gps = image.getexif().get_ifd(GPS_IFD)
-    if not gps or 2 not in gps or 4 not in gps:
-        raise DataError(f"{source}: the photo has no EXIF GPS location")
-    lat = _degrees(gps.get(2), gps.get(1), "Latitude", source)
-    lon = _degrees(gps.get(4), gps.get(3), "Longitude", source)
-    la, lo = validate_latlon([lat], [lon], source=f"{source} EXIF GPS")
-    return float(la[0]), float(lo[0])
 
 
 def decode_upload(data: bytes, name: str, transform, max_pixels: int) -> Decoded:

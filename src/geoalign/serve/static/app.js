@@ -1,5 +1,6 @@
 // geoalign web page: upload photos, show each prediction on an offline Leaflet map.
-// Talks only to this server: /page-config.json, /basemap.geojson and /v1/predict.
+// Talks only to this server: /page-config.json, /basemap.geojson, /v1/predict and, for
+// concept-aware models, /v1/explain.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -17,11 +18,15 @@ function placeName(place) {
 
 function setStatus(text) { $("status").textContent = text; }
 
-async function loadConfig() {
+async function loadPageConfig() {
   try {
     const res = await fetch("/page-config.json");
     if (res.ok) pageConfig = await res.json();
   } catch (err) { /* the defaults stand */ }
+}
+
+async function loadConfig() {
+  await loadPageConfig();
   $("key-field").hidden = !pageConfig.api_key_required;
   $("limits").textContent = `Up to ${pageConfig.max_upload_mb} MB per request. Photos are sent only to this server.`;
   try {
@@ -74,7 +79,25 @@ function verdictHtml(check) {
     at α=${check.alpha} (claim level ${(check.level * 100).toFixed(0)}%, ${check.distance_km.toFixed(0)} km from the estimate)</div>`;
 }
 
-function renderResult(card, file, record, geojson, check) {
+function conceptsHtml(exp) {
+  // The concept explanation (concept-aware models): the strongest concepts with their scores,
+  // and the country the concept bottleneck reads from them with each concept's share.
+  if (!exp) return "";
+  if (exp.error) return `<div class="concepts none" data-testid="concepts">Concepts: ${escapeHtml(exp.error)}</div>`;
+  const rows = exp.concept_activations.map((c) => `<tr><td>${escapeHtml(c.concept)}</td>
+      <td class="muted">${escapeHtml(c.category)}</td><td class="num">${c.activation.toFixed(3)}</td></tr>`).join("");
+  let country = "";
+  if (exp.country) {
+    const shares = exp.concept_contributions.slice(0, 5).map((c) =>
+      `${escapeHtml(c.concept)} ${c.contribution >= 0 ? "+" : ""}${(c.contribution * 100).toFixed(0)}%`).join(", ");
+    country = `<p data-testid="concept-country">Concept bottleneck: <b>${escapeHtml(exp.country.name)}</b>
+      (${escapeHtml(exp.country.code)}) ${(exp.country.prob * 100).toFixed(0)}%${shares ? ` — ${shares}` : ""}</p>`;
+  }
+  return `<div class="concepts" data-testid="concepts"><h3>Strongest concepts</h3>
+    <table><thead><tr><th>concept</th><th>category</th><th>score</th></tr></thead><tbody>${rows}</tbody></table>${country}</div>`;
+}
+
+function renderResult(card, file, record, geojson, check, exp) {
   const panel = card.querySelector(".panel");
   const rows = record.predictions.map((p) => `<tr><td class="num">${p.rank}</td>
       <td>${escapeHtml(placeName(p.place)) || "—"}</td>
@@ -84,7 +107,7 @@ function renderResult(card, file, record, geojson, check) {
   const regions = (record.regions || []).map((r) => `<li>${escapeHtml(r.summary)}</li>`).join("");
   panel.insertAdjacentHTML("beforeend", `
     <table data-testid="topk"><thead><tr><th>#</th><th>place</th><th>prob</th><th>lat, lon</th></tr></thead><tbody>${rows}</tbody></table>
-    ${est}<ul class="regions">${regions}</ul>${verdictHtml(check)}<p class="downloads"></p>`);
+    ${est}<ul class="regions">${regions}</ul>${verdictHtml(check)}${conceptsHtml(exp)}<p class="downloads"></p>`);
   const links = panel.querySelector(".downloads");
   links.append("Download: ", download(`${stem(file.name)}.json`, record, "application/json"),
     download(`${stem(file.name)}.geojson`, geojson, "application/geo+json"));
@@ -149,6 +172,8 @@ async function predictOne(file) {
   body.append("image", file, file.name);
   const headers = {};
   if ($("api-key").value) headers["X-API-Key"] = $("api-key").value;
+  if (pageConfig.explain === null || pageConfig.explain === undefined) await loadPageConfig();
+  const explained = pageConfig.explain ? explainOne(file, headers) : Promise.resolve(null);
   try {
     const res = await fetch(`/v1/predict?${params}`, { method: "POST", body, headers });
     const data = await res.json().catch(() => null);
@@ -159,9 +184,24 @@ async function predictOne(file) {
     }
     const record = data.results[0];
     if (record.error) { renderError(card, `Could not read ${file.name}: ${record.error}`); return; }
-    renderResult(card, file, record, data.geojson && data.geojson[0], data.verification && data.verification[0]);
+    renderResult(card, file, record, data.geojson && data.geojson[0], data.verification && data.verification[0],
+      await explained);
   } catch (err) {
     renderError(card, `Could not reach the server: ${err}`);
+  }
+}
+
+async function explainOne(file, headers) {
+  // Never fails the card: a problem becomes the panel's one-line message.
+  const body = new FormData();
+  body.append("image", file, file.name);
+  try {
+    const res = await fetch("/v1/explain", { method: "POST", body, headers });
+    const data = await res.json().catch(() => null);
+    if (!res.ok) return { error: data && data.error ? data.error.message : `HTTP ${res.status}` };
+    return data.results[0];
+  } catch (err) {
+    return { error: `could not reach the server: ${err}` };
   }
 }
 
