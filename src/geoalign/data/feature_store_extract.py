@@ -51,6 +51,8 @@ def extract_features(
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    prepare_fn: Callable[[Any, int], Any] | None = None,
+    views: dict[str, Any] | None = None,
 ) -> FeatureStore | None:
     """Encode every image of `manifest` with `encode_fn` into a feature store at `out_dir`.
 
@@ -60,6 +62,13 @@ def extract_features(
     row failed (recorded in the shard metadata) without stopping the run. Exceptions raised by
     encode_fn stop the run; rerunning resumes from the last completed shard and yields the same
     bytes as an uninterrupted run. num_workers > 0 loads images in that many threads.
+
+    prepare_fn(image, manifest position) turns each loaded image into what encode_fn receives
+    (e.g. its ten crops, or K augmented views seeded by the position, so that a resumed or
+    distributed run makes the same views); it runs in this thread, in row order, and a failure
+    marks the row failed like a load failure. views ({"count": K, "kind": ..., ...}, recorded in
+    the index; see `geoalign.data.feature_store_views`): encode_fn returns [len(list), K, dim]
+    and the store holds K feature vectors per row.
     shard_size=None keeps the size of the store being resumed, else DEFAULT_SHARD_SIZE. If the
     store's index.json is torn, it is rebuilt from the whole shards whose rows are this
     manifest's (images and coordinates compared); the others are redone.
@@ -102,6 +111,7 @@ def extract_features(
         backbone=backbone,
         manifest_hash=manifest.content_hash(),
         source=str(manifest.source) if manifest.source else None,
+        views=views,
     )
     if world_size > 1:
         writer = FeatureStoreWriter(
@@ -121,6 +131,9 @@ def extract_features(
         todo = [k for k in todo if k % world_size == rank and k not in elsewhere]
         done_rows = total - sum(b - a for a, b in (writer.shard_range(k, total) for k in todo))
     load = recording_errors(load_fn)
+    prepare = recording_errors(lambda item: prepare_fn(*item)) if prepare_fn else None
+    n_views = int(views["count"]) if views else 1
+    want = f"({{n}}, {n_views}, dim)" if views else "({n}, dim)"
     with (
         thread_map(num_workers) as pmap,
         progress_bar(progress, total, done_rows, f"features -> {writer.out_dir}") as advance,
@@ -134,20 +147,26 @@ def extract_features(
                 b1 = min(b0 + batch_size, stop)
                 batch_paths = paths[b0:b1]
                 loaded = list(pmap(load, batch_paths))
+                if prepare is not None:
+                    loaded = [
+                        prepare((item, b0 + i)) if not err else (item, err)
+                        for i, (item, err) in enumerate(loaded)
+                    ]
                 good = [i for i, (_, err) in enumerate(loaded) if not err]
                 for i, (_, err) in enumerate(loaded):
                     if err:
                         errors[b0 - start + i] = err
                 if good:
                     feats = _to_numpy(encode_fn([loaded[i][0] for i in good]))
-                    if feats.ndim != 2 or feats.shape[0] != len(good):
+                    shape_ok = feats.ndim == (3 if views else 2) and feats.shape[0] == len(good)
+                    if not shape_ok or (views and feats.shape[1] != n_views):
                         raise ValueError(
                             f"encode_fn returned shape {tuple(feats.shape)} for a batch of "
-                            f"{len(good)} images; expected ({len(good)}, dim)"
+                            f"{len(good)} images; expected {want.format(n=len(good))}"
                         )
                     with np.errstate(over="ignore"):  # overflow -> inf -> row marked failed
                         cast = feats.astype(DTYPES[writer.dtype])
-                    finite = np.isfinite(cast).all(axis=1)
+                    finite = np.isfinite(cast.reshape(len(cast), -1)).all(axis=1)
                     for j, i in enumerate(good):
                         if finite[j]:
                             ok[b0 - start + i] = True
@@ -155,13 +174,14 @@ def extract_features(
                             errors[b0 - start + i] = f"non-finite features in {writer.dtype}"
                     chunks.append(cast[finite])
                 advance(b1 - b0)
-            dim = writer.dim or (chunks[0].shape[1] if chunks else None)
+            dim = writer.dim or (chunks[0].shape[-1] if chunks else None)
             if dim is None:
                 raise DataError(
                     f"{writer.out_dir}: no image in shard {shard} could be encoded, so the "
                     f"feature size is unknown (first error: {errors[0]})"
                 )
-            feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), writer.dtype)
+            empty = (0, n_views, dim) if views else (0, dim)
+            feats = np.concatenate(chunks) if chunks else np.zeros(empty, writer.dtype)
             writer.write_shard(
                 shard,
                 feats,
@@ -212,6 +232,9 @@ def encode_with(
     """An encode_fn for a backbone module: transform each image, stack, forward without grad.
 
     `transform` defaults to `module.transform`; device/dtype default to the module's parameters.
+    A transform that makes [K, 3, S, S] per image (ten crops, K views) gives [B, K, dim]: the
+    B x K images go through the module as one batch. Items prepared already (an extraction's
+    prepare_fn) take `transform=torch.as_tensor`.
     """
     transform = transform if transform is not None else getattr(module, "transform", None)
     if transform is None:
@@ -229,6 +252,9 @@ def encode_with(
         pixels = torch.stack([transform(img) for img in images])
         if device.type == "cuda" and pixels.device.type == "cpu":  # pinned: an async copy
             pixels = pixels.pin_memory()
-        return module(pixels.to(device=device, dtype=dtype, non_blocking=True))
+        pixels = pixels.to(device=device, dtype=dtype, non_blocking=True)
+        if pixels.dim() == 5:  # [B, K, 3, S, S]: K crops or views of each image
+            return module(pixels.flatten(0, 1)).reshape(*pixels.shape[:2], -1)
+        return module(pixels)
 
     return encode

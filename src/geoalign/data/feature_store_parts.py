@@ -41,7 +41,7 @@ def shards_in_other_parts(out_dir: Path, rank: int, settings: dict[str, Any]) ->
     return done
 
 
-PART_SETTINGS = ("dtype", "shard_size", "total", "backbone", "manifest_hash")
+PART_SETTINGS = ("dtype", "shard_size", "total", "backbone", "manifest_hash", "views")
 
 
 def merge_parts(out_dir: str | Path, *, keep_parts: bool = False) -> FeatureStore:
@@ -90,6 +90,7 @@ def merge_parts(out_dir: str | Path, *, keep_parts: bool = False) -> FeatureStor
         backbone=first.get("backbone"),
         manifest_hash=first.get("manifest_hash"),
         source=first.get("source"),
+        views=first.get("views"),
     )
     from geoalign.io_atomic import fsync_dir
 

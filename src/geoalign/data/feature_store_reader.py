@@ -22,20 +22,23 @@ if TYPE_CHECKING:
 
 
 class ShardedArray:
-    """A read-only [N, dim] view over the shards: indexing reads only the rows asked for."""
+    """A read-only [N, dim] (or [N, views, dim]) view over the shards: indexing reads only the
+    rows asked for."""
 
     def __init__(self, store: FeatureStore) -> None:
         self._store = store
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return (len(self._store), self._store.dim)
+    def shape(self) -> tuple[int, ...]:
+        return (len(self._store), *self._store.row_shape)
 
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self._store.dtype)
 
-    ndim = 2
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self._store.row_shape)
 
     def __len__(self) -> int:
         return len(self._store)
@@ -71,13 +74,13 @@ class ShardedArray:
         idx = np.where(idx < 0, idx + n, idx).astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"index out of range for a store of {n} rows")
-        out = np.empty((idx.size, store.dim), dtype=store.dtype)
+        out = np.empty((idx.size, *store.row_shape), dtype=store.dtype)
         shard_of = store._shard_of(idx)
         for k in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == k)
             local = idx[sel] - store._offsets[k]
             out[sel] = store._shard_features(int(k))[local]
-        return out.reshape((*np.shape(key), store.dim)) if np.ndim(key) > 1 else out
+        return out.reshape((*np.shape(key), *store.row_shape)) if np.ndim(key) > 1 else out
 
     def _contiguous(self, start: int, stop: int) -> np.ndarray:
         store = self._store
@@ -89,7 +92,7 @@ class ShardedArray:
                 hi = min(stop, store._offsets[k + 1]) - store._offsets[k]
                 parts.append(store._shard_features(k)[lo:hi])
         if not parts:
-            return np.empty((0, store.dim), dtype=store.dtype)
+            return np.empty((0, *store.row_shape), dtype=store.dtype)
         return np.concatenate(parts).astype(store.dtype, copy=False)
 
 
@@ -129,12 +132,31 @@ class FeatureStore(ShardReader):
     def __repr__(self) -> str:
         return (
             f"FeatureStore({str(self.path)!r}, rows={len(self)}, dim={self.dim}, "
-            f"dtype={self.dtype}, shards={len(self._shards)})"
+            f"dtype={self.dtype}, shards={len(self._shards)}"
+            + (f", views={self.views} {self.view_kind}" if self.views > 1 else "")
+            + ")"
         )
 
     @property
     def dim(self) -> int:
         return int(self.index["dim"]) if self.index.get("dim") is not None else 0
+
+    @property
+    def views(self) -> int:
+        """Feature vectors per row: 1, or K (ten crops, or K augmented training views)."""
+        spec = self.index.get("views")
+        return int(spec["count"]) if spec else 1
+
+    @property
+    def view_kind(self) -> str | None:
+        """What a row's views are: None (one view), "ten-crop" or "simclr" (see feature_store_views)."""
+        spec = self.index.get("views")
+        return str(spec["kind"]) if spec else None
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one row's features: (dim,), or (views, dim) for a multi-view store."""
+        return (self.views, self.dim) if self.views > 1 else (self.dim,)
 
     @property
     def dtype(self) -> str:
@@ -163,11 +185,9 @@ class FeatureStore(ShardReader):
                 mm = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as err:
                 raise DataError(f"{path}: cannot read feature shard: {err}") from err
-            if mm.shape != (self._shards[k]["count"], self.dim):
-                raise DataError(
-                    f"{path}: shape {mm.shape} does not match the index "
-                    f"({self._shards[k]['count']}, {self.dim})"
-                )
+            want = (self._shards[k]["count"], *self.row_shape)
+            if mm.shape != want:
+                raise DataError(f"{path}: shape {mm.shape} does not match the index {want}")
             self._mmaps[k] = mm
         return mm
 
@@ -274,6 +294,7 @@ class FeatureStore(ShardReader):
             "backbone": self.backbone,
             "manifest_hash": self.manifest_hash,
             "source": self.index.get("source"),
+            **({"views": self.views, "view_kind": self.view_kind} if self.views > 1 else {}),
         }
 
     # -- streaming ----------------------------------------------------------------------------

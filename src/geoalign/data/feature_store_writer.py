@@ -41,10 +41,14 @@ class FeatureStoreWriter(ShardWriter):
         backbone: dict[str, Any] | str | None = None,
         manifest_hash: str | None = None,
         source: str | None = None,
+        views: dict[str, Any] | None = None,
         overwrite: bool = False,
     ) -> None:
         if shard_size < 1:
             raise ValueError("shard_size must be positive")
+        if views is not None and int(views.get("count", 0)) < 2:
+            raise ValueError(f"a multi-view store needs views['count'] >= 2, got {views}")
+        self.views: int = int(views["count"]) if views else 1
         self.dtype = dtype_name(dtype)
         self._buffer: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._buffered = 0
@@ -56,10 +60,18 @@ class FeatureStoreWriter(ShardWriter):
             "backbone": backbone,
             "manifest_hash": manifest_hash,
         }
+        if views is not None:  # only then: single-view stores keep the index they always had
+            settings["views"] = views
         # A setting an earlier run left open (dim before its first shard, say) is taken over.
         super().__init__(
             out_dir, KIND, settings, source=source, overwrite=overwrite, adopt_missing=True
         )
+        if self.index.get("views") != views:
+            raise DataError(
+                f"{self.out_dir}: existing feature store has views={self.index.get('views')!r}, "
+                f"this run asks for {views!r}; use a new folder or overwrite it "
+                "(overwrite=True, CLI --overwrite)"
+            )
         self.dim: int | None = self.index.get("dim")
         shards = self.index["shards"]
         self._next_position = int(shards[-1]["stop"]) if shards else 0
@@ -69,12 +81,15 @@ class FeatureStoreWriter(ShardWriter):
     ) -> dict[str, Any] | None:
         """A shard on disk is taken back only with this store's dtype, dim and row count."""
         fields = super()._recover_fields(shard, array, meta)
-        if fields is None or array.ndim != 2 or array.dtype != np.dtype(self.dtype):
+        ndim = 2 if self.views == 1 else 3
+        if fields is None or array.ndim != ndim or array.dtype != np.dtype(self.dtype):
+            return None
+        if ndim == 3 and array.shape[1] != self.views:
             return None
         n_ok = fields["stop"] - fields["start"] - fields["failed"]
-        if array.shape[0] != n_ok or self.index.get("dim") not in (None, array.shape[1]):
+        if array.shape[0] != n_ok or self.index.get("dim") not in (None, array.shape[-1]):
             return None
-        self.index["dim"] = int(array.shape[1])
+        self.index["dim"] = int(array.shape[-1])
         return {**fields, "count": n_ok}
 
     # -- writing ----------------------------------------------------------------------------
@@ -84,19 +99,24 @@ class FeatureStoreWriter(ShardWriter):
         features: np.ndarray,
         meta: dict[str, Sequence[Any] | np.ndarray],
     ) -> None:
-        """Write shard `shard`: features of the ok rows, and metadata for every row of the shard.
+        """Write shard `shard`: features of the ok rows ([n_ok, dim], or [n_ok, views, dim] in a
+        multi-view store), and metadata for every row of the shard.
 
         meta keys: position, row, image, lat, lon, ok, error (all of the shard's length).
         """
         features = np.asarray(features)
-        if features.ndim != 2:
+        if self.views == 1 and features.ndim != 2:
             raise ValueError(f"features must be 2-D [rows, dim], got shape {features.shape}")
+        if self.views > 1 and (features.ndim != 3 or features.shape[1] != self.views):
+            raise ValueError(
+                f"features must be [rows, {self.views} views, dim], got shape {features.shape}"
+            )
         if self.dim is None:
-            self.dim = int(features.shape[1])
+            self.dim = int(features.shape[-1])
             self.index["dim"] = self.dim
-        if features.shape[1] != self.dim:
+        if features.shape[-1] != self.dim:
             raise DataError(
-                f"{self.out_dir}: shard {shard} has features of dim {features.shape[1]}, "
+                f"{self.out_dir}: shard {shard} has features of dim {features.shape[-1]}, "
                 f"the store holds dim {self.dim}"
             )
         table = pa.table({name: meta[name] for name in META_SCHEMA.names}, schema=META_SCHEMA)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from geoalign.errors import DataError
+
 Batch = dict[str, Tensor]
 
 
@@ -139,8 +141,15 @@ class StoreSource:
         buffer_shards: int = 2,
     ) -> None:
         from geoalign.data.feature_store import FeatureStore
+        from geoalign.data.feature_store_views import TEN_CROP
 
         self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+        if self.store.view_kind == TEN_CROP:
+            raise DataError(
+                f"{self.store.path}: a ten-crop store holds evaluation queries (10 crops per "
+                "photo), not training rows; train from a single-view store or from one of "
+                "augmented views (`geoalign features extract --views K --augment simclr`)"
+            )
         self.mask = fraction_mask(len(self.store), fraction, fraction_seed)
         self.n_rows = int(self.mask.sum())
         self.read_rows = read_rows
