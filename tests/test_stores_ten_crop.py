@@ -179,3 +179,24 @@ def test_bad_view_options_are_usage_errors_before_any_work(manifest, tmp_path, e
     assert res.exit_code == 2, res.output
     assert needle in res.output and "Traceback" not in res.output
     assert not out.exists()
+
+
+def test_geoalign_evaluate_reads_a_ten_crop_store_as_ten_crop_queries(
+    ten_crop_store, tiny_clip, tmp_path
+):
+    model = tmp_path / "model"
+    _tiny_model(tiny_clip).save(model)
+    rng = np.random.default_rng(2)
+    gallery = tmp_path / "gallery.csv"
+    gallery.write_text(
+        "lat,lon\n" + "".join(f"{a:.3f},{b:.3f}\n" for a, b in rng.uniform(-60, 60, (30, 2)))
+    )
+    out = tmp_path / "report"
+    args = ["evaluate", "--model", str(model), "--queries", str(ten_crop_store)]
+    res = runner.invoke(
+        app, [*args, "--gallery", str(gallery), "--no-baselines", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_queries"] == N_PHOTOS
+    assert "- ten-crop: True" in (out / "report.md").read_text()
