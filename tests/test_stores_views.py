@@ -255,3 +255,21 @@ def test_the_concept_bottleneck_rows_of_a_views_store_are_the_mean_view(views_st
     assert feats.shape == (N_IMAGES, 12)
     np.testing.assert_allclose(feats, store[:].mean(axis=1), rtol=1e-6)
     np.testing.assert_array_equal(coords, store.coords)
+
+
+def test_geosurge_refuses_a_views_store_clearly(views_store, tmp_path):
+    from geoalign.training.geosurge import geosurge_config_from_dict
+    from geoalign.training.geosurge.data import build_data
+
+    cfg = geosurge_config_from_dict(
+        {
+            "method": "geosurge",
+            "name": "t",
+            "model": {"visual": "features", "feature_head": "linear", "embed_dim": 16},
+            "cells": {"tau_max": [300, 100], "tau_min": 10},
+            "data": {"source": "store", "path": str(views_store), "val_fraction": 0.25},
+            "trainer": {"out_dir": str(tmp_path / "run"), "progress": False},
+        }
+    )
+    with pytest.raises(DataError, match="4 simclr views per image; GeoSURGE trains on one view"):
+        build_data(cfg)
