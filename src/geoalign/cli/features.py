@@ -74,6 +74,29 @@ def extract_cmd(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a store made with other settings instead of resuming."
     ),
+    ten_crop: bool = typer.Option(
+        False,
+        "--ten-crop",
+        help=(
+            "Store the ten crops' features of every image (evaluation queries: evaluating from "
+            "the store averages the crops' logits). 10x the extraction time and disk."
+        ),
+    ),
+    views: int | None = typer.Option(
+        None,
+        "--views",
+        help=(
+            "Store K >= 2 augmented views per image (training samples data.views of them per "
+            "step). K x the extraction time and disk."
+        ),
+        metavar="K",
+    ),
+    augment: str | None = typer.Option(
+        None, "--augment", help="The augmentation of --views: simclr (the default)."
+    ),
+    view_seed: int = typer.Option(
+        0, "--view-seed", help="Seed of the --views augmentation (a rerun makes the same views)."
+    ),
 ) -> None:
     """Encode every image of a manifest or of webdataset shards into a resumable feature store.
 
@@ -81,6 +104,8 @@ def extract_cmd(
     OUT/parts/; rank 0 merges them when all ranks are done (`features merge` does it by hand).
     """
     import warnings
+
+    import torch
 
     from geoalign.data.feature_store import DTYPES, dist_env, encode_with, extract_features
     from geoalign.data.shards import recorded_shard_size
@@ -103,6 +128,7 @@ def extract_cmd(
         fail(
             f"--decode gpu decodes on the GPU the model runs on; give --device cuda (not {device})"
         )
+    _check_view_options(ten_crop, views, augment)
     if shard_size is None:
         recorded = None if overwrite else recorded_shard_size(out)
         shard_size = recorded or (CPU_SHARD_SIZE if device == "cpu" else GPU_SHARD_SIZE)
@@ -110,6 +136,7 @@ def extract_cmd(
         table = _rows(inputs, out, image_root, skip_bad_rows, rank, world)
         model = load_backbone(backbone, device=device)
         model.configure_inference(precision=precision, channels_last=channels_last)
+        store_views = _store_views(model, ten_crop, views, view_seed)
     except GeoalignError as err:
         fail(str(err))
     try:
@@ -117,7 +144,7 @@ def extract_cmd(
             warnings.simplefilter("always")
             store = extract_features(
                 table,
-                encode_with(model),
+                encode_with(model, torch.as_tensor) if store_views else encode_with(model),
                 out,
                 load_fn=_gpu_loader(table, device) if decode == "gpu" else None,
                 batch_size=batch_size,
@@ -129,6 +156,8 @@ def extract_cmd(
                 progress=rank == 0,
                 rank=rank,
                 world_size=world,
+                prepare_fn=store_views.prepare if store_views else None,
+                views=store_views.record if store_views else None,
             )
             if world > 1:
                 store = _finish_distributed(out, rank)
@@ -137,7 +166,38 @@ def extract_cmd(
     for w in caught:  # one line each, without the source path of a raw UserWarning
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     if store is not None:
-        console.print(f"[green]feature store[/] {out}: {len(store)} rows of dim {model.embed_dim}")
+        each = f", {store.views} {store.view_kind} views each" if store.views > 1 else ""
+        console.print(
+            f"[green]feature store[/] {out}: {len(store)} rows of dim {model.embed_dim}{each}"
+        )
+
+
+def _check_view_options(ten_crop: bool, views: int | None, augment: str | None) -> None:
+    """--ten-crop, --views and --augment: usage errors before any work."""
+    from geoalign.data.feature_store_views import AUGMENTS
+
+    if ten_crop and views is not None:
+        fail(
+            "--ten-crop and --views are exclusive: ten crops are evaluation queries, --views "
+            "stores augmented training views; extract them into two stores"
+        )
+    if views is not None and views < 2:
+        fail(f"--views must be at least 2, got {views} (for one view per image drop --views)")
+    if augment is not None and views is None:
+        fail("--augment applies to --views K; give --views too (or drop --augment)")
+    if augment is not None and augment not in AUGMENTS:
+        fail(f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+
+
+def _store_views(model, ten_crop: bool, views: int | None, seed: int):
+    """The multi-view extraction asked for (None: one view per image, the backbone's transform)."""
+    from geoalign.data.feature_store_views import simclr_store_views, ten_crop_views
+
+    if ten_crop:
+        return ten_crop_views(model.preprocess)
+    if views is not None:
+        return simclr_store_views(model.preprocess, views, seed)
+    return None
 
 
 def _gpu_loader(table, device: str):

@@ -17,8 +17,20 @@ gallery_app = typer.Typer(
 @gallery_app.command("build")
 def build(
     source: Path = typer.Option(..., "--from", help="Training manifest or coordinate table."),
-    size: int = typer.Option(100_000, help="Number of gallery points.", min=1),
-    out: Path = typer.Option(..., "--out", help="Output .parquet or .csv (written atomically)."),
+    size: int | None = typer.Option(
+        None,
+        help="Number of gallery points (default 100,000, or the --name gallery's size).",
+        min=1,
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output .parquet or .csv (written atomically)."
+    ),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="Build a named gallery instead of --out (mp16-500k: GeoCLIP's GWS15k gallery); "
+        "then --gallery NAME finds it.",
+    ),
     seed: int = typer.Option(0),
     dedupe_decimals: int = typer.Option(
         4, help="Merge coordinates equal to this many decimals first (-1: keep duplicates)."
@@ -34,6 +46,7 @@ def build(
     from geoalign.geo.gallery import sample_gallery
     from geoalign.io_atomic import atomic_write, remove_stale_temps
 
+    out, size = _target(out, name, size)
     suffix = check_output_file(out, (".parquet", ".csv"))
     coords = read_coordinate_table(source, skip_bad_rows=skip_bad_rows)
     good, errors = coords.good, coords.errors
@@ -60,6 +73,24 @@ def build(
     )
     if errors:
         console.print(f"[yellow]{len(errors)} rows with bad coordinates were ignored[/]")
+
+
+def _target(out: Path | None, name: str | None, size: int | None) -> tuple[Path, int]:
+    """(output file, size) of --out, or of the named gallery --name (usage errors otherwise)."""
+    from geoalign.data.galleries import BUILT_GALLERIES, built_gallery_path
+
+    if (out is None) == (name is None):
+        fail("give --out FILE or --name NAME (a named gallery), not both and not neither")
+    if name is None:
+        return out, size or 100_000
+    if name not in BUILT_GALLERIES:
+        fail(f"--name {name!r} is not a named gallery; known: {', '.join(BUILT_GALLERIES)}")
+    want = BUILT_GALLERIES[name].size
+    if size is not None and size != want:
+        fail(
+            f"--name {name} is a gallery of {want:,} points, not {size:,}: drop --size or use --out"
+        )
+    return built_gallery_path(name), want
 
 
 @gallery_app.command("info")

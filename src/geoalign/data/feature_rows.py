@@ -2,7 +2,8 @@
 and training read in-memory features with coordinates through.
 
 A spec is one of
-- a feature store folder (`geoalign features extract` output): its rows, coordinates and ids;
+- a feature store folder (`geoalign features extract` output): its rows, coordinates and ids
+  (a `--ten-crop` store gives [N, 10, D]; a store of augmented training views is refused);
 - ``scene-labels:<benchmark or CSV>``: the 387-d Places365 scene-label descriptors of the packaged
   benchmark label files (the offline quickstart's "features");
 - an ``.npz`` with `features` [N, D] (or [N, crops, D]) and `coords` [N, 2] (and optionally `ids`).
@@ -71,6 +72,11 @@ def _store(path: Path, max_rows: int | None, seed: int) -> FeatureRows:
     from geoalign.data.feature_store import FeatureStore
 
     store = FeatureStore(path)
+    if store.view_kind not in (None, "ten-crop"):
+        raise DataError(
+            f"{path}: this store holds {store.views} {store.view_kind} training views per image, "
+            "not query features; use a single-view or a --ten-crop store"
+        )
     rows = sample_rows(len(store), max_rows, seed)
     feats = np.asarray(store.features[rows], dtype=np.float32)
     backbone = store.backbone if isinstance(store.backbone, str) else None

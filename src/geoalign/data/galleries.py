@@ -16,7 +16,7 @@ import pandas as pd
 from geoalign.data.tables import read_table, resolve_columns
 from geoalign.errors import DataError
 from geoalign.geo.coords import check_coordinates, format_row_errors
-from geoalign.paths import geoclip_package_dir
+from geoalign.paths import cache_dir, geoclip_package_dir
 
 
 def _geoclip_100k() -> Path:
@@ -29,10 +29,42 @@ NAMED_GALLERIES: dict[str, Callable[[], Path]] = {
 }
 
 
+@dataclass(frozen=True)
+class BuiltGallery:
+    """A named gallery the user builds once from their training manifest (no file ships with
+    geoalign): `geoalign gallery build --from MANIFEST --name NAME` writes it where the name finds it."""
+
+    size: int
+    about: str
+
+
+# GeoCLIP evaluates GWS15k against a 500K gallery of MP-16 training coordinates (its §4.1), built
+# the way its 100K gallery was (a uniform sample of the training coordinates).
+BUILT_GALLERIES: dict[str, BuiltGallery] = {
+    "mp16-500k": BuiltGallery(500_000, "GeoCLIP's GWS15k gallery: 500K MP-16 training coordinates"),
+}
+
+
+def built_gallery_path(name: str) -> Path:
+    """Where the built gallery `name` lives ($GEOALIGN_HOME/galleries/NAME.parquet)."""
+    return cache_dir() / "galleries" / f"{name}.parquet"
+
+
 def gallery_path(name_or_path: str | Path) -> Path:
-    """The file behind a gallery name (NAMED_GALLERIES), or the path itself."""
+    """The file behind a gallery name (NAMED_GALLERIES, BUILT_GALLERIES), or the path itself."""
     key = str(name_or_path)
-    return NAMED_GALLERIES[key]() if key in NAMED_GALLERIES else Path(name_or_path)
+    if key in NAMED_GALLERIES:
+        return NAMED_GALLERIES[key]()
+    if key in BUILT_GALLERIES:
+        path = built_gallery_path(key)
+        if not path.is_file():
+            g = BUILT_GALLERIES[key]
+            raise DataError(
+                f"gallery {key} ({g.about}) is not built yet: geoalign gallery build --from "
+                f"<MP-16 training manifest> --size {g.size} --name {key}"
+            )
+        return path
+    return Path(name_or_path)
 
 
 @dataclass

@@ -128,7 +128,8 @@ def _training_rows(run: ConceptRun, arrays: Any) -> tuple[np.ndarray, np.ndarray
         store = FeatureStore(d.path)
         n = min(len(store), run.cbm.rows)
         rows = np.sort(rng.choice(len(store), size=n, replace=False))
-        return np.asarray(store[rows], np.float32), store.coords[rows]
+        # a store of K views per image: their mean, below, like ten-crop arrays
+        feats, coords = np.asarray(store[rows], np.float32), store.coords[rows]
     else:
         return None
     if feats.ndim == 3:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from geoalign.errors import DataError
+
 Batch = dict[str, Tensor]
 
 
@@ -127,7 +129,13 @@ def _prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 
 
 class StoreSource:
-    """Stream a feature store: memory is a couple of shards plus one read chunk, not the store."""
+    """Stream a feature store: memory is a couple of shards plus one read chunk, not the store.
+
+    A store of K augmented views per image (`features extract --views K`) gives P = `views`
+    distinct views of each row per step ([b, P, D]; [b, D] when P is 1), drawn afresh for every
+    global batch from (seed, epoch, batch): resumable, and the same under DDP. A single-view
+    store has no views to draw, so P > 1 is refused there.
+    """
 
     def __init__(
         self,
@@ -137,14 +145,42 @@ class StoreSource:
         fraction_seed: int = 0,
         read_rows: int = 65536,
         buffer_shards: int = 2,
+        views: int = 1,
     ) -> None:
         from geoalign.data.feature_store import FeatureStore
+        from geoalign.data.feature_store_views import TEN_CROP
 
         self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+        if self.store.view_kind == TEN_CROP:
+            raise DataError(
+                f"{self.store.path}: a ten-crop store holds evaluation queries (10 crops per "
+                "photo), not training rows; train from a single-view store or from one of "
+                "augmented views (`geoalign features extract --views K --augment simclr`)"
+            )
+        stored = self.store.views
+        if views < 1 or views > stored:
+            have = (
+                f"{stored} {self.store.view_kind} views per image"
+                if stored > 1
+                else "one view per image"
+            )
+            raise DataError(
+                f"data.views={views}: {self.store.path} holds {have}; extract a store of K >= "
+                f"{views} views (`geoalign features extract --views K --augment simclr`) or set "
+                "data.views to at most that"
+            )
+        self.views = views
         self.mask = fraction_mask(len(self.store), fraction, fraction_seed)
         self.n_rows = int(self.mask.sum())
+        # a chunk of K-view rows is K times the bytes: keep the chunk's memory that of one view
+        read_rows = max(1, read_rows // stored)
         self.read_rows = read_rows
         self.buffer_shards = buffer_shards
+
+    def pick_views(self, n: int, seed: int, epoch: int, batch: int) -> np.ndarray:
+        """[n, P] distinct view numbers (of the store's K) for the rows of global batch `batch`."""
+        rng = np.random.default_rng([int(seed), int(epoch), int(batch), 0x5649])
+        return np.argsort(rng.random((n, self.store.views)), axis=1)[:, : self.views]
 
     def _rows(self, epoch: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for part in self.store.iter_batches(
@@ -180,10 +216,13 @@ class StoreSource:
             for k, (f, c) in enumerate(self._global_batches(epoch, batch_size, seed)):
                 if k < skip:
                     continue
+                local = _local(f, batch_size, rank, world)
+                if f.ndim == 3:  # K views per row: P of them, chosen for the global batch
+                    pick = _local(self.pick_views(len(f), seed, epoch, k), batch_size, rank, world)
+                    local = np.take_along_axis(local, pick[:, :, None], axis=1)
+                    local = local[:, 0] if self.views == 1 else local
                 yield {
-                    "features": torch.from_numpy(
-                        np.ascontiguousarray(_local(f, batch_size, rank, world), dtype=np.float32)
-                    ),
+                    "features": torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32)),
                     "coords": torch.from_numpy(
                         np.ascontiguousarray(_local(c, batch_size, rank, world), dtype=np.float32)
                     ),

@@ -122,7 +122,11 @@ def build_source(
         if not d.path:
             raise DataError("data.path: the feature store folder is required for source 'store'")
         src = StoreSource(
-            d.path, fraction=d.fraction, fraction_seed=d.fraction_seed, read_rows=d.read_rows
+            d.path,
+            fraction=d.fraction,
+            fraction_seed=d.fraction_seed,
+            read_rows=d.read_rows,
+            views=d.views,
         )
         return src, src.store.dim, None
     # images: a manifest of photos and a frozen backbone

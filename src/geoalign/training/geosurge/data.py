@@ -96,6 +96,11 @@ def build_data(cfg: GeoSurgeTrainConfig, arrays: tuple[Any, Any] | None = None) 
         if not d.path:
             raise DataError("data.path: the feature store folder is required for source 'store'")
         store = FeatureStore(d.path)
+        if store.views > 1:  # GeoSURGE's recipe has no augmented views (nor ten-crop training)
+            raise DataError(
+                f"data.path {d.path}: a store of {store.views} {store.view_kind} views per image; "
+                "GeoSURGE trains on one view per image: give a single-view feature store"
+            )
         coords = store.coords
         train, val = split_rows(len(store), cfg)
         mask = np.zeros(len(store), dtype=bool)
