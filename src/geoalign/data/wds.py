@@ -7,6 +7,8 @@ The one import point for shard I/O; each job lives in its own module:
   samples are never dropped silently but become a `BadSample` that readers count and report;
 - `wds_listing`: `list_shards` -> a `ShardManifest` (rows without decoding) and the
   `ShardImageLoader` that `features extract` reads images back with;
+- `wds_images`: photos of shards named by sample key, streamed for `predict` and evaluation
+  (`list_photos`, `photos_with_truth`);
 - `wds_write`: `write_shards`, a manifest plus its image files -> shards (`data to-wds`).
 """
 
