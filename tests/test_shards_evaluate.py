@@ -135,3 +135,16 @@ def test_photos_usage_errors_name_the_option(tiny_clip, gallery, photos, tmp_pat
         res = runner.invoke(app, [*base, *extra])
         assert res.exit_code == 2 and message in res.output, (extra, res.output)
         assert "Traceback" not in res.output
+
+
+def test_eval_images_after_training_accepts_shards(photos):
+    """`eval.images` (the evaluation `geoalign train` runs at the end) reads shards too."""
+    from geoalign.data.wds_images import ShardPhotos
+    from geoalign.evaluation.run import _photo_queries
+
+    manifest, wds = photos
+    found, truth, ids, name = _photo_queries(str(wds / "{000000..000002}.tar"), "im2gps3k")
+    assert isinstance(found, ShardPhotos) and name == "im2gps3k"
+    assert ids == [f"{i + 1:09d}" for i in range(N)]
+    want = load_manifest(manifest, check_files=True).clean().coords()
+    np.testing.assert_allclose(truth, want)

@@ -109,13 +109,13 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    source: Literal["arrays", "store", "images", "scene-labels"] = "store"
-    path: str | None = None  # feature store folder, manifest, or scene-label CSV / benchmark name
+    source: Literal["arrays", "store", "images", "wds", "scene-labels"] = "store"
+    path: str | None = None  # feature store, manifest, scene-label CSV/benchmark, or wds shards
     images_root: str | None = None  # for source=images: folder the manifest's paths are under
-    backbone: str = "clip-vit-l14"  # for source=images
+    backbone: str = "clip-vit-l14"  # for source=images and wds
     fraction: float = 1.0  # limited-data training: this share of the rows, fixed by fraction_seed
     fraction_seed: int = 0
-    views: int = 1  # P augmented views per image (source=images); features have one view
+    views: int = 1  # P augmented views per image (source=images, wds); features have one view
     gps_noise_m: float = 150.0  # σ_η on batch coordinates
     queue_noise_m: float = 1000.0  # σ_η' on queue coordinates
     num_workers: int = 2
@@ -181,7 +181,7 @@ class EvalSection:
     # folder or scene-labels:<benchmark or CSV>. None: scene labels of `benchmark` when training
     # on scene labels, otherwise no evaluation (run `geoalign evaluate` on the photos instead).
     queries: str | None = None
-    images: str | None = None  # the benchmark's photo folder (or a manifest): evaluate from photos
+    images: str | None = None  # benchmark photo folder, manifest or shards: evaluate from photos
     after_training: bool = True
     baselines: bool = True  # beside the model, on the training features (at most 200,000 rows)
 
