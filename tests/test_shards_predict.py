@@ -199,3 +199,15 @@ def test_a_shard_is_read_once_and_only_wanted_samples_are_read(shards, monkeypat
     monkeypatch.setattr(tarfile.TarFile, "extractfile", counting)
     dict(wds_images.read_samples(url, {1}))
     assert sorted(reads) == ["000000002.jpg", "000000002.json"]
+
+
+def test_python_api_predicts_shards_by_key(tiny_clip, small_gallery, shards):  # noqa: F811
+    from geoalign import Geolocator
+    from geoalign.data.galleries import load_gallery
+    from geoalign.data.wds_images import list_photos
+
+    _, wds, keys = shards
+    g = Geolocator.from_pretrained(backbone=f"hf:{tiny_clip}", gallery=load_gallery(small_gallery))
+    preds = g.predict(list_photos(wds), top_k=2, batch_size=3)
+    assert [p.source for p in preds] == sorted(keys)  # shard order, keys as names
+    assert [p.ok for p in preds] == [k != "000000004" for k in sorted(keys)]

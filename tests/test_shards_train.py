@@ -159,3 +159,15 @@ def test_config_errors_name_data_path(tiny_clip, wds, tmp_path):
     config.write_text(yaml.safe_dump(_config(tiny_clip, missing, tmp_path / "c")))
     res = CliRunner().invoke(app, ["train", str(config)])
     assert res.exit_code == 2 and "data.path:" in res.output and "Traceback" not in res.output
+
+
+def test_the_shipped_mp16_wds_config_reads_shards(tmp_path, monkeypatch):
+    """`geoalign train configs/geoclip/mp16_wds.yaml`: GeoCLIP as published, from shards; before
+    the shards exist it says so, naming data.path, without loading the backbone."""
+    from geoalign.training.config import load_config, resolve_config
+
+    cfg = load_config(resolve_config("geoclip/mp16_wds"))
+    assert (cfg.data.source, cfg.data.views, cfg.data.gps_noise_m) == ("wds", 2, 150.0)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["train", "geoclip/mp16_wds", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "data.path: data/mp16-wds/" in res.output, res.output

@@ -151,12 +151,17 @@ def _shard_source(cfg: TrainConfig) -> tuple[BatchSource, int, Any]:
     """Photos of webdataset shards (`data.path`: a .tar, a brace pattern, a folder of .tar
     files, a URL), listed once into the run folder, streamed as views through the backbone."""
     from geoalign.data.transforms import simclr_views_for
+    from geoalign.data.wds import expand_shards
     from geoalign.nn.backbones import load_backbone
     from geoalign.training.shard_source import ShardImageSource
 
     d = cfg.data
     if not d.path:
         raise DataError("data.path: the shards are required for source 'wds' (e.g. wds/)")
+    try:
+        expand_shards(d.path)  # a missing shard is refused before the backbone loads
+    except DataError as err:
+        raise DataError(f"data.path: {err}") from err
     backbone = load_backbone(d.backbone, frozen=True)
     try:
         src = ShardImageSource(
