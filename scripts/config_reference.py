@@ -49,7 +49,7 @@ MEANINGS = {
     "optim.gamma": "learning-rate decay factor per epoch (StepLR)",
     "model.queue_mode": "published: queue embeddings with gradients (the paper); detached or "
     "cached: faster, declared deviations",
-    "data.source": "where training rows come from: arrays (Python), store, images, scene-labels",
+    "data.source": "where training rows come from: arrays (Python), store, images, wds (shards of photos), scene-labels",
     "data.fraction_seed": "seed of the data.fraction subset",
     "data.num_workers": "data-loading worker processes",
     "data.images_root": "folder the manifest's image paths are under",

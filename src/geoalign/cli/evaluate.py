@@ -50,6 +50,13 @@ def evaluate(
         help="A manifest of photos with lat/lon to evaluate on; bad rows are skipped and listed "
         "in <out>/<manifest name>.skipped.csv.",
     ),
+    photos: str = typer.Option(
+        None,
+        "--photos",
+        help="Webdataset shards of photos with lat/lon in each sample's json/txt (a .tar, a brace "
+        "pattern, a folder of .tar files, a URL), read through the model's own image side; "
+        "sample keys are the report's ids, samples without both are left out and listed.",
+    ),
     gallery: str = typer.Option(
         "geoclip-100k", help="Gallery: a name, a CSV/Parquet of lat/lon, or train:N."
     ),
@@ -95,7 +102,6 @@ def evaluate(
 
     Works for GeoCLIP, concept-aware and GeoSURGE checkpoints (the checkpoint says which)."""
     from geoalign.evaluation import queries as Q
-    from geoalign.evaluation.report import table
     from geoalign.evaluation.run import evaluate_checkpoint, model_features
 
     if retrieval_k < 0:
@@ -117,6 +123,14 @@ def evaluate(
         manifest=manifest,
         images=images,
     )
+    if photos is not None:
+        from geoalign.cli._evaluate_shards import check_photos, evaluate_shards
+
+        check_photos(photos, queries, images, manifest, gallery, train_features, prior_radius_km)
+        return evaluate_shards(
+            model, photos, benchmark, gallery, mode, radius_km, ten_crop, backbone, device,
+            batch_size, out, seed, json_out,
+        )  # fmt: skip
     features_spec = model_features(model)
     if queries is not None:
         q = Q.resolve(queries, seed=seed)
@@ -151,7 +165,7 @@ def evaluate(
     elif benchmark is not None and features_spec == "places365-scene-labels":
         q = Q.from_scene_labels(benchmark)
     else:
-        fail("give the queries: --queries, --benchmark with --images, or --manifest")
+        fail("give the queries: --queries, --benchmark with --images, --manifest or --photos")
     if len(q.truth) == 0:
         fail("no queries to evaluate: the queries given hold no rows")
     train = Q.resolve(train_features, max_rows=train_sample, seed=seed) if train_features else None
@@ -175,15 +189,21 @@ def evaluate(
             progress=lambda n: bar.advance(task, n),
             say=lambda m: console.print(f"[cyan]•[/] {m}"),
         )
+    show_report(run, name, json_out)
+
+
+def show_report(run: Any, name: str, json_out: str | None) -> None:
+    """The accuracy table on stdout (or the report's JSON with --json -); where it went on stderr."""
+    from geoalign.evaluation.report import table
+
     ev = run.evaluation
     report_json = run.paths["json"]
     if json_out == STDOUT:
         sys.stdout.write(report_json.read_text().rstrip("\n") + "\n")  # not through rich markup
         sys.stdout.flush()
     else:
-        print_result(
-            accuracy_table(table(ev), f"{name}: {len(q.truth):,} queries, gallery {ev.gallery}")
-        )
+        title = f"{name}: {len(ev.truth):,} queries, gallery {ev.gallery}"
+        print_result(accuracy_table(table(ev), title))
         if json_out is not None:
             _copy_atomic(report_json, Path(json_out))
             console.print(f"report JSON: [bold]{json_out}[/]")

@@ -8,6 +8,7 @@ import os
 import sys
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -41,15 +42,36 @@ def _manifest_paths(manifest: Path) -> list[str]:
     return paths
 
 
-def _expand_manifests(inputs: list[Path]) -> list[str]:
+def _expand_manifests(inputs: list[str]) -> list[str]:
     """Inputs as path strings, with every CSV/TSV/Parquet file replaced by the images it lists."""
     sources: list[str] = []
     for item in inputs:
-        if item.name.lower().endswith(MANIFEST_SUFFIXES) and item.is_file():
-            sources.extend(_manifest_paths(item))
+        path = Path(item)
+        if path.name.lower().endswith(MANIFEST_SUFFIXES) and path.is_file():
+            sources.extend(_manifest_paths(path))
         else:
-            sources.append(str(item))
+            sources.append(item)
     return sources
+
+
+def _shard_photos(sources: list[str]) -> tuple[list[str], Any, list[tuple[str, str]]]:
+    """(loose inputs, the photos of the webdataset shards among the inputs or None, (name,
+    reason) of the shards' bad samples). A sample's key names its prediction; a bad sample is
+    named by its key, or by shard#key when its key repeats one already listed."""
+    from geoalign.data.wds import is_shard_spec
+
+    specs = [s for s in sources if is_shard_spec(s)]
+    if not specs:
+        return sources, None, []
+    from geoalign.data.wds_images import list_photos
+
+    photos = list_photos(specs)
+    keys = set(photos.keys)
+    bad = [
+        (f"{b.url}#{b.key}" if b.key in keys else b.key, f"{b.reason} (in {b.url})")
+        for b in photos.bad
+    ]
+    return [s for s in sources if s not in specs], photos, bad
 
 
 def _broken_links(folder: Path, recursive: bool) -> list[tuple[str, str]]:
@@ -136,10 +158,13 @@ def _print_prediction(prediction) -> None:
 
 
 def predict(
-    inputs: list[Path] = typer.Argument(
+    inputs: list[str] = typer.Argument(
         ...,
         help="Image files, folders, and/or CSV/TSV/Parquet manifests with a `path` or `image` "
-        "column (relative paths are under the manifest's folder).",
+        "column (relative paths are under the manifest's folder); and/or webdataset shards: a "
+        ".tar file, a brace pattern ('wds/{000000..000003}.tar'), a folder of .tar files, a URL "
+        "or pipe:. A shard sample's key names its prediction; lat/lon in its json/txt are "
+        "ignored.",
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1),
     model: str = typer.Option("geoclip", help="Checkpoint name or folder."),
@@ -239,11 +264,13 @@ def predict(
     if estimate is not None and estimate not in ESTIMATES:
         fail(f"--estimate {estimate}: expected one of {', '.join(ESTIMATES)}")
     prior = parse_prior(within, near, radius_km, bbox, land_only)
-    sources, problems = _scan_inputs(_expand_manifests(inputs), recursive)
-    if not sources and all(not Path(p).is_symlink() for p, _ in problems):
+    loose, photos, shard_bad = _shard_photos(_expand_manifests(inputs))
+    sources, problems = _scan_inputs(loose, recursive)
+    if not sources and photos is None and all(not Path(p).is_symlink() for p, _ in problems):
         fail("; ".join(f"{path}: {reason}" for path, reason in problems))
+    problems += shard_bad
     names = [s.name for s in expand_inputs(sources, recursive=recursive)]
-    names += [path for path, _ in problems]
+    names += [path for path, _ in problems] + (photos.keys if photos is not None else [])
     n_inputs = len(names)
     settings = _settings(
         model=model,
@@ -287,23 +314,27 @@ def predict(
         failed, mapped = 0, []
         bad = [Prediction(path, error=reason) for path, reason in problems if path not in skip]
         bar.advance(task, len(bad))
-        found = geolocator.iter_predict(
-            sources,
-            recursive=recursive,
-            top_k=top_k,
-            prior=prior,
-            ten_crop=ten_crop,
-            batch_size=batch_size,
-            places=places,
-            skip=skip,
-            num_workers=workers,
-            on_batch=lambda n: bar.advance(task, n),
-            estimate=estimate,
-            regions=region_ps,
-            abstain_above_km=abstain_above_km,
-            min_separation_km=min_separation_km,
+        runs = ([sources] if sources else []) + ([photos] if photos is not None else [])
+        found = (
+            geolocator.iter_predict(
+                run,
+                recursive=recursive,
+                top_k=top_k,
+                prior=prior,
+                ten_crop=ten_crop,
+                batch_size=batch_size,
+                places=places,
+                skip=skip,
+                num_workers=workers,
+                on_batch=lambda n: bar.advance(task, n),
+                estimate=estimate,
+                regions=region_ps,
+                abstain_above_km=abstain_above_km,
+                min_separation_km=min_separation_km,
+            )
+            for run in runs
         )
-        for prediction in itertools.chain(bad, found):
+        for prediction in itertools.chain(bad, *found):
             record = prediction_record(prediction, settings)
             for writer in writers:
                 writer.write(record)

@@ -201,9 +201,11 @@ def evaluate_checkpoint_photos(
     """Evaluate any checkpoint on photos, through its own image side: what GeoSURGE's
     trainable-backbone and fusion variants need (their block trains, so no precomputed features
     stand in for it), and the same for every other method. Ten-crop averages the crops' queries.
+    `images` are photo paths, or the photos of webdataset shards (`shard_photos`), streamed.
     Unreadable photos are left out and listed in the report's notes."""
     import numpy as np
 
+    from geoalign.data.wds_images import ShardPhotos
     from geoalign.evaluation.harness import Evaluation, evaluate_photos
     from geoalign.evaluation.report import write_report
     from geoalign.inference.locator import Geolocator
@@ -216,7 +218,7 @@ def evaluate_checkpoint_photos(
     truth = np.asarray(truth, dtype=np.float64)
     rows, kept, failed = evaluate_photos(
         geo,
-        list(images),
+        images if isinstance(images, ShardPhotos) else list(images),
         truth,
         ten_crop=ten_crop,
         batch_size=batch_size,
@@ -236,17 +238,40 @@ def evaluate_checkpoint_photos(
         + (", ten-crop" if ten_crop else ""),
         ten_crop=ten_crop,
     )
+    notes = []
     if failed:
-        ev.meta["notes"] = f"{len(failed)} unreadable photos left out (first: {failed[0][0]})"
+        notes.append(f"{len(failed)} unreadable photos left out (first: {failed[0][0]})")
+    if isinstance(images, ShardPhotos) and images.bad:
+        notes.append(f"{len(images.bad)} unusable shard samples left out (first: {images.bad[0]})")
+    if notes:
+        ev.meta["notes"] = "; ".join(notes)
         say(ev.meta["notes"])
     return EvaluationRun(ev, write_report(ev, out))
 
 
-def _photo_queries(images: str, benchmark: str | None) -> tuple[list[str], Any, Any, str]:
-    """(photo paths, truth [N, 2], ids, name) of a benchmark's photo folder or a manifest."""
+def shard_photos(spec: str | list[str]) -> Any:
+    """The photos of webdataset shards with their truth, the lat/lon of each sample's json/txt
+    (`geoalign.data.wds_images.photos_with_truth`); samples without both are left out, listed
+    in `.bad`. Refuses shards with no usable sample."""
+    from geoalign.data.wds_images import photos_with_truth
+
+    photos = photos_with_truth(spec)
+    if len(photos) == 0:
+        first = f" (first: {photos.bad[0]})" if photos.bad else ""
+        raise DataError(f"{spec}: no sample with an image and lat/lon{first}")
+    return photos
+
+
+def _photo_queries(images: str, benchmark: str | None) -> tuple[Any, Any, Any, str]:
+    """(photos, truth [N, 2], ids, name) of a benchmark's photo folder, a manifest, or
+    webdataset shards (photos named by sample key, truth from each sample's json/txt)."""
     from geoalign.data.manifest import load_manifest
+    from geoalign.data.wds import is_shard_spec
 
     path = Path(images)
+    if is_shard_spec(images):
+        photos = shard_photos(images)
+        return photos, photos.coords, photos.keys, benchmark or path.name
     if path.is_dir():
         if not benchmark:
             raise DataError(

@@ -513,22 +513,31 @@ class Geolocator:
         recursive: bool = False,
         skip: set[str] | None = None,
     ) -> tuple[list[Any], Any]:
-        """(input sources, a DataLoader of their preprocessed pixels) for this backbone."""
+        """(input sources, a DataLoader of their preprocessed pixels) for this backbone.
+
+        `images` may be a `geoalign.data.wds_images.ShardPhotos` (photos of webdataset shards,
+        named by sample key), streamed shard by shard instead of loaded by path."""
         from torch.utils.data import DataLoader
 
         from geoalign.data.images import ImageInputDataset, collate_images, expand_inputs
         from geoalign.data.transforms import ten_crop_transform
+        from geoalign.data.wds_images import ShardPhotos
 
         if self.backbone is None:
             raise ValueError("this Geolocator has no backbone: use predict_features")
-        sources = expand_inputs(images, recursive=recursive)
-        if skip:
-            sources = [s for s in sources if s.name not in skip]
         transform = (
             ten_crop_transform(self.backbone.preprocess) if ten_crop else self.backbone.transform
         )
+        if isinstance(images, ShardPhotos):
+            sources = images.sources(skip)
+            dataset = images.dataset(sources, transform)
+        else:
+            sources = expand_inputs(images, recursive=recursive)
+            if skip:
+                sources = [s for s in sources if s.name not in skip]
+            dataset = ImageInputDataset(sources, transform)
         loader = DataLoader(
-            ImageInputDataset(sources, transform),
+            dataset,
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=collate_images,

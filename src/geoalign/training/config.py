@@ -110,18 +110,18 @@ class ModelSection:
 @dataclass
 class DataSection:
     """Where the training rows come from. P augmented views per image (`views`) come from photos
-    (`source: images`, augmented as they are read) or from a store of K >= P SimCLR views per
+    (`source: images` or `wds`, augmented as they are read) or from a store of K >= P SimCLR views per
     image (`geoalign features extract --views K --augment simclr`), which draws P of the K per
     image per step; such a store costs K times the extraction time and disk of a single-view
     store (MP-16 with CLIP ViT-L/14 in float16: about 7.2 GB per view)."""
 
-    source: Literal["arrays", "store", "images", "scene-labels"] = "store"
-    path: str | None = None  # feature store folder, manifest, or scene-label CSV / benchmark name
+    source: Literal["arrays", "store", "images", "wds", "scene-labels"] = "store"
+    path: str | None = None  # feature store, manifest, scene-label CSV/benchmark, or wds shards
     images_root: str | None = None  # for source=images: folder the manifest's paths are under
-    backbone: str = "clip-vit-l14"  # for source=images
+    backbone: str = "clip-vit-l14"  # for source=images and wds
     fraction: float = 1.0  # limited-data training: this share of the rows, fixed by fraction_seed
     fraction_seed: int = 0
-    views: int = 1  # P augmented views per image (images; a store of K >= P views: --views K)
+    views: int = 1  # P augmented views per image (images, wds; a store of K >= P views: --views K)
     gps_noise_m: float = 150.0  # σ_η on batch coordinates
     queue_noise_m: float = 1000.0  # σ_η' on queue coordinates
     num_workers: int = 2
@@ -187,7 +187,7 @@ class EvalSection:
     # folder or scene-labels:<benchmark or CSV>. None: scene labels of `benchmark` when training
     # on scene labels, otherwise no evaluation (run `geoalign evaluate` on the photos instead).
     queries: str | None = None
-    images: str | None = None  # the benchmark's photo folder (or a manifest): evaluate from photos
+    images: str | None = None  # benchmark photo folder, manifest or shards: evaluate from photos
     after_training: bool = True
     baselines: bool = True  # beside the model, on the training features (at most 200,000 rows)
 

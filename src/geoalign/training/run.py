@@ -129,11 +129,13 @@ def build_source(
             views=d.views,
         )
         return src, src.store.dim, None
-    # images: a manifest of photos and a frozen backbone
     from geoalign.data.manifest import load_manifest
     from geoalign.data.transforms import simclr_views_for
     from geoalign.nn.backbones import load_backbone
 
+    if d.source == "wds":  # webdataset shards of photos and a frozen backbone
+        return _shard_source(cfg)
+    # images: a manifest of photos and a frozen backbone
     if not d.path:
         raise DataError("data.path: the manifest is required for source 'images'")
     manifest = load_manifest(d.path, image_root=d.images_root, check_files=True).clean()
@@ -146,6 +148,36 @@ def build_source(
         fraction_seed=d.fraction_seed,
         num_workers=d.num_workers,
     )
+    return src, backbone.embed_dim, backbone
+
+
+def _shard_source(cfg: TrainConfig) -> tuple[BatchSource, int, Any]:
+    """Photos of webdataset shards (`data.path`: a .tar, a brace pattern, a folder of .tar
+    files, a URL), listed once into the run folder, streamed as views through the backbone."""
+    from geoalign.data.transforms import simclr_views_for
+    from geoalign.data.wds import expand_shards
+    from geoalign.nn.backbones import load_backbone
+    from geoalign.training.shard_source import ShardImageSource
+
+    d = cfg.data
+    if not d.path:
+        raise DataError("data.path: the shards are required for source 'wds' (e.g. wds/)")
+    try:
+        expand_shards(d.path)  # a missing shard is refused before the backbone loads
+    except DataError as err:
+        raise DataError(f"data.path: {err}") from err
+    backbone = load_backbone(d.backbone, frozen=True)
+    try:
+        src = ShardImageSource(
+            d.path,
+            simclr_views_for(backbone.preprocess, d.views),
+            fraction=d.fraction,
+            fraction_seed=d.fraction_seed,
+            num_workers=d.num_workers,
+            cache_dir=Path(cfg.trainer.out_dir) / ".wds-listing",
+        )
+    except DataError as err:
+        raise DataError(f"data.path: {err}") from err
     return src, backbone.embed_dim, backbone
 
 
