@@ -446,3 +446,39 @@ def test_estimates_regions_and_abstention(tiny_clip, small_gallery, photos, tmp_
     for bad, message in (("--regions", "1.5"), ("--regions", "x"), ("--estimate", "centroid")):
         res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos), bad, message))
         assert res.exit_code == 2 and "error" in res.stderr
+
+
+def test_retrieval_k_predicts_as_the_python_api_with_training_neighbours(
+    tiny_clip, small_gallery, photos, tmp_path
+):
+    from geoalign.inference.locator import Geolocator
+
+    rng = np.random.default_rng(1)
+    train = tmp_path / "train.npz"
+    coords = np.stack([rng.uniform(-50, 60, 40), rng.uniform(-170, 170, 40)], 1)
+    np.savez(train, features=rng.normal(size=(40, 768)).astype(np.float32), coords=coords)
+    images = [str(photos / f"p{i}.jpg") for i in range(3)]
+    args = [*images, "--retrieval-k", "3", "--train", str(train), "--no-places", "--json", "-"]
+    res = runner.invoke(app, _args(tiny_clip, small_gallery, *args))
+    assert res.exit_code == 0, res.output
+    got = [json.loads(line) for line in res.stdout.splitlines()]
+
+    data = np.load(train)
+    geo = Geolocator.from_pretrained(
+        "geoclip", backbone=f"hf:{tiny_clip}", gallery=str(small_gallery)
+    ).with_training_neighbours(data["features"], data["coords"], k=3)
+    want = geo.predict(images, top_k=5)
+    for record, pred in zip(got, want, strict=True):
+        assert [c["gallery_index"] for c in record["predictions"]] == [
+            c.gallery_index for c in pred.candidates
+        ]
+        assert [c["prob"] for c in record["predictions"]] == pytest.approx(
+            [c.prob for c in pred.candidates], rel=1e-5
+        )
+
+
+def test_retrieval_k_without_training_features_is_a_usage_error(tiny_clip, small_gallery, photos):
+    res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos), "--retrieval-k", "3"))
+    assert res.exit_code == 2 and "records no training feature store" in res.stderr
+    res = runner.invoke(app, _args(tiny_clip, small_gallery, str(photos), "--train", "x.npz"))
+    assert res.exit_code == 2 and "give --retrieval-k K too" in res.stderr

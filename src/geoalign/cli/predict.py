@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import itertools
-import os
 import sys
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -74,26 +72,6 @@ def _shard_photos(sources: list[str]) -> tuple[list[str], Any, list[tuple[str, s
     return [s for s in sources if s not in specs], photos, bad
 
 
-def _broken_links(folder: Path, recursive: bool) -> list[tuple[str, str]]:
-    """(path, reason) for image-named symbolic links in `folder` that lead nowhere or in a
-    loop: a folder scan leaves them out, so they are reported here instead of vanishing."""
-    from geoalign.data.images import IMAGE_EXTENSIONS
-
-    found = []
-    for path in sorted(folder.glob("**/*" if recursive else "*")):
-        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-        if hidden or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_symlink():
-            continue
-        try:
-            path.stat()
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                found.append((str(path), "symbolic link loop"))
-            else:
-                found.append((str(path), f"broken symbolic link (to {os.readlink(path)})"))
-    return found
-
-
 def _scan_inputs(sources: list[str], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
     """Split inputs into those to predict and (input, reason) pairs to report with the rest:
     one empty folder or broken link must not abort a batch."""
@@ -106,13 +84,10 @@ def _scan_inputs(sources: list[str], recursive: bool) -> tuple[list[str], list[t
         if not path.is_dir():
             usable.append(source)
             continue
-        broken = _broken_links(path, recursive)
-        problems.extend(broken)
-        try:
+        try:  # broken links are listed, then reported when loaded (data.images)
             expand_image_paths(path, recursive=recursive)
         except DataError as err:
-            if not broken:
-                problems.append((source, str(err).removeprefix(f"{path}: ")))
+            problems.append((source, str(err).removeprefix(f"{path}: ")))
             continue
         usable.append(source)
     return usable, problems
@@ -127,6 +102,32 @@ def _settings(**options) -> dict:
         if Path(spec).exists():
             options[key] = value.replace(spec, str(Path(spec).resolve()))
     return options
+
+
+def _with_training_neighbours(geolocator, model: str, train: str | None, k: int):
+    """`geolocator` with each query's k nearest training photos among its candidates; the
+    training features are `train`, else the store or scene labels the model was trained on."""
+    from geoalign.errors import GeoalignError
+    from geoalign.evaluation.queries import resolve
+    from geoalign.models.registry import load_checkpoint
+
+    if train is None:
+        data = load_checkpoint(model).config.get("provenance", {}).get("config", {}).get("data")
+        source, path = (data or {}).get("source"), (data or {}).get("path")
+        if source == "store" and path:
+            train = path
+        elif source == "scene-labels" and path:
+            train = f"scene-labels:{path}"
+        else:
+            fail(
+                f"--retrieval-k: {model} records no training feature store; give the training "
+                "photos' features with --train (a feature store, an .npz or scene-labels:NAME)"
+            )
+    try:
+        rows = resolve(train)
+        return geolocator.with_training_neighbours(rows.features, rows.truth, k=k)
+    except GeoalignError as err:
+        fail(f"--retrieval-k with --train {train}: {err}")
 
 
 def _print_prediction(prediction) -> None:
@@ -202,6 +203,19 @@ def predict(
         None,
         min=0,
         help="Abstain where the 90% region is larger than a disc of this radius (km).",
+    ),
+    retrieval_k: int = typer.Option(
+        0,
+        "--retrieval-k",
+        min=0,
+        help="Add each photo's K nearest training photos' locations to its candidates "
+        "(retrieval-augmented, as G3/Img2Loc); 0: off. Needs the training features (--train).",
+    ),
+    train: str | None = typer.Option(
+        None,
+        "--train",
+        help="Training features for --retrieval-k: a feature store, an .npz or "
+        "scene-labels:NAME (default: the data the model was trained on, when it recorded it).",
     ),
     batch_size: int = typer.Option(16, min=1),
     json_out: str | None = typer.Option(
@@ -286,7 +300,11 @@ def predict(
         regions=list(region_ps) or None,
         abstain_above_km=abstain_above_km,
         min_separation_km=min_separation_km,
+        retrieval_k=retrieval_k,
+        train=str(Path(train).resolve()) if train and Path(train).exists() else train,
     )
+    if train is not None and not retrieval_k:
+        fail("--train gives the training photos for --retrieval-k: give --retrieval-k K too")
     resumed = None
     if json_out not in (None, STDOUT):
         resumed = prepare_jsonl(Path(json_out), settings, overwrite=overwrite)
@@ -306,6 +324,9 @@ def predict(
         geolocator = Geolocator.from_pretrained(
             model, backbone=backbone, gallery=gallery, device=device, dtype=dtype, **kwargs
         )
+    if retrieval_k:
+        with nullcontext() if quiet else console.status("embedding the training photos"):
+            geolocator = _with_training_neighbours(geolocator, model, train, retrieval_k)
     todo = n_inputs - len(skip)
     with ExitStack() as stack:
         writers = _open_writers(stack, json_out, csv_out, geojson_out, earlier)
