@@ -96,3 +96,58 @@ def test_cache_check_counts_bad_values_across_blocks(tmp_path):
     np.save(tmp_path / "ok.npy", np.ones((20_000, 4), dtype=np.float32))
     got, why = read_cached(tmp_path / "ok.npy", 20_000, 4)
     assert why is None and got.shape == (20_000, 4)
+
+
+def _tiny_full_clip(folder) -> None:
+    """A text + vision CLIP checkpoint, as `save_pretrained` writes openai's."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)
+    text.update(vocab_size=99, max_position_embeddings=16, projection_dim=24)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, image_size=32)
+    vision.update(num_attention_heads=4, patch_size=16, projection_dim=24)
+    torch.manual_seed(4)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
+    CLIPModel(config).save_pretrained(folder)
+
+
+def test_bf16_tower_read_tensor_by_tensor_equals_transformers_load(tmp_path, monkeypatch):
+    from transformers import CLIPVisionModelWithProjection
+
+    from geoalign.nn.backbones import load_backbone
+
+    _tiny_full_clip(tmp_path)
+    ref = CLIPVisionModelWithProjection.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+
+    def mapped_and_converted(*args, **kwargs):
+        raise AssertionError("float32 pages + bf16 copies at once: the path this avoids")
+
+    monkeypatch.setattr(CLIPVisionModelWithProjection, "from_pretrained", mapped_and_converted)
+    ours = load_backbone(f"hf:{tmp_path}", dtype=torch.bfloat16)
+    assert not any("text" in name for name, _ in ours.named_parameters())
+    a, b = ref.state_dict(), ours.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ref(pixel_values=x.bfloat16())
+    got = ours.encode(x)
+    assert torch.equal(got.pooled, want.image_embeds)
+    assert torch.equal(got.tokens, want.last_hidden_state)
+
+
+def test_converted_load_leaves_unusual_checkpoints_to_transformers(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from geoalign.nn.backbones.hf_clip import CLIP_CHECKPOINT, _load_converted
+    from geoalign.nn.backbones.hub import resolve_checkpoint
+
+    _tiny_full_clip(tmp_path)
+    ckpt = resolve_checkpoint(str(tmp_path), CLIP_CHECKPOINT, True)
+    assert _load_converted(ckpt, torch.bfloat16) is not None
+    state = load_file(tmp_path / "model.safetensors")
+    del state["visual_projection.weight"]
+    save_file(state, tmp_path / "model.safetensors")
+    assert _load_converted(ckpt, torch.bfloat16) is None  # a missing tensor: not guessed at
+    (tmp_path / "model.safetensors").unlink()
+    assert _load_converted(ckpt, torch.bfloat16) is None  # no single safetensors file
