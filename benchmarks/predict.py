@@ -102,6 +102,8 @@ def rss_child(which: str, photo: str, clip_dir: str | None = None) -> None:
         _cli([*cli, "--no-places"])
     elif which == "cli-bf16":
         _cli([*cli, "--bf16"])
+    elif which == "cli-bf16-no-places":
+        _cli([*cli, "--bf16", "--no-places"])
     elif which == "imports":  # what predict imports, nothing loaded: the floor under it all
         import torchvision  # noqa: F401
         import transformers.models.clip.modeling_clip  # noqa: F401
@@ -157,6 +159,7 @@ RSS_ROWS = {
     "cli-no-places": "`geoalign predict PHOTO --no-places` (ViT-L/14 checkpoint folder)",
     "cli": "`geoalign predict PHOTO` (the default: place names too)",
     "cli-bf16": "`geoalign predict PHOTO --bf16` (weights in bfloat16: outputs differ)",
+    "cli-bf16-no-places": "`geoalign predict PHOTO --bf16 --no-places`",
     "imports": "(floor) only importing what predict imports: torch, torchvision, transformers",
 }
 
@@ -186,8 +189,12 @@ def rss(tmp: Path) -> str:
         "torch._dynamo pulled in by torchvision and transformers, pandas) and "
         f"{weights_mb:,.0f} MB the ViT-L/14 vision tower in float32 (memory-mapped from the "
         "checkpoint's safetensors, no copy; the text tower is never read); the rest is the "
-        f"100K gallery's float32 embeddings ({_gallery_mb():,.0f} MB), the GeoCLIP head and location encoder, the "
-        "place index (default command) and the forward pass. The random-weight checkpoint folder "
+        f"100K gallery's float32 embeddings ({_gallery_mb():,.0f} MB), the GeoCLIP head and "
+        "location encoder, the place index (default command) and the forward pass. Imports "
+        "plus float32 weights alone "
+        f"come to {out['imports'] + weights_mb:,.0f} MB "
+        f"({(out['imports'] + weights_mb) / ref:.2f}x): float32 outputs cannot meet the target "
+        "with this torch; `--bf16` halves the weights. The random-weight checkpoint folder "
         "is written by this benchmark (`save_pretrained` of a full CLIP) because the real "
         "weights cannot be downloaded here; the cost is the same."
     )
@@ -287,7 +294,7 @@ def search_10m(size: int = 10_000_000, chunk: int = 500_000) -> str:
     return (
         "| gallery | backend | ms / query (batch 64) | recall@1 vs exact | build |\n"
         "|---|---|---:|---:|---:|\n"
-        f"| {size:,} | FAISS IVF{index._nlist}-SQ8, nprobe {index._nprobe} | "
+        f"| {size:,} | FAISS IVF{index._nlist}-SQ8 + rerank {index._rerank}, nprobe {index._nprobe} | "
         f"{1e3 * t_search / 64:.2f} | {recall:.3f} | {build:.0f} s |\n"
         f"| {size:,} | exact (chunked matmul, regenerated) | {1e3 * t_exact / 64:.1f} | 1.000 | — |\n\n"
         f"Peak RSS of this benchmark process: {peak_rss_mb():,.0f} MB (float32 embeddings alone "

@@ -13,7 +13,8 @@ queries are its embeddings of the other 20%. The gallery is training-like: MP-16
 (the official 100K gallery) resampled with ~5 km jitter up to `--size` points, embedded by the
 location encoder chunk by chunk and streamed into IVF-SQ8 (never held as float32) plus the
 float16 copies the exact rerank reads (on disk, memory-mapped). Exact top-1 is computed in the
-same pass. Every nprobe is measured with SQ8 alone and with the rerank at several depths. `--quick` runs a 100K gallery (a minute on a free 2-core CPU, 3 on a busy one).
+same pass. Every nprobe is measured with SQ8 alone and with the rerank at several depths.
+`--quick` runs a 100K gallery (a minute on a free 2-core CPU, 3 on a busy one).
 
 Writes the "Search: recall on realistic queries" section of benchmarks/RESULTS.md.
 """
