@@ -294,7 +294,8 @@ def search_10m(size: int = 10_000_000, chunk: int = 500_000) -> str:
     return (
         "| gallery | backend | ms / query (batch 64) | recall@1 vs exact | build |\n"
         "|---|---|---:|---:|---:|\n"
-        f"| {size:,} | FAISS IVF{index._nlist}-SQ8 + rerank {index._rerank}, nprobe {index._nprobe} | "
+        f"| {size:,} | FAISS IVF{index._nlist}-SQ8 + rerank {index._rerank}, "
+        f"nprobe {index._nprobe} | "
         f"{1e3 * t_search / 64:.2f} | {recall:.3f} | {build:.0f} s |\n"
         f"| {size:,} | exact (chunked matmul, regenerated) | {1e3 * t_exact / 64:.1f} | 1.000 | — |\n\n"
         f"Peak RSS of this benchmark process: {peak_rss_mb():,.0f} MB (float32 embeddings alone "
