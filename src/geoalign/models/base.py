@@ -73,7 +73,8 @@ class Locator(Protocol):
         self, gallery: np.ndarray | None = None, keys: Tensor | None = None
     ) -> Candidates:
         """The candidate set: a GPS gallery [M, 2] (with precomputed `keys`, e.g. from the
-        gallery cache) for retrieval methods; the method's own cells for cell classifiers."""
+        gallery cache) for retrieval methods; the method's own cells for cell classifiers.
+        `keys` are handed over: a method may normalise them in place (no second gallery)."""
         ...
 
     def logits(self, queries: Tensor, candidates: Candidates) -> Tensor:

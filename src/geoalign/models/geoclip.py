@@ -188,7 +188,10 @@ class GeoCLIP(nn.Module):
         self, gallery: np.ndarray | None = None, keys: Tensor | None = None
     ) -> Candidates:
         """A GPS gallery [M, 2] with its unit location embeddings (`keys` if already known, e.g.
-        from the gallery cache; computed otherwise)."""
+        from the gallery cache; computed otherwise).
+
+        Given float32 `keys` are handed over: normalised in place (the same values as a copy),
+        so the gallery is never held twice (205 MB more peak memory for the 100K gallery)."""
         if gallery is None:
             raise ValueError(f"a {self.method} model ranks a GPS gallery: give its coordinates")
         latlon = np.asarray(gallery, dtype=np.float64).reshape(-1, 2)
@@ -197,9 +200,10 @@ class GeoCLIP(nn.Module):
             keys = self.embed_gallery(
                 torch.as_tensor(latlon, dtype=torch.float32, device=param.device)
             )
-        return Candidates(
-            latlon, "gallery", F.normalize(keys.float(), dim=-1), f"{len(latlon)} GPS points"
-        )
+        keys = keys.detach().float()
+        with torch.inference_mode(keys.is_inference()):  # (inference tensors change only there)
+            unit = F.normalize(keys, dim=-1, out=keys)
+        return Candidates(latlon, "gallery", unit, f"{len(latlon)} GPS points")
 
     def temperature(self) -> float:
         """The logit multiplier exp(scale) with the clamp applied: the only place it is read."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from geoalign.data.transforms import CLIP_MEAN, CLIP_STD, PreprocessConfig
 from geoalign.nn.backbones.base import BackboneOutput, ImageBackbone
+from geoalign.nn.backbones.converted_load import assign_state, has_meta_tensors
 from geoalign.nn.backbones.hub import (
     CheckpointKind,
     HfCheckpoint,
@@ -107,11 +109,15 @@ class ClipBackbone(ImageBackbone):
         from transformers import CLIPVisionModelWithProjection
 
         ckpt = resolve_checkpoint(name_or_path, CLIP_CHECKPOINT, local_files_only)
+        # float32: transformers maps the safetensors file, no copy. Other dtypes: converted
+        # tensor by tensor (see converted_load), else transformers as the fallback.
+        model = _load_converted(ckpt, dtype) if dtype != torch.float32 else None
         try:
-            with quiet_transformers():
-                model = CLIPVisionModelWithProjection.from_pretrained(
-                    ckpt.source, dtype=dtype, **ckpt.load_kwargs
-                )
+            if model is None:
+                with quiet_transformers():
+                    model = CLIPVisionModelWithProjection.from_pretrained(
+                        ckpt.source, dtype=dtype, **ckpt.load_kwargs
+                    )
         except (OSError, ValueError) as err:
             raise hf_weights_not_found(ckpt, err) from err
         preprocess = _read_preprocess(ckpt, model.config)
@@ -131,6 +137,40 @@ class ClipBackbone(ImageBackbone):
 
     def head_modules(self) -> Sequence[nn.Module]:
         return [self.model.vision_model.post_layernorm, self.model.visual_projection]
+
+
+def _single_safetensors(ckpt: HfCheckpoint) -> Path | None:
+    """The checkpoint's one model.safetensors on this disk (local folder or hub cache), if any."""
+    if ckpt.is_local:
+        path = Path(ckpt.source) / "model.safetensors"
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(ckpt.source, "model.safetensors", cache_dir=ckpt.cache_dir)
+    return Path(found) if isinstance(found, str) else None
+
+
+def _load_converted(ckpt: HfCheckpoint, dtype: torch.dtype) -> Any | None:
+    """The vision tower in `dtype` with one converted tensor in memory at a time; None when the
+    checkpoint is not one local safetensors file this can read (transformers loads it then)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    path = _single_safetensors(ckpt)
+    if path is None:
+        return None
+    try:
+        with quiet_transformers():
+            config = CLIPVisionConfig.from_pretrained(ckpt.source, **ckpt.load_kwargs)
+        config.dtype = dtype
+        with torch.device("meta"):
+            model = CLIPVisionModelWithProjection(config)
+        assign_state(model, path, dtype)
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None  # unusual layout or names: transformers knows more conversions
+    emb = model.vision_model.embeddings  # its one non-persistent buffer, not in the file
+    positions = torch.arange(emb.num_positions).expand((1, -1))
+    emb.register_buffer("position_ids", positions, persistent=False)
+    return None if has_meta_tensors(model) else model
 
 
 def _read_preprocess(ckpt: HfCheckpoint, config: Any) -> PreprocessConfig:
