@@ -93,17 +93,6 @@ def _scan_inputs(sources: list[str], recursive: bool) -> tuple[list[str], list[t
     return usable, problems
 
 
-def _settings(**options) -> dict:
-    """The options that shape a prediction, with file paths made absolute (a rerun from another
-    folder names the same model and gallery)."""
-    for key in ("model", "gallery", "backbone"):
-        value = options[key]
-        spec = value.split(":", 1)[1] if key == "backbone" and ":" in value else value
-        if Path(spec).exists():
-            options[key] = value.replace(spec, str(Path(spec).resolve()))
-    return options
-
-
 def _with_training_neighbours(geolocator, model: str, train: str | None, k: int):
     """`geolocator` with each query's k nearest training photos among its candidates; the
     training features are `train`, else the store or scene labels the model was trained on."""
@@ -265,6 +254,7 @@ def predict(
     from geoalign.geo.priors import parse_prior
     from geoalign.inference.distribution import ESTIMATES
     from geoalign.inference.locator import Geolocator, Prediction
+    from geoalign.inference.prediction import record_settings
 
     targets = {"--json": json_out, "--csv": csv_out, "--geojson": geojson_out}
     piped = [name for name, target in targets.items() if target == STDOUT]
@@ -286,7 +276,7 @@ def predict(
     names = [s.name for s in expand_inputs(sources, recursive=recursive)]
     names += [path for path, _ in problems] + (photos.keys if photos is not None else [])
     n_inputs = len(names)
-    settings = _settings(
+    settings = record_settings(
         model=model,
         backbone=backbone,
         gallery=gallery,
@@ -301,7 +291,7 @@ def predict(
         abstain_above_km=abstain_above_km,
         min_separation_km=min_separation_km,
         retrieval_k=retrieval_k,
-        train=str(Path(train).resolve()) if train and Path(train).exists() else train,
+        train=train,
     )
     if train is not None and not retrieval_k:
         fail("--train gives the training photos for --retrieval-k: give --retrieval-k K too")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 SCHEMA = "geoalign.prediction/v1"
@@ -73,6 +74,52 @@ class Prediction:
         if settings is not None:
             record["settings"] = dict(settings)
         return record
+
+
+def record_settings(
+    *,
+    model: str,
+    backbone: str | None,
+    gallery: str | None,
+    top_k: int,
+    prior: str | None = None,
+    ten_crop: bool = False,
+    places: bool = True,
+    bf16: bool = False,
+    half_gallery: bool = False,
+    estimate: str | None = None,
+    regions: list[float] | None = None,
+    abstain_above_km: float | None = None,
+    min_separation_km: float,
+    retrieval_k: int = 0,
+    train: str | None = None,
+) -> dict[str, Any]:
+    """The `settings` field of a record: every option that shapes a prediction, key for key the
+    same from the CLI and the service (JSONL resume compares it), with file paths made absolute
+    so that a rerun from another folder names the same model, gallery and training features."""
+    options: dict[str, Any] = {"model": model, "backbone": backbone, "gallery": gallery}
+    for key in ("model", "gallery", "backbone"):
+        value = options[key]
+        if value is None:
+            continue
+        spec = value.split(":", 1)[1] if key == "backbone" and ":" in value else value
+        if Path(spec).exists():
+            options[key] = value.replace(spec, str(Path(spec).resolve()))
+    return {
+        **options,
+        "top_k": top_k,
+        "prior": prior,
+        "ten_crop": ten_crop,
+        "places": places,
+        "bf16": bf16,
+        "half_gallery": half_gallery,
+        "estimate": estimate,
+        "regions": regions,
+        "abstain_above_km": abstain_above_km,
+        "min_separation_km": min_separation_km,
+        "retrieval_k": retrieval_k,
+        "train": str(Path(train).resolve()) if train and Path(train).exists() else train,
+    }
 
 
 LOCALIZABILITY_P = 0.9

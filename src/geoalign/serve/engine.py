@@ -13,7 +13,6 @@ import logging
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from geoalign.errors import DataError
 from geoalign.inference.distribution import ESTIMATES
 from geoalign.inference.locator import MIN_SEPARATION_KM
 from geoalign.inference.prediction import Prediction, describe
+from geoalign.inference.prediction import record_settings as prediction_settings
 from geoalign.inference.verify import verify_claim
 from geoalign.serve.config import ServeConfig
 from geoalign.serve.uploads import Decoded
@@ -47,30 +47,16 @@ class Options:
 
 def record_settings(config: ServeConfig, top_k: int, prior: Any) -> dict[str, Any]:
     """The settings field of a record, key for key what `geoalign predict` writes for the same
-    model, backbone, gallery and options (file paths made absolute, as the CLI does)."""
-    options: dict[str, Any] = {
-        "model": config.model,
-        "backbone": config.backbone,
-        "gallery": config.gallery,
-    }
-    for key in ("model", "gallery", "backbone"):
-        value = options[key]
-        spec = value.split(":", 1)[1] if key == "backbone" and ":" in value else value
-        if Path(spec).exists():
-            options[key] = value.replace(spec, str(Path(spec).resolve()))
-    return {
-        **options,
-        "top_k": top_k,
-        "prior": None if prior is None else str(prior),
-        "ten_crop": False,
-        "places": config.places,
-        "bf16": False,
-        "half_gallery": False,
-        "estimate": None,
-        "regions": None,
-        "abstain_above_km": None,
-        "min_separation_km": MIN_SEPARATION_KM,
-    }
+    model, backbone, gallery and options."""
+    return prediction_settings(
+        model=config.model,
+        backbone=config.backbone,
+        gallery=config.gallery,
+        top_k=top_k,
+        prior=None if prior is None else str(prior),
+        places=config.places,
+        min_separation_km=MIN_SEPARATION_KM,
+    )
 
 
 @dataclass
