@@ -314,3 +314,43 @@ def test_cors_allow_list(config, engine):
         assert allowed.headers.get("access-control-allow-origin") == "http://ok.example"
         other = c.get("/healthz", headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_cors_preflight_and_refusals_with_an_api_key(config, engine, tmp_path):
+    """A browser's preflight carries no API key: it is answered with the CORS headers, and a
+    refusal (wrong key) still carries them so the page can read the error."""
+    key = tmp_path / "key.txt"
+    key.write_text("k" * 32)
+    both = ServeConfig(
+        **{**config.__dict__, "api_key_file": str(key), "cors_origins": ("http://ok.example",)}
+    )
+    with TestClient(create_app(both, engine)) as c:
+        pre = c.options(
+            "/v1/predict",
+            headers={
+                "Origin": "http://ok.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "X-API-Key",
+            },
+        )
+        assert pre.status_code == 200, pre.text
+        assert pre.headers.get("access-control-allow-origin") == "http://ok.example"
+        assert "x-api-key" in pre.headers.get("access-control-allow-headers", "").lower()
+        wrong = c.post("/v1/predict", headers={"Origin": "http://ok.example", "X-API-Key": "no"})
+        assert wrong.status_code == 401
+        assert wrong.headers.get("access-control-allow-origin") == "http://ok.example"
+        files = [("image", ("p.jpg", jpeg_bytes(), "image/jpeg"))]
+        ok = c.post(
+            "/v1/predict",
+            files=files,
+            headers={"Origin": "http://ok.example", "X-API-Key": "k" * 32},
+        )
+        assert ok.status_code == 200, ok.text
+        assert ok.headers.get("access-control-allow-origin") == "http://ok.example"
+
+
+def test_explain_is_a_known_route():
+    from geoalign.serve.guard import route_label
+
+    assert route_label("/v1/explain") == "/v1/explain"
+    assert route_label("/no/such/path") == "other"

@@ -305,7 +305,17 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
         app.add_api_route(path, _page_route(path), methods=["GET"], include_in_schema=False)
 
     app.add_middleware(GZipMiddleware, minimum_size=4096)
+    app.add_middleware(  # around the routes and gzip: id, key, limits, timeout, metrics
+        Guard,
+        max_body=config.max_upload_bytes,
+        timeout_s=config.timeout_s,
+        api_key=api_key,
+        metrics=metrics,
+    )
     if config.cors_origins:
+        # Outermost, around Guard: a browser's preflight (OPTIONS) never carries the API key,
+        # so it is answered here before the key check, and Guard's own refusals (401, 413,
+        # 503) still carry the CORS headers a cross-origin page needs to read them.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(config.cors_origins),
@@ -313,13 +323,6 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
             allow_headers=["X-API-Key", "X-Request-ID", "Content-Type"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(  # added last: the outermost layer, around CORS and gzip too
-        Guard,
-        max_body=config.max_upload_bytes,
-        timeout_s=config.timeout_s,
-        api_key=api_key,
-        metrics=metrics,
-    )
     return app
 
 

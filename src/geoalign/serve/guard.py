@@ -29,6 +29,7 @@ KNOWN_ROUTES = {
     "/v1/predict",
     "/v1/verify",
     "/v1/models",
+    "/v1/explain",
     "/docs",
     "/openapi.json",
     "/page-config.json",
