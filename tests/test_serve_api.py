@@ -72,6 +72,12 @@ def test_several_images_estimate_regions_geojson_and_prior(client):
         assert record["settings"]["regions"] == [0.5, 0.9]
     kinds = [f["properties"]["kind"] for f in body["geojson"][0]["features"]]
     assert kinds == ["estimate", "region", "region"] and body["geojson"][2] is None
+    # heatmap=true: the GeoJSON adds the densest cells, densest first
+    heat = _post(client, images=images[:1], heatmap="true").json()["geojson"][0]["features"]
+    cells = [f for f in heat if f["properties"]["kind"] == "heat"]
+    density = [f["properties"]["density_km2"] for f in cells]
+    assert 10 <= len(cells) <= 600 and density == sorted(density, reverse=True) and density[-1] > 0
+    assert all(f["geometry"]["type"] == "Polygon" for f in cells)
     # a prior restricts every candidate to it
     from geoalign.geo.priors import Country
 
@@ -354,3 +360,17 @@ def test_explain_is_a_known_route():
 
     assert route_label("/v1/explain") == "/v1/explain"
     assert route_label("/no/such/path") == "other"
+
+
+def test_docs_page_is_offline(client):
+    """/docs is Swagger UI from files the package ships: no script, style or badge from a CDN."""
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    assert not re.findall(r"(?:src|href)=['\"]https?://", page.text), page.text
+    assert '"validatorUrl": null' in page.text
+    for path in re.findall(r"(?:src|href)=['\"](/static/[^'\"]+)", page.text):
+        assert client.get(path).status_code == 200, path
+    assert client.get("/static/vendor/swagger-ui/LICENSE").status_code == 200
+    assert client.get("/openapi.json").json()["info"]["title"] == "geoalign"

@@ -97,6 +97,7 @@ def test_page_locates_a_photo_and_reports_a_corrupt_one(browser, config, engine,
         card = page.wait_for_selector("article.card[data-state=done]", timeout=30_000)
         assert card.query_selector_all("path.ga-pin").__len__() == 5
         assert len(card.query_selector_all("path.ga-region")) >= 1
+        assert len(card.query_selector_all("path.ga-heat")) >= 10  # the density heatmap
         assert len(card.query_selector_all("path.ga-estimate")) == 1
         assert len(card.query_selector_all("path.ga-country")) > 100  # the offline base map
         rows = card.query_selector_all("table[data-testid=topk] tbody tr")

@@ -45,7 +45,11 @@ def region_colour(i: int) -> str:
     return REGION_COLOURS[i % len(REGION_COLOURS)]
 
 
-def _heat(distribution: Any) -> tuple[list[np.ndarray], np.ndarray]:
+def heat_cells(
+    distribution: Any, max_cells: int = HEAT_MAX_CELLS
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The densest S2 cells holding HEAT_MASS of the mass (at most `max_cells`): their (lat, lon)
+    rings and densities (probability per km²), densest first."""
     from geoalign.geo.s2.ids import cell_polygons
 
     mass = np.asarray(distribution.cell_mass, dtype=np.float64)
@@ -53,7 +57,7 @@ def _heat(distribution: Any) -> tuple[list[np.ndarray], np.ndarray]:
     order = np.argsort(-density, kind="stable")
     order = order[mass[order] > 0]
     keep = int(np.searchsorted(np.cumsum(mass[order]), HEAT_MASS * mass.sum())) + 1
-    order = order[: min(keep, HEAT_MAX_CELLS, len(order))]
+    order = order[: min(keep, max_cells, len(order))]
     ids = np.asarray(distribution.grid.cell_ids, dtype=np.uint64)[order]
     rings = list(cell_polygons(ids, points_per_edge=2)) if len(ids) else []
     return rings, density[order]
@@ -71,7 +75,7 @@ def from_distribution(
         region = distribution.region(p)
         geom = region.polygons().simplify(0.01, preserve_topology=True)
         layers.regions.append((float(p), geom, region.summary()))
-    layers.heat_rings, layers.heat_density = _heat(distribution)
+    layers.heat_rings, layers.heat_density = heat_cells(distribution)
     return layers
 
 

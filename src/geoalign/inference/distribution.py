@@ -379,9 +379,14 @@ class Distribution:
 
     # -- output ------------------------------------------------------------------------------------
     def to_geojson(
-        self, regions: tuple[float, ...] = (0.5, 0.9), estimate: str = "median"
+        self,
+        regions: tuple[float, ...] = (0.5, 0.9),
+        estimate: str = "median",
+        heatmap_cells: int = 0,
     ) -> dict[str, Any]:
-        """A GeoJSON FeatureCollection: the point estimate and each p-region's outline."""
+        """A GeoJSON FeatureCollection: the point estimate and each p-region's outline; with
+        `heatmap_cells` > 0, also up to that many of the densest smoothing cells ("heat"
+        features with their density in probability per km², densest first) for a heatmap."""
         from shapely.geometry import mapping
 
         lat, lon = self.estimate(estimate)
@@ -402,6 +407,19 @@ class Distribution:
                     "properties": {"kind": "region", **r.to_dict(), "summary": r.summary()},
                 }
             )
+        if heatmap_cells > 0:
+            from geoalign.geo.maplayers import heat_cells
+
+            rings, density = heat_cells(self, max_cells=heatmap_cells)
+            for ring, d in zip(rings, density, strict=True):
+                coords = [[round(float(lon), 3), round(float(lat), 3)] for lat, lon in ring]
+                features.append(
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Polygon", "coordinates": [coords]},
+                        "properties": {"kind": "heat", "density_km2": float(f"{d:.4g}")},
+                    }
+                )
         return {"type": "FeatureCollection", "features": features}
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -48,6 +49,7 @@ _OPTION_DOCS = {
     "bbox": ("string", "Prior: min_lat,min_lon,max_lat,max_lon."),
     "land_only": ("boolean", "Prior: only candidates on land."),
     "geojson": ("boolean", "Also return each image's estimate and regions as GeoJSON."),
+    "heatmap": ("boolean", "GeoJSON plus the densest density cells (kind heat, p per km²)."),
     "check_exif": ("boolean", "Also check each photo's EXIF GPS claim (predict only)."),
     "claimed": ("string", "verify: the claimed lat,lon (default: the photo's EXIF GPS)."),
     "alpha": ("number", "verify: false-alarm rate of the claim check (default 0.05)."),
@@ -152,8 +154,21 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
         version=__version__,
         summary="Where was this photo taken? Top-k locations, regions and claim checks.",
         lifespan=lifespan,
+        docs_url=None,  # served below from vendored Swagger UI files: /docs works offline
+        redoc_url=None,
     )
     app.state.geoalign = state
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="geoalign API",
+            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/vendor/swagger-ui/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # its default badge calls a server
+        )
 
     # -- errors: one JSON shape --------------------------------------------------------------
     @app.exception_handler(ApiError)

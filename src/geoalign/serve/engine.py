@@ -27,6 +27,7 @@ from geoalign.serve.config import ServeConfig
 from geoalign.serve.uploads import Decoded
 
 log = logging.getLogger("geoalign.serve.engine")
+HEATMAP_CELLS = 600  # densest smoothing cells sent for a heatmap: a few tens of KB per photo
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Options:
     regions: tuple[float, ...] = ()
     prior: Any = None
     geojson: bool = False
+    heatmap: bool = False  # the GeoJSON adds the densest cells, for the page's heatmap
     check_exif: bool = False
     alpha: float = 0.05
     claimed: tuple[float, float] | None = None
@@ -177,7 +179,9 @@ class Engine:
                 result: dict[str, Any] = {"record": pred.to_dict(settings)}
                 if options.geojson:
                     result["geojson"] = dist.to_geojson(
-                        options.regions or (0.5, 0.9), options.estimate or "median"
+                        options.regions or (0.5, 0.9),
+                        options.estimate or "median",
+                        heatmap_cells=HEATMAP_CELLS if options.heatmap else 0,
                     )
                 if options.check_exif or options.verify:
                     result["verification"] = self._verify(d, dist, options)

@@ -22,6 +22,17 @@ ASSETS = {
     "/static/vendor/leaflet/leaflet.css": "vendor/leaflet/leaflet.css",
     "/static/vendor/leaflet/LICENSE": "vendor/leaflet/LICENSE",
     **{
+        f"/static/vendor/swagger-ui/{name}": f"vendor/swagger-ui/{name}"
+        for name in (
+            "swagger-ui-bundle.js",
+            "swagger-ui.css",
+            "favicon-32x32.png",
+            "LICENSE",
+            "NOTICE",
+            "swagger-ui-bundle.js.LICENSE.txt",
+        )
+    },
+    **{
         f"/static/vendor/leaflet/images/{name}": f"vendor/leaflet/images/{name}"
         for name in (
             "layers.png",
@@ -40,7 +51,7 @@ def _asset(path: str) -> tuple[bytes, str]:
     name = ASSETS[path]
     data = resources.files("geoalign.serve").joinpath("static", *name.split("/")).read_bytes()
     kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    if name == "LICENSE":
+    if name.endswith(("LICENSE", "NOTICE")):
         kind = "text/plain"
     if kind.startswith("text/") or kind.endswith("javascript"):
         kind += "; charset=utf-8"

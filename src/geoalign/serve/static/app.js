@@ -97,6 +97,14 @@ function conceptsHtml(exp) {
     <table><thead><tr><th>concept</th><th>category</th><th>score</th></tr></thead><tbody>${rows}</tbody></table>${country}</div>`;
 }
 
+function heatColour(t) {
+  // pale yellow (t = 0) to dark red (t = 1), the YlOrRd ramp of the CLI's maps
+  const stops = [[255, 237, 160], [254, 178, 76], [240, 59, 32], [128, 0, 38]];
+  const x = t * (stops.length - 1), i = Math.min(Math.floor(x), stops.length - 2), f = x - i;
+  const c = stops[i].map((v, k) => Math.round(v + (stops[i + 1][k] - v) * f));
+  return `rgb(${c[0]},${c[1]},${c[2]})`;
+}
+
 function renderResult(card, file, record, geojson, check, exp) {
   const panel = card.querySelector(".panel");
   const rows = record.predictions.map((p) => `<tr><td class="num">${p.rank}</td>
@@ -115,6 +123,19 @@ function renderResult(card, file, record, geojson, check, exp) {
   const map = makeMap(card.querySelector(".map"));
   const layers = [];
   if (geojson) {
+    // The heatmap: the densest cells of the smoothed density, coloured on a log scale over
+    // three decades below the densest (as the CLI's maps), drawn under the region outlines.
+    const heat = geojson.features.filter((f) => f.properties.kind === "heat");
+    if (heat.length) {
+      const top = Math.log10(Math.max(...heat.map((f) => f.properties.density_km2)));
+      L.geoJSON({ type: "FeatureCollection", features: heat }, {
+        interactive: false,
+        style: (f) => {
+          const t = Math.max(0, Math.min(1, 1 + (Math.log10(f.properties.density_km2) - top) / 3));
+          return { className: "ga-heat", stroke: false, fillColor: heatColour(t), fillOpacity: 0.25 + 0.45 * t };
+        },
+      }).addTo(map);
+    }
     const regionLayer = L.geoJSON(geojson, {
       filter: (f) => f.properties.kind === "region",
       style: (f) => ({ className: "ga-region", color: "#c2410c", weight: 1.5,
@@ -166,7 +187,7 @@ async function predictOne(file) {
     card.querySelector(".panel").append(img);
   }
   const params = new URLSearchParams({ top_k: $("top-k").value || "5", estimate: $("estimate").value,
-    regions: "0.5,0.9", geojson: "true", check_exif: "true" });
+    regions: "0.5,0.9", geojson: "true", heatmap: "true", check_exif: "true" });
   priorParams(params);
   const body = new FormData();
   body.append("image", file, file.name);
