@@ -10,8 +10,12 @@ autocast, SDPA attention) with a CLIP ViT-L/14 vision tower built from its confi
 weights: the cost is that of the real ones), timed from the first shard read to the last store
 shard written. Training: benchmarks/train.py's geoalign run ("published": batch 512, GPS queue
 4096 re-encoded with gradients), which Lightning places on the GPU; samples/s from the median
-step. Without CUDA it says so and exits 0 without measuring anything. Writes the "GPU: features
-and training" section of benchmarks/RESULTS.md.
+step. GeoSURGE: one fusion training step (CLIP ViT-L/14-336 with its last block trainable, 3
+fusion blocks, the paper's 7 geocell levels on a synthetic 20K-cell hierarchy, bf16 autocast)
+over 1,024 samples as micro-batches, seconds per 1,024. Without CUDA it says so and exits 0
+without measuring anything; `--dry-run` runs every part with tiny models on the CPU (a check
+that the script works, nothing written). Writes the "GPU: features and training" section of
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -87,6 +91,61 @@ def training_samples_per_second(tmp: Path, steps: int) -> float:
     return BATCH / statistics.median(times[len(times) // 3 :])
 
 
+def geosurge_fusion_seconds(size: str, device: str, micro: int, samples: int) -> float:
+    """Seconds for one GeoSURGE fusion training step over `samples` samples (forward, backward
+    and AdamW, in micro-batches of `micro` under bf16 autocast on CUDA): median of 3 after one
+    warm-up."""
+    from geosurge import build_model
+
+    from geoalign.geo.cells import CellHierarchy, PartitionRules
+
+    rng = np.random.default_rng(0)  # ~20K finest cells, as benchmarks/geosurge.py
+    n = 4_000_000 if size == "large" else 20_000
+    lat = np.degrees(np.arcsin(rng.uniform(-0.95, 0.95, n)))
+    hierarchy = CellHierarchy.build(lat, rng.uniform(-180, 180, n), rules=PartitionRules(tau_min=50))
+    model = build_model(hierarchy, size, "fusion").to(device)
+    s = model.backbone.image_size
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.stack([torch.randint(0, k, (micro,), generator=g) for k in hierarchy.sizes], 1)
+    inputs = {
+        "pixels": torch.randn(micro, 3, s, s).to(device),
+        "seg": torch.randint(0, 150, (micro, s, s)).to(device),
+    }
+    labels = labels.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        for _ in range(max(1, samples // micro)):
+            with autocast:
+                loss = model.loss(model.encode(inputs), labels).total
+            loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    step()
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def dry_run() -> None:
+    """Every part with tiny models on the CPU: the script works; nothing is measured."""
+    from predict import _photo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _photo(Path(tmp) / "p.jpg", 0)
+        t = geosurge_fusion_seconds("tiny", "cpu", micro=4, samples=8)
+        samples_s = training_samples_per_second(Path(tmp), steps=2)
+    print(f"dry run ok: GeoSURGE tiny fusion step {t:.2f} s, GeoCLIP step {samples_s:,.0f} samples/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photos", type=int, default=2048)
@@ -94,7 +153,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--decode", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--geosurge-micro", type=int, default=64, help="micro-batch of the 1,024")
+    parser.add_argument("--dry-run", action="store_true", help="tiny models on the CPU; no output")
     args = parser.parse_args()
+    if args.dry_run:
+        dry_run()
+        return
     if not torch.cuda.is_available():
         print("gpu.py skipped: no CUDA device is visible here; nothing was measured.")
         return
@@ -104,6 +168,8 @@ def main() -> None:
         print(f"ViT-L/14 features from shards: {images_s:,.0f} images/s", flush=True)
         samples_s = training_samples_per_second(tmp, args.steps)
         print(f"GeoCLIP training step: {samples_s:,.0f} samples/s", flush=True)
+        fusion_s = geosurge_fusion_seconds("large", "cuda", args.geosurge_micro, 1024)
+        print(f"GeoSURGE fusion step: {fusion_s:.2f} s per 1,024 samples", flush=True)
     name = torch.cuda.get_device_name(0)
     body = (
         f"{name}. Targets (issue 16): >= 2,000 images/s, >= 50,000 samples/s.\n\n"
@@ -112,7 +178,10 @@ def main() -> None:
         f"{args.photos} 1024 x 768 JPEGs (batch {args.batch_size}, {args.workers} decode threads, "
         f"decode on {args.decode}) | {images_s:,.0f} images/s |\n"
         f"| GeoCLIP training step from features (batch 512, queue 4096 with gradients) | "
-        f"{samples_s:,.0f} samples/s |"
+        f"{samples_s:,.0f} samples/s |\n"
+        f"| GeoSURGE fusion training step, ViT-L/14-336 (last block trainable) + 3 fusion blocks, "
+        f"7 levels, 1,024 samples in micro-batches of {args.geosurge_micro}, bf16 | "
+        f"{fusion_s:.2f} s per 1,024 samples |"
     )
     write_section("GPU: features and training", body)
 
