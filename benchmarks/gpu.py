@@ -102,7 +102,9 @@ def geosurge_fusion_seconds(size: str, device: str, micro: int, samples: int) ->
     rng = np.random.default_rng(0)  # ~20K finest cells, as benchmarks/geosurge.py
     n = 4_000_000 if size == "large" else 20_000
     lat = np.degrees(np.arcsin(rng.uniform(-0.95, 0.95, n)))
-    hierarchy = CellHierarchy.build(lat, rng.uniform(-180, 180, n), rules=PartitionRules(tau_min=50))
+    hierarchy = CellHierarchy.build(
+        lat, rng.uniform(-180, 180, n), rules=PartitionRules(tau_min=50)
+    )
     model = build_model(hierarchy, size, "fusion").to(device)
     s = model.backbone.image_size
     params = [p for p in model.parameters() if p.requires_grad]
@@ -143,7 +145,9 @@ def dry_run() -> None:
         _photo(Path(tmp) / "p.jpg", 0)
         t = geosurge_fusion_seconds("tiny", "cpu", micro=4, samples=8)
         samples_s = training_samples_per_second(Path(tmp), steps=2)
-    print(f"dry run ok: GeoSURGE tiny fusion step {t:.2f} s, GeoCLIP step {samples_s:,.0f} samples/s")
+    print(
+        f"dry run ok: GeoSURGE tiny fusion step {t:.2f} s, GeoCLIP step {samples_s:,.0f} samples/s"
+    )
 
 
 def main() -> None:

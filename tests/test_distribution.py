@@ -184,14 +184,15 @@ def test_one_point_and_antimeridian_and_pole_regions_make_valid_geojson():
             assert shapely.area(geom) > 0
 
 
-
 def test_geojson_heat_cells_are_the_densest_cells_with_their_density():
     rng = np.random.default_rng(3)
     pts = np.column_stack([rng.uniform(-60, 60, 400), rng.uniform(-180, 180, 400)])
     dist = Distribution(CellGrid(pts, level=4), rng.gamma(0.3, size=400))
     assert [f["properties"]["kind"] for f in dist.to_geojson()["features"]].count("heat") == 0
     gj = dist.to_geojson(heatmap_cells=50)
-    heat = [f["properties"]["density_km2"] for f in gj["features"] if f["properties"]["kind"] == "heat"]
+    heat = [
+        f["properties"]["density_km2"] for f in gj["features"] if f["properties"]["kind"] == "heat"
+    ]
     direct = np.sort(dist.cell_mass / dist.grid.area_km2)[::-1]
     assert len(heat) == 50
     assert heat == pytest.approx(direct[:50].tolist(), rel=1e-3)
