@@ -374,3 +374,23 @@ def test_docs_page_is_offline(client):
         assert client.get(path).status_code == 200, path
     assert client.get("/static/vendor/swagger-ui/LICENSE").status_code == 200
     assert client.get("/openapi.json").json()["info"]["title"] == "geoalign"
+
+
+def test_a_request_naming_another_gallery_is_told_where_to_go(client, small_gallery):
+    same = _post(client, gallery=str(small_gallery))
+    assert same.status_code == 200, same.text
+    other = _post(client, gallery="mp16-500k")
+    assert other.status_code == 422
+    error = other.json()["error"]
+    assert error["field"] == "gallery" and "--gallery mp16-500k" in error["message"]
+
+
+def test_auto_gallery_answers_to_the_name_it_resolved_to():
+    from geoalign.serve.options import served_galleries
+
+    assert served_galleries("auto", {"gallery": {"checkpoint_gallery": None}}) == (
+        "auto",
+        "geoclip-100k",
+    )
+    assert served_galleries("auto", {"gallery": {"checkpoint_gallery": "g.csv"}})[-1] == "g.csv"
+    assert served_galleries("mine.csv", {}) == ("mine.csv",)

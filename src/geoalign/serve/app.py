@@ -32,7 +32,13 @@ from geoalign.serve.engine import Engine, Options, basemap_geojson
 from geoalign.serve.errors import ApiError, error_body
 from geoalign.serve.guard import BodyTooLarge, Guard
 from geoalign.serve.metrics import Metrics
-from geoalign.serve.options import parse_concept_top_k, parse_options, parse_prior
+from geoalign.serve.options import (
+    check_gallery,
+    parse_concept_top_k,
+    parse_options,
+    parse_prior,
+    served_galleries,
+)
 from geoalign.serve.page import PAGE_ROUTES, page_response
 from geoalign.serve.uploads import Decoded, decode_upload
 
@@ -48,6 +54,7 @@ _OPTION_DOCS = {
     "radius_km": ("number", "Prior: radius around `near`, km."),
     "bbox": ("string", "Prior: min_lat,min_lon,max_lat,max_lon."),
     "land_only": ("boolean", "Prior: only candidates on land."),
+    "gallery": ("string", "The gallery to search: must be the one this service loaded."),
     "geojson": ("boolean", "Also return each image's estimate and regions as GeoJSON."),
     "heatmap": ("boolean", "GeoJSON plus the densest density cells (kind heat, p per km²)."),
     "check_exif": ("boolean", "Also check each photo's EXIF GPS claim (predict only)."),
@@ -434,6 +441,7 @@ async def _serve(
 
     async def parse(params: dict[str, str]) -> Options:
         options = parse_options(params, max_top_k=state.config.max_top_k, verify=verify)
+        check_gallery(params.get("gallery"), served_galleries(state.config.gallery, engine.card))
         options.prior = await asyncio.to_thread(parse_prior, params)
         return options
 

@@ -143,3 +143,27 @@ def parse_options(params: Mapping[str, str], *, max_top_k: int, verify: bool) ->
         claimed=_latlon(params.get("claimed"), "claimed"),
         verify=verify,
     )
+
+
+def served_galleries(configured: str, card: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names a request may give for the gallery this service searches: the one it was
+    started with and, for "auto", the one that resolved to (the checkpoint's, else
+    geoclip-100k, as `geoalign predict`)."""
+    if configured != "auto":
+        return (configured,)
+    recorded = (card.get("gallery") or {}).get("checkpoint_gallery") or "geoclip-100k"
+    return ("auto", str(recorded))
+
+
+def check_gallery(asked: str | None, served: tuple[str, ...]) -> None:
+    """A request may name the gallery it expects; each service holds one gallery in memory (a
+    100K gallery's embeddings are 200 MB per worker), so another one is a replica started with
+    `--gallery NAME`, and a request naming it here is told so rather than answered silently
+    from the wrong one."""
+    if asked is None or asked.strip() in ("", *served):
+        return
+    raise _bad(
+        "gallery",
+        f"this service searches the gallery {served[-1]!r}, not {asked.strip()!r}; send the "
+        f"request to a service started with `geoalign serve --gallery {asked.strip()}`",
+    )
