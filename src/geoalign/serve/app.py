@@ -32,6 +32,7 @@ from geoalign.serve.engine import Engine, Options, basemap_geojson
 from geoalign.serve.errors import ApiError, error_body
 from geoalign.serve.guard import BodyTooLarge, Guard
 from geoalign.serve.metrics import Metrics
+from geoalign.serve.openapi import UPLOAD_FIELD, openapi_body
 from geoalign.serve.options import (
     check_gallery,
     parse_concept_top_k,
@@ -43,54 +44,6 @@ from geoalign.serve.page import PAGE_ROUTES, page_response
 from geoalign.serve.uploads import Decoded, decode_upload
 
 log = logging.getLogger("geoalign.serve")
-UPLOAD_FIELD = "image"
-
-_OPTION_DOCS = {
-    "top_k": ("integer", "Candidates per image (default 5)."),
-    "estimate": ("string", "Point estimate: top1, mode, mean or median."),
-    "regions": ("string", "Confidence regions, e.g. 0.5,0.9."),
-    "within": ("string", "Prior: countries/regions, e.g. FR or US-CA,MX."),
-    "near": ("string", "Prior: lat,lon centre of a radius (with radius_km)."),
-    "radius_km": ("number", "Prior: radius around `near`, km."),
-    "bbox": ("string", "Prior: min_lat,min_lon,max_lat,max_lon."),
-    "land_only": ("boolean", "Prior: only candidates on land."),
-    "gallery": ("string", "The gallery to search: must be the one this service loaded."),
-    "geojson": ("boolean", "Also return each image's estimate and regions as GeoJSON."),
-    "heatmap": ("boolean", "GeoJSON plus the densest density cells (kind heat, p per km²)."),
-    "check_exif": ("boolean", "Also check each photo's EXIF GPS claim (predict only)."),
-    "claimed": ("string", "verify: the claimed lat,lon (default: the photo's EXIF GPS)."),
-    "alpha": ("number", "verify: false-alarm rate of the claim check (default 0.05)."),
-}
-
-
-EXPLAIN_DOCS = {
-    "top_k": ("integer", "Concepts kept per image (default: the model's, as `explain --top-k`)."),
-}
-
-
-def _openapi_body(verify: bool = False, explain: bool = False) -> dict[str, Any]:
-    props: dict[str, Any] = {
-        UPLOAD_FIELD: {
-            "type": "array",
-            "items": {"type": "string", "format": "binary"},
-            "description": "One or more image files (repeat the field).",
-        }
-    }
-    docs = EXPLAIN_DOCS if explain else _OPTION_DOCS
-    for name, (kind, text) in docs.items():
-        if (name in ("claimed", "alpha")) and not verify:
-            continue
-        props[name] = {"type": kind, "description": text + " Also accepted as a query parameter."}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "properties": props, "required": [UPLOAD_FIELD]}
-                }
-            },
-        }
-    }
 
 
 class State:
@@ -247,7 +200,7 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
         """The model card: method, backbone, gallery and calibration of the served model."""
         return {"models": [_engine(state).card]}
 
-    @app.post("/v1/predict", tags=["api"], openapi_extra=_openapi_body(verify=False))
+    @app.post("/v1/predict", tags=["api"], openapi_extra=openapi_body(verify=False))
     async def predict(request: Request) -> JSONResponse:
         """Where was each photo taken: one `geoalign.prediction/v1` record per image, the same
         record `geoalign predict --json` writes."""
@@ -259,7 +212,7 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
             body["verification"] = [r.get("verification") for r in results]
         return JSONResponse(body)
 
-    @app.post("/v1/verify", tags=["api"], openapi_extra=_openapi_body(verify=True))
+    @app.post("/v1/verify", tags=["api"], openapi_extra=openapi_body(verify=True))
     async def verify(request: Request) -> JSONResponse:
         """Does each photo support the location it claims (its EXIF GPS, or `claimed`)? The
         claim is inconsistent at `alpha` when it lies outside the (1 - alpha)-region."""
@@ -289,7 +242,7 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
     @app.post(
         "/v1/explain",
         tags=["api"],
-        openapi_extra=_openapi_body(explain=True),
+        openapi_extra=openapi_body(explain=True),
         responses={409: {"description": "The served model is not concept-aware."}},
     )
     async def explain(request: Request) -> JSONResponse:
