@@ -32,7 +32,7 @@ def test_calibrate_stores_the_calibration_in_the_checkpoint(tmp_path, small_gall
         "calibrate",
         "-m",
         str(path),
-        "-q",
+        "--queries",
         str(tmp_path / "val.npz"),
         "--gallery",
         str(small_gallery),
@@ -50,7 +50,7 @@ def test_calibrate_stores_the_calibration_in_the_checkpoint(tmp_path, small_gall
     geo = Geolocator.from_pretrained(str(path), backbone=None, gallery=str(small_gallery))
     assert geo.calibration is not None and geo.calibration.scale == stored["scale"]
     # named weights are not changed in place; a calibrated copy goes to --out
-    res = runner.invoke(app, ["calibrate", "-m", "geoclip", "-q", str(tmp_path / "val.npz")])
+    res = runner.invoke(app, ["calibrate", "-m", "geoclip", "--queries", str(tmp_path / "val.npz")])
     assert res.exit_code == 2 and "--out" in res.stderr
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "model")])
     assert res.exit_code == 2 and "not empty" in res.stderr

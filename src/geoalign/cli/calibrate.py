@@ -17,7 +17,6 @@ def calibrate(
     queries: str = typer.Option(
         ...,
         "--queries",
-        "-q",
         help="Validation rows with known locations: a feature store, an .npz or "
         "scene-labels:<benchmark or CSV>. Never the test set.",
     ),

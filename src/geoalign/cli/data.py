@@ -135,7 +135,7 @@ def benchmark(
 @data_app.command("to-wds")
 def to_wds(
     manifest: Path = typer.Argument(..., help="CSV, TSV or Parquet manifest: image, lat, lon."),
-    out: Path = typer.Option(..., "--out", help="Folder for the shards (000000.tar, ...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the shards (000000.tar, ...)."),
     image_root: Path | None = typer.Option(
         None, "--image-root", help="Folder image paths are relative to (default: the manifest's)."
     ),

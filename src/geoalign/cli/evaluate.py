@@ -29,7 +29,6 @@ def evaluate(
     queries: str = typer.Option(
         None,
         "--queries",
-        "-q",
         help="Query features: a feature store folder, or scene-labels:<benchmark or CSV>.",
     ),
     benchmark: str = typer.Option(

@@ -35,7 +35,7 @@ def extract_cmd(
         ),
         metavar="MANIFEST|SHARDS...",
     ),
-    out: Path = typer.Option(..., "--out", help="Feature store folder (rerun to resume)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Feature store folder (rerun to resume)."),
     backbone: str = typer.Option(
         "clip-vit-l14", help="Backbone spec (see `geoalign backbone list`)."
     ),
@@ -304,7 +304,7 @@ def merge_cmd(
 def import_cmd(
     features: Path = typer.Argument(..., help="N x D feature array (.npy)."),
     coords: Path = typer.Argument(..., help="CSV/Parquet with lat, lon (and optional image/id)."),
-    out: Path = typer.Option(..., "--out", help="Feature store folder to create."),
+    out: Path = typer.Option(..., "--out", "-o", help="Feature store folder to create."),
     dtype: str | None = typer.Option(
         None, "--dtype", help="float16 or float32 (default: the array's, else float32)."
     ),

@@ -23,7 +23,7 @@ def build(
         min=1,
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Output .parquet or .csv (written atomically)."
+        None, "--out", "-o", help="Output .parquet or .csv (written atomically)."
     ),
     name: str | None = typer.Option(
         None,
