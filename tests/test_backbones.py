@@ -449,6 +449,11 @@ def test_cli_backbone_check(tiny_clip_dir, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "pooled embedding: 24; token dim: 32" in result.output
     assert "shortest side resized to 36 (bicubic)" in result.output
+    as_json = runner.invoke(app, ["backbone", "check", f"hf:{tiny_clip_dir}", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    record = __import__("json").loads(as_json.stdout)
+    assert record["embed_dim"] == 24 and record["token_dim"] == 32
+    assert record["preprocess"]["shortest_side"] == 36
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.delenv("GEOALIGN_CLIP_PATH", raising=False)
     result = runner.invoke(app, ["backbone", "check", "clip-vit-l14", "--offline"])

@@ -146,3 +146,29 @@ def test_inspecting_commands_print_json_on_stdout():
     assert res.exit_code == 0, res.output
     record = json.loads(res.stdout)
     assert record["total"] == 94_123 and 0 < record["kept"] < record["total"]  # deduplicated
+
+
+def test_every_inspecting_command_has_json(tmp_path):
+    """backbone list, data benchmarks/benchmark and places regions print JSON on stdout too."""
+    import json
+
+    res = runner.invoke(app, ["backbone", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    forms = [json.loads(line) for line in res.stdout.splitlines()]
+    assert sum(f["default"] for f in forms) == 1
+    assert any(f["spec"] == "clip-vit-l14" and f["alias_of"] for f in forms)
+
+    res = runner.invoke(app, ["data", "benchmarks", "--json"])
+    assert res.exit_code == 0, res.output
+    names = {json.loads(line)["name"]: json.loads(line) for line in res.stdout.splitlines()}
+    assert names["im2gps3k"]["rows"] == 2997 and names["im2gps3k"]["label_files"]
+
+    res = runner.invoke(app, ["data", "benchmark", "im2gps3k", str(tmp_path), "--json"])
+    assert res.exit_code == 1, res.output  # nothing there: incomplete, and said in JSON
+    status = json.loads(res.stdout)
+    assert status["ok"] is False and status["labels"] is None and status["labels_tried"]
+
+    res = runner.invoke(app, ["places", "regions", "JP", "--json"])
+    assert res.exit_code == 0, res.output
+    regions = [json.loads(line) for line in res.stdout.splitlines()]
+    assert {"country": "JP", "region": "Tokyo", "within": "JP/Tokyo"} in regions

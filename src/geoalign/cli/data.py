@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -97,12 +98,24 @@ def check(
 
 
 @data_app.command("benchmarks")
-def benchmarks() -> None:
+def benchmarks(
+    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
+) -> None:
     """List the known benchmarks, their label files and image naming."""
     from rich.table import Table
 
     from geoalign.data.benchmarks import list_benchmarks
 
+    if as_json:
+        for b in list_benchmarks():
+            record = {
+                "name": b.name,
+                "rows": b.expected_rows,
+                "label_files": list(b.label_files),
+                "images": b.naming,
+            }
+            typer.echo(json.dumps(record))
+        return
     table = Table(title="benchmarks")
     for col in ("name", "rows", "label files", "images"):
         table.add_column(col, overflow="fold")
@@ -116,6 +129,7 @@ def benchmark(
     name: str = typer.Argument(..., help="Benchmark name, e.g. im2gps3k (see `data benchmarks`)."),
     folder: Path = typer.Argument(..., help="Folder with the photos (labels next to it or in it)."),
     labels: Path | None = typer.Option(None, "--labels", help="The label file, if not found."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of text."),
 ) -> None:
     """Say what is present and what is missing for a benchmark. Exit 0 when complete, else 1."""
     from geoalign.data.benchmarks import get_benchmark
@@ -127,8 +141,24 @@ def benchmark(
             status = bench.verify(folder, labels)
     except GeoalignError as err:
         fail(str(err))
-    print_result(status.describe())
-    print_result(f"label format: {bench.label_format}")
+    if as_json:
+        record = {
+            "name": status.name,
+            "ok": status.ok,
+            "images_dir": str(status.images_dir),
+            "labels": None if status.labels is None else str(status.labels),
+            "labels_tried": [str(p) for p in status.labels_tried],
+            "rows": status.n_rows,
+            "expected_rows": status.expected_rows,
+            "found": status.n_found,
+            "missing": status.missing,
+            "notes": status.notes,
+            "label_format": bench.label_format,
+        }
+        typer.echo(json.dumps(record))
+    else:
+        print_result(status.describe())
+        print_result(f"label format: {bench.label_format}")
     raise typer.Exit(0 if status.ok else 1)
 
 

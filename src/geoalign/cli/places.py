@@ -101,6 +101,7 @@ def countries(
 @places_app.command("regions")
 def regions(
     country: str = typer.Argument(..., help="Country code or name, e.g. US or Germany."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of text."),
 ) -> None:
     """First-level regions (GeoNames admin-1) of a country, usable as `--within CC/NAME`."""
     from geoalign.errors import GeoalignError
@@ -116,7 +117,11 @@ def regions(
     if not names:
         fail(f"GeoNames lists no first-level regions for {code}")
     for name in names:
-        typer.echo(f"{code}/{name}")
+        if as_json:
+            record = {"country": code, "region": name, "within": f"{code}/{name}"}
+            typer.echo(json.dumps(record, ensure_ascii=False))
+        else:
+            typer.echo(f"{code}/{name}")
 
 
 @places_app.command("prior")

@@ -19,7 +19,9 @@ segment_app = typer.Typer(
 @segment_app.command("extract")
 def extract_cmd(
     manifest: Path = typer.Argument(..., help="CSV/Parquet manifest: image path, lat, lon."),
-    out: Path = typer.Option(..., "--out", "-o", help="Segmentation store folder (rerun to resume)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Segmentation store folder (rerun to resume)."
+    ),
     segmenter: str = typer.Option(
         "oneformer-ade20k",
         help="oneformer-ade20k (the paper's), segformer-ade20k (light), or hf:<repo or folder>.",
