@@ -82,7 +82,13 @@ def encode(images):
     return real(images)
 t._encode = encode
 rank, world = dist_env()
-t._extract(t._manifest(Path(sys.argv[1])), Path(sys.argv[2]), rank=rank, world_size=world)
+src = Path(sys.argv[1])
+if src.is_dir():  # a folder of webdataset shards
+    from geoalign.data.wds import list_shards
+    source = list_shards(src)
+else:
+    source = t._manifest(src)
+t._extract(source, Path(sys.argv[2]), rank=rank, world_size=world)
 print("encode calls", calls[0])
 """
 
@@ -112,6 +118,23 @@ def test_two_processes_merge_to_the_single_process_bytes(tmp_path: Path) -> None
     assert not (out / "parts").exists()
     assert _files(out) == _files(single)  # index, features, metadata: byte for byte
     assert len(store) == N - 1 and store.failures["image"].tolist() == ["09.png"]
+
+
+def test_two_processes_from_shards_merge_to_the_single_process_bytes(tmp_path: Path) -> None:
+    """The same from webdataset shards (the field's format), fast: no launcher, no gloo."""
+    from geoalign.data.wds import list_shards, write_shards
+
+    csv = _photos(tmp_path / "imgs")
+    write_shards(_manifest(csv), tmp_path / "wds", shard_size=5)
+    single = tmp_path / "single"
+    _extract(list_shards(tmp_path / "wds"), single)
+    out = tmp_path / "dist"
+    results = _ranks(tmp_path / "wds", out, 2)
+    assert [rc for rc, _ in results] == [0, 0], results
+    held = {r: FeatureStoreIndex(part_dir(out, r)) for r in (0, 1)}
+    assert held[0] and held[1] and not set(held[0]) & set(held[1])  # disjoint parts
+    merge_parts(out)
+    assert _files(out) == _files(single)
 
 
 def FeatureStoreIndex(folder: Path) -> list[int]:  # noqa: N802 - reads like a type in asserts
