@@ -88,6 +88,11 @@ def evaluate(
     ten_crop: bool = typer.Option(False, help="Average logits over ten crops (photos only)."),
     baselines: bool = typer.Option(True, help="Also run the baselines (needs --train)."),
     backbone: str = typer.Option(None, help="Backbone for photos (default: the model's)."),
+    segmenter: str = typer.Option(
+        None,
+        help="GeoSURGE fusion models: the segmenter that maps each photo (crop) on the fly "
+        "(default: the one the checkpoint records, which made its training maps).",
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     batch_size: int = typer.Option(32, help="Photos per backbone batch."),
     out: Path = typer.Option(Path("geoalign-eval"), "--out", "-o", help="Report folder."),
@@ -102,7 +107,11 @@ def evaluate(
 
     Works for GeoCLIP, concept-aware and GeoSURGE checkpoints (the checkpoint says which)."""
     from geoalign.evaluation import queries as Q
-    from geoalign.evaluation.run import evaluate_checkpoint, model_features
+    from geoalign.evaluation.run import (
+        evaluate_checkpoint,
+        model_features,
+        reads_own_image_side,
+    )
 
     if retrieval_k < 0:
         fail(f"--retrieval-k {retrieval_k}: give K >= 1 training neighbours, or 0 for none")
@@ -128,8 +137,8 @@ def evaluate(
 
         check_photos(photos, queries, images, manifest, gallery, train_features, prior_radius_km)
         return evaluate_shards(
-            model, photos, benchmark, gallery, mode, radius_km, ten_crop, backbone, device,
-            batch_size, out, seed, json_out,
+            model, photos, benchmark, gallery, mode, radius_km, ten_crop, backbone, segmenter,
+            device, batch_size, out, seed, json_out,
         )  # fmt: skip
     features_spec = model_features(model)
     if queries is not None:
@@ -151,6 +160,14 @@ def evaluate(
             fail("--images needs --benchmark NAME (or pass --manifest)")
         else:
             man = get_benchmark(benchmark).load(images, labels)
+        if reads_own_image_side(model):  # a trained block (+ fusion): photos through the model
+            from geoalign.cli._evaluate_shards import evaluate_own_image_side
+
+            return evaluate_own_image_side(
+                model, man, benchmark or str(manifest), gallery, train_features, retrieval_k,
+                mode, radius_km, ten_crop, prior_radius_km, backbone, segmenter, device,
+                batch_size, out, seed, json_out,
+            )  # fmt: skip
         spec = backbone or features_spec or "clip-vit-l14"
         with progress_bar() as bar:
             task = bar.add_task("image features", total=len(man))
