@@ -279,6 +279,38 @@ def shard_photos(spec: str | list[str]) -> Any:
     return photos
 
 
+def missing_eval_photos(images: str, benchmark: str | None) -> str | None:
+    """What keeps `eval.images` from being evaluated, in one line (None: ready), found before
+    any training: a missing folder or manifest, a folder without eval.benchmark, the
+    benchmark's label file or photos absent. Shards are checked when read."""
+    from geoalign.data.wds import is_shard_spec
+
+    if is_shard_spec(images):
+        return None
+    path = Path(images)
+    if path.is_file():
+        return None
+    if not path.is_dir():
+        return "not found"
+    if not benchmark:
+        return "a folder needs eval.benchmark to read its labels"
+    from geoalign.data.benchmarks import get_benchmark
+
+    try:
+        status = get_benchmark(benchmark).verify(path)
+    except DataError as err:
+        return str(err)
+    if status.labels is None:
+        tried = ", ".join(str(p) for p in status.labels_tried)
+        return f"no {status.name} label file (looked for {tried})"
+    if status.missing:
+        return (
+            f"{len(status.missing):,} of {status.n_rows:,} {status.name} photos missing "
+            f"(e.g. {status.missing[0]})"
+        )
+    return None
+
+
 def _photo_queries(images: str, benchmark: str | None) -> tuple[Any, Any, Any, str]:
     """(photos, truth [N, 2], ids, name) of a benchmark's photo folder, a manifest, or
     webdataset shards (photos named by sample key, truth from each sample's json/txt)."""
