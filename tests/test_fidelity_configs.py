@@ -120,3 +120,10 @@ def test_the_lambda_claim_of_the_concept_config_is_the_committed_reports():
 
     geoclip, concept = top1("GeoCLIP alignment"), top1("Concept-aware alignment")
     assert any(c < g for c, g in zip(concept, geoclip, strict=True)), (concept, geoclip)
+
+
+def test_concept_configs_train_on_the_simclr_views_store_as_geoclip_tables_2_and_3():
+    geoclip = load_config(packaged_configs() / "geoclip" / "limited_5.yaml").data
+    for path in sorted((packaged_configs() / "concept").glob("mp16*.yaml")):
+        _, cfg = typed(path)
+        assert cfg["data"]["path"] == geoclip.path and cfg["data"]["views"] == geoclip.views, path
