@@ -72,11 +72,11 @@ def evaluate(
     mode: list[str] = typer.Option(
         list(DEFAULT_MODES), help="Prediction rows: top1, mode, mean, median (repeatable)."
     ),
-    prior_radius_km: list[float] = typer.Option(
+    prior_radius_km: list[str] = typer.Option(
         [],
         "--prior-radius-km",
         help="GeoCLIP Table 5: also rank each query's gallery within this radius of its truth "
-        "(repeatable: 2500, 750, 200, 25 are continent, country, state, city).",
+        "(repeatable or comma-separated: 2500,750,200,25 are continent, country, state, city).",
     ),
     radius_km: float = typer.Option(750.0, help="Radius of the mode-seeking prediction."),
     retrieval_k: int = typer.Option(
@@ -117,8 +117,7 @@ def evaluate(
         fail(f"--retrieval-k {retrieval_k}: give K >= 1 training neighbours, or 0 for none")
     if retrieval_k and not train_features:
         fail("--retrieval-k adds the training photos' locations: give their features with --train")
-    if any(not r > 0 for r in prior_radius_km):
-        fail("--prior-radius-km: each radius must be positive, e.g. --prior-radius-km 750")
+    prior_radius_km = parse_radii(prior_radius_km)
     _check_options(
         gallery=gallery,
         train=train_features,
@@ -225,6 +224,23 @@ def show_report(run: Any, name: str, json_out: str | None) -> None:
             _copy_atomic(report_json, Path(json_out))
             console.print(f"report JSON: [bold]{json_out}[/]")
     console.print(f"report: [bold]{run.paths['markdown']}[/]")
+
+
+def parse_radii(given: list[str]) -> list[float]:
+    """--prior-radius-km values, repeated and/or comma-separated, as km (positive, finite)."""
+    radii = []
+    for part in (p.strip() for g in given for p in g.split(",")):
+        try:
+            km = float(part)
+        except ValueError:
+            km = math.nan
+        if not (math.isfinite(km) and km > 0):
+            fail(
+                f"--prior-radius-km {part!r}: each radius must be a positive number of km, "
+                "e.g. --prior-radius-km 2500,750,200,25"
+            )
+        radii.append(km)
+    return radii
 
 
 def _check_options(
