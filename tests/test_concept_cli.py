@@ -76,7 +76,11 @@ def test_train_mp16_without_its_features_says_what_is_missing_in_one_line(tmp_pa
     errors = [line for line in r.output.splitlines() if "error" in line]
     assert len(errors) == 1 and "Traceback" not in r.output
     assert "training features missing" in errors[0]
-    assert "features/mp16-clip-vit-l14" in errors[0] and "geoalign features extract" in errors[0]
+    assert (
+        "features/mp16-clip-vit-l14-views8" in errors[0]
+        and "geoalign features extract" in errors[0]
+    )
+    assert "--views 8 --augment simclr" in errors[0]  # the SimCLR views store the config reads
 
 
 def test_train_writes_a_concept_model_with_its_country_bottleneck(trained):

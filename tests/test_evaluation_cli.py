@@ -69,3 +69,23 @@ def test_evaluate_without_queries_says_what_to_give(tmp_path):
     )
     assert result.exit_code != 0
     assert "--queries" in result.output
+
+
+def test_prior_radii_comma_separated_or_repeated(tmp_path):
+    """--prior-radius-km 2500,750 --prior-radius-km 200: Table 5's rows for each radius."""
+    ckpt = _tiny_scene_model(tmp_path / "model")
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(ckpt), "--benchmark", "im2gps", "--gallery", "train:50"]
+    args += ["--train", "scene-labels:im2gps", "--no-baselines", "--mode", "top1"]
+    result = CliRunner().invoke(
+        app, [*args, "--prior-radius-km", "2500,750", "--prior-radius-km", "200", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    names = [r["method"] for r in report["results"]]
+    for km in (2500, 750, 200):
+        assert f"model, prior {km} km (top-1)" in names
+    assert report["meta"]["prior_radius_km"] == [2500.0, 750.0, 200.0]
+    for bad in ("2500,,25", "750,-1", "city"):
+        result = CliRunner().invoke(app, [*args, "--prior-radius-km", bad])
+        assert result.exit_code == 2 and "--prior-radius-km" in result.output, result.output

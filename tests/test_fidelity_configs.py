@@ -101,3 +101,29 @@ def test_no_concept_or_geosurge_config_claims_as_published_without_saying_what_d
         text = path.read_text()
         if "as published" in text.lower():
             assert re.search(r"not as published|can differ|not, as published", text, re.I), path
+
+
+def test_the_lambda_claim_of_the_concept_config_is_the_committed_reports():
+    """configs/concept/mp16.yaml says λ = 1 does not lift top-1 at every threshold on the
+    quickstart, citing reports/quickstart/report.md: the report's rows must say so, and the
+    config must quote no numbers of its own that could drift from it."""
+    root = Path(__file__).resolve().parents[1]
+    text = (packaged_configs() / "concept" / "mp16.yaml").read_text()
+    claim = text.split("λ and σ", 1)[1].split("\n# Regime", 1)[0]
+    assert "reports/quickstart/report.md" in claim and "not lift top-1" in claim
+    assert not re.search(r"\d+\.\d", claim), claim  # no numbers copied from a report
+    report = (root / "reports" / "quickstart" / "report.md").read_text()
+
+    def top1(method: str) -> list[float]:
+        line = next(x for x in report.splitlines() if x.startswith(f"| **{method} (top-1)** |"))
+        return [float(c) for c in line.split("|")[2:7]]
+
+    geoclip, concept = top1("GeoCLIP alignment"), top1("Concept-aware alignment")
+    assert any(c < g for c, g in zip(concept, geoclip, strict=True)), (concept, geoclip)
+
+
+def test_concept_configs_train_on_the_simclr_views_store_as_geoclip_tables_2_and_3():
+    geoclip = load_config(packaged_configs() / "geoclip" / "limited_5.yaml").data
+    for path in sorted((packaged_configs() / "concept").glob("mp16*.yaml")):
+        _, cfg = typed(path)
+        assert cfg["data"]["path"] == geoclip.path and cfg["data"]["views"] == geoclip.views, path

@@ -1,9 +1,12 @@
-"""`geoalign evaluate --photos SHARDS`: photos of webdataset shards, truth from each sample's
-json/txt lat/lon, read through the model's own image side (every method, GeoSURGE included)."""
+"""`geoalign evaluate` on photos read through the model's own image side: `--photos SHARDS`
+(webdataset shards, truth from each sample's json/txt lat/lon; every method), and `--images` /
+`--manifest` for GeoSURGE checkpoints whose backbone block trains (`visual: backbone` or
+`fusion`), which no frozen backbone's features can stand in for."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from geoalign.cli.common import console, fail, progress_bar
 
@@ -41,6 +44,7 @@ def evaluate_shards(
     radius_km: float,
     ten_crop: bool,
     backbone: str | None,
+    segmenter: str | None,
     device: str,
     batch_size: int,
     out: Path,
@@ -67,6 +71,62 @@ def evaluate_shards(
             radius_km=radius_km,
             ten_crop=ten_crop,
             backbone=backbone or "auto",
+            segmenter=segmenter or "auto",
+            device=device,
+            batch_size=batch_size,
+            seed=seed,
+            progress=lambda n: bar.advance(task, n),
+            say=lambda m: console.print(f"[cyan]•[/] {m}"),
+        )
+    show_report(run, name, json_out)
+
+
+def evaluate_own_image_side(
+    model: str,
+    manifest: Any,
+    name: str,
+    gallery: str,
+    train: str | None,
+    retrieval_k: int,
+    modes: list[str],
+    radius_km: float,
+    ten_crop: bool,
+    prior_radius_km: list[float],
+    backbone: str | None,
+    segmenter: str | None,
+    device: str,
+    batch_size: int,
+    out: Path,
+    seed: int,
+    json_out: str | None,
+) -> None:
+    """`--images/--manifest` for a model that trains its image side (GeoSURGE backbone or
+    fusion): its photos through the trained block (+ segmenter), ten-crop as the paper."""
+    from geoalign.cli.evaluate import show_report
+    from geoalign.evaluation.run import evaluate_checkpoint_photos
+
+    if train is not None or gallery.startswith("train:") or retrieval_k:
+        fail(
+            f"--model {model}: its backbone block trains, so it is evaluated on the photos through "
+            "its own image side; baselines, --retrieval-k and train:N galleries read training "
+            "features: leave out --train/--retrieval-k (or give --gallery a name or file)"
+        )
+    with progress_bar() as bar:
+        task = bar.add_task("photos", total=len(manifest))
+        run = evaluate_checkpoint_photos(
+            model,
+            [str(p) for p in manifest.paths()],
+            manifest.coords(),
+            list(manifest.images),
+            benchmark=name,
+            out=out,
+            gallery=gallery,
+            modes=modes,
+            radius_km=radius_km,
+            ten_crop=ten_crop,
+            prior_radii_km=tuple(prior_radius_km),
+            backbone=backbone or "auto",
+            segmenter=segmenter or "auto",
             device=device,
             batch_size=batch_size,
             seed=seed,

@@ -71,11 +71,11 @@ def evaluate(
     mode: list[str] = typer.Option(
         list(DEFAULT_MODES), help="Prediction rows: top1, mode, mean, median (repeatable)."
     ),
-    prior_radius_km: list[float] = typer.Option(
+    prior_radius_km: list[str] = typer.Option(
         [],
         "--prior-radius-km",
         help="GeoCLIP Table 5: also rank each query's gallery within this radius of its truth "
-        "(repeatable: 2500, 750, 200, 25 are continent, country, state, city).",
+        "(repeatable or comma-separated: 2500,750,200,25 are continent, country, state, city).",
     ),
     radius_km: float = typer.Option(750.0, help="Radius of the mode-seeking prediction."),
     retrieval_k: int = typer.Option(
@@ -87,6 +87,11 @@ def evaluate(
     ten_crop: bool = typer.Option(False, help="Average logits over ten crops (photos only)."),
     baselines: bool = typer.Option(True, help="Also run the baselines (needs --train)."),
     backbone: str = typer.Option(None, help="Backbone for photos (default: the model's)."),
+    segmenter: str = typer.Option(
+        None,
+        help="GeoSURGE fusion models: the segmenter that maps each photo (crop) on the fly "
+        "(default: the one the checkpoint records, which made its training maps).",
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     batch_size: int = typer.Option(32, help="Photos per backbone batch."),
     out: Path = typer.Option(Path("geoalign-eval"), "--out", "-o", help="Report folder."),
@@ -101,14 +106,17 @@ def evaluate(
 
     Works for GeoCLIP, concept-aware and GeoSURGE checkpoints (the checkpoint says which)."""
     from geoalign.evaluation import queries as Q
-    from geoalign.evaluation.run import evaluate_checkpoint, model_features
+    from geoalign.evaluation.run import (
+        evaluate_checkpoint,
+        model_features,
+        reads_own_image_side,
+    )
 
     if retrieval_k < 0:
         fail(f"--retrieval-k {retrieval_k}: give K >= 1 training neighbours, or 0 for none")
     if retrieval_k and not train_features:
         fail("--retrieval-k adds the training photos' locations: give their features with --train")
-    if any(not r > 0 for r in prior_radius_km):
-        fail("--prior-radius-km: each radius must be positive, e.g. --prior-radius-km 750")
+    prior_radius_km = parse_radii(prior_radius_km)
     _check_options(
         gallery=gallery,
         train=train_features,
@@ -127,8 +135,8 @@ def evaluate(
 
         check_photos(photos, queries, images, manifest, gallery, train_features, prior_radius_km)
         return evaluate_shards(
-            model, photos, benchmark, gallery, mode, radius_km, ten_crop, backbone, device,
-            batch_size, out, seed, json_out,
+            model, photos, benchmark, gallery, mode, radius_km, ten_crop, backbone, segmenter,
+            device, batch_size, out, seed, json_out,
         )  # fmt: skip
     features_spec = model_features(model)
     if queries is not None:
@@ -150,6 +158,14 @@ def evaluate(
             fail("--images needs --benchmark NAME (or pass --manifest)")
         else:
             man = get_benchmark(benchmark).load(images, labels)
+        if reads_own_image_side(model):  # a trained block (+ fusion): photos through the model
+            from geoalign.cli._evaluate_shards import evaluate_own_image_side
+
+            return evaluate_own_image_side(
+                model, man, benchmark or str(manifest), gallery, train_features, retrieval_k,
+                mode, radius_km, ten_crop, prior_radius_km, backbone, segmenter, device,
+                batch_size, out, seed, json_out,
+            )  # fmt: skip
         spec = backbone or features_spec or "clip-vit-l14"
         with progress_bar() as bar:
             task = bar.add_task("image features", total=len(man))
@@ -207,6 +223,23 @@ def show_report(run: Any, name: str, json_out: str | None) -> None:
             _copy_atomic(report_json, Path(json_out))
             console.print(f"report JSON: [bold]{json_out}[/]")
     console.print(f"report: [bold]{run.paths['markdown']}[/]")
+
+
+def parse_radii(given: list[str]) -> list[float]:
+    """--prior-radius-km values, repeated and/or comma-separated, as km (positive, finite)."""
+    radii = []
+    for part in (p.strip() for g in given for p in g.split(",")):
+        try:
+            km = float(part)
+        except ValueError:
+            km = math.nan
+        if not (math.isfinite(km) and km > 0):
+            fail(
+                f"--prior-radius-km {part!r}: each radius must be a positive number of km, "
+                "e.g. --prior-radius-km 2500,750,200,25"
+            )
+        radii.append(km)
+    return radii
 
 
 def _check_options(

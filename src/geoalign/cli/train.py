@@ -104,7 +104,7 @@ def _train_one(config: Path, overrides: list[str]):
         from geoalign.training.geosurge import load_geosurge_config, train_geosurge
 
         gs = load_geosurge_config(config, overrides)
-        _check_ten_crop(gs)
+        _check_eval(gs)
         console.print(f"[cyan]•[/] {gs.name}: reproduces {gs.reproduces}")
         done = train_geosurge(gs)
         if done.trained_steps == 0:
@@ -122,7 +122,7 @@ def _train_one(config: Path, overrides: list[str]):
         from geoalign.training.concept import load_concept_config, train_concept
 
         crun = load_concept_config(config, overrides)
-        _check_ten_crop(crun.train)
+        _check_eval(crun.train)
         console.print(f"[cyan]•[/] {crun.train.name}: reproduces {crun.train.reproduces}")
         result = train_concept(crun)
         if result.trained_steps == 0:
@@ -139,7 +139,7 @@ def _train_one(config: Path, overrides: list[str]):
             )
         return _evaluate(crun.train, result.export_dir)
     cfg = load_config(config, overrides)
-    _check_ten_crop(cfg)
+    _check_eval(cfg)
     console.print(f"[cyan]•[/] {cfg.name}: reproduces {cfg.reproduces}")
     result = run(cfg)
     if result.trained_steps == 0:
@@ -171,13 +171,33 @@ def _eval_queries(cfg) -> str | None:
     return e.queries
 
 
-def _check_ten_crop(cfg) -> None:
-    """eval.ten_crop (the papers' ten-crop evaluation) is honoured, never dropped: the
-    after-training evaluation averages over the crops the queries hold, so queries that are
-    features of one crop per photo are refused before training starts, not evaluated single-crop.
-    """
+def _check_eval(cfg) -> None:
+    """The after-training evaluation can run, checked before training starts (not hours later):
+    eval.images must hold the benchmark's photos, and eval.ten_crop (the papers' ten-crop
+    evaluation) is honoured, never dropped: photos are read as ten crops, feature queries must
+    hold the crops, and ten_crop with nothing to evaluate is an error naming the key."""
+    e = cfg.eval
+    if not e.after_training:
+        return
+    if e.images:
+        from geoalign.evaluation.run import missing_eval_photos
+
+        problem = missing_eval_photos(e.images, e.benchmark)
+        if problem:
+            what = f"the {e.benchmark} photos" if e.benchmark else "its photos"
+            fail(
+                f"eval.images {e.images}: {problem}; the evaluation after training reads {what}: "
+                "get them (`geoalign data benchmark NAME FOLDER` lists what is missing), point "
+                "--set eval.images=FOLDER at them, or train without evaluating (--no-eval)"
+            )
+        return
     spec = _eval_queries(cfg)
-    if not (cfg.eval.ten_crop and cfg.eval.after_training and spec):
+    if e.ten_crop and not spec:
+        fail(
+            "eval.ten_crop: true, but nothing is evaluated after training: set eval.images (the "
+            "benchmark's photos) or eval.queries, or eval.ten_crop=false"
+        )
+    if not (e.ten_crop and spec):
         return
     from geoalign.errors import GeoalignError
     from geoalign.evaluation.queries import resolve

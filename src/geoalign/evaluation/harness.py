@@ -278,12 +278,14 @@ def evaluate_photos(
     batch_size: int = 16,
     num_workers: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    prior_radii_km: Sequence[float] = (),
     **kwargs: Any,
 ) -> tuple[list[MethodResult], np.ndarray, list[tuple[str, str]]]:
     """`evaluate_model` from photos, for every method and variant: queries by the Geolocator's
     image side (the frozen backbone, or the trained block and the segmenter), ten-crop as
-    published (the crops' queries averaged). Returns (rows, positions of the photos evaluated,
-    (path, reason) of the unreadable ones, which are left out)."""
+    published (the crops' queries averaged). `prior_radii_km`: also GeoCLIP's Table 5 rows on
+    the same queries. Returns (rows, positions of the photos evaluated, (path, reason) of the
+    unreadable ones, which are left out)."""
     truth = as_latlon_array(truth, source="ground truth")
     if len(images) != len(truth):
         raise DataError(f"{len(images)} photos but {len(truth)} ground-truth rows")
@@ -291,6 +293,16 @@ def evaluate_photos(
         images, ten_crop=ten_crop, batch_size=batch_size, num_workers=num_workers, on_batch=on_batch
     )
     rows = evaluate_model(geo, None, truth[kept], queries=queries, **kwargs)
+    prior_modes = [m for m in kwargs.get("modes", ["top1"]) if m in ("top1", "mode")] or ["top1"]
+    for radius in prior_radii_km:
+        rows += evaluate_model(
+            geo,
+            None,
+            truth[kept],
+            queries=queries,
+            **{**kwargs, "modes": prior_modes, "probabilistic": False},
+            prior_radius_km=float(radius),
+        )
     return rows, kept, failed
 
 

@@ -28,6 +28,16 @@ class EvaluationRun:
     paths: dict[str, Path]
 
 
+def reads_own_image_side(model: str | Path) -> bool:
+    """True when the checkpoint trains part of its image side (GeoSURGE `visual: backbone` or
+    `fusion`): no frozen backbone's features can stand in for it, so it is evaluated on photos
+    through its own image side (`evaluate_checkpoint_photos`)."""
+    from geoalign.models.registry import checkpoint_config, checkpoint_method
+
+    config = checkpoint_config(model)
+    return config.get(checkpoint_method(config), {}).get("visual", "features") != "features"
+
+
 def model_features(model: str | Path) -> str | None:
     """The backbone the checkpoint's image side reads (None when it does not say), from its
     config.json alone: the evaluation loads the weights once, later."""
@@ -188,6 +198,7 @@ def evaluate_checkpoint_photos(
     modes: list[str] | tuple[str, ...] = ("top1", "mode"),
     radius_km: float = 750.0,
     ten_crop: bool = False,
+    prior_radii_km: tuple[float, ...] = (),
     backbone: str = "auto",
     segmenter: str = "auto",
     device: str = "cpu",
@@ -201,6 +212,9 @@ def evaluate_checkpoint_photos(
     """Evaluate any checkpoint on photos, through its own image side: what GeoSURGE's
     trainable-backbone and fusion variants need (their block trains, so no precomputed features
     stand in for it), and the same for every other method. Ten-crop averages the crops' queries.
+    Fusion models segment each photo (crop) on the fly with `segmenter` ("auto": the segmenter
+    the checkpoint records, the one its training maps came from). `prior_radii_km`: GeoCLIP's
+    Table 5 rows, as `evaluate_checkpoint`.
     `images` are photo paths, or the photos of webdataset shards (`shard_photos`), streamed.
     Unreadable photos are left out and listed in the report's notes."""
     import numpy as np
@@ -223,6 +237,7 @@ def evaluate_checkpoint_photos(
         ten_crop=ten_crop,
         batch_size=batch_size,
         on_batch=progress,
+        prior_radii_km=prior_radii_km,
         name=label,
         modes=list(modes),
         radius_km=radius_km,
@@ -238,6 +253,8 @@ def evaluate_checkpoint_photos(
         + (", ten-crop" if ten_crop else ""),
         ten_crop=ten_crop,
     )
+    if prior_radii_km:
+        ev.meta["prior_radius_km"] = [float(r) for r in prior_radii_km]
     notes = []
     if failed:
         notes.append(f"{len(failed)} unreadable photos left out (first: {failed[0][0]})")
@@ -260,6 +277,38 @@ def shard_photos(spec: str | list[str]) -> Any:
         first = f" (first: {photos.bad[0]})" if photos.bad else ""
         raise DataError(f"{spec}: no sample with an image and lat/lon{first}")
     return photos
+
+
+def missing_eval_photos(images: str, benchmark: str | None) -> str | None:
+    """What keeps `eval.images` from being evaluated, in one line (None: ready), found before
+    any training: a missing folder or manifest, a folder without eval.benchmark, the
+    benchmark's label file or photos absent. Shards are checked when read."""
+    from geoalign.data.wds import is_shard_spec
+
+    if is_shard_spec(images):
+        return None
+    path = Path(images)
+    if path.is_file():
+        return None
+    if not path.is_dir():
+        return "not found"
+    if not benchmark:
+        return "a folder needs eval.benchmark to read its labels"
+    from geoalign.data.benchmarks import get_benchmark
+
+    try:
+        status = get_benchmark(benchmark).verify(path)
+    except DataError as err:
+        return str(err)
+    if status.labels is None:
+        tried = ", ".join(str(p) for p in status.labels_tried)
+        return f"no {status.name} label file (looked for {tried})"
+    if status.missing:
+        return (
+            f"{len(status.missing):,} of {status.n_rows:,} {status.name} photos missing "
+            f"(e.g. {status.missing[0]})"
+        )
+    return None
 
 
 def _photo_queries(images: str, benchmark: str | None) -> tuple[Any, Any, Any, str]:

@@ -97,11 +97,12 @@ def check_training_data(run: ConceptRun) -> None:
         return
     backbone = run.train.model.features or "clip-vit-l14"
     where = f"no feature store at {d.path}" if d.path else "data.path is not set"
+    views = " --views 8 --augment simclr" if d.views > 1 else ""  # P = data.views of K = 8
     raise DataError(
         f"{run.train.name}: training features missing: {where} (data.path). Extract the training "
         f"images' {backbone} features first (for MP-16: its manifest and photos): `geoalign "
-        f"features extract MANIFEST.csv --backbone {backbone} --out {d.path or 'FEATURES'}`, or "
-        "use a store you have: --set data.path=DIR"
+        f"features extract MANIFEST.csv --backbone {backbone}{views} --out "
+        f"{d.path or 'FEATURES'}`, or use a store you have: --set data.path=DIR"
     )
 
 

@@ -1,6 +1,7 @@
 """Train GeoSURGE (Daruna et al., Sec. III-C and IV) with the paper's recipe, from features or
-from images. Not as published: feature-store training sees one fixed view per image, and the
-config's evaluation of feature queries is single-crop (the paper's ten-crop needs photos).
+from images. One view per image, as the paper (it describes no augmentation). Its ten-crop
+evaluation: `eval.images` (the benchmark's photos, through the model's own image side) or
+`eval.queries` holding ten crops per photo (`geoalign features extract --ten-crop`).
 
 Recipe: AdamW (lr 1e-4, weight decay 1e-4), StepLR gamma 0.5 after every epoch, an effective batch
 of 1024 (gradient accumulation over micro-batches when memory needs it), 1% of the rows held out
