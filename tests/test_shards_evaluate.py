@@ -55,6 +55,7 @@ def test_photos_from_shards_equal_loose_files_and_manifest(tiny_clip, gallery, p
     manifest, wds = photos
     model = _tiny_model(tmp_path / "model", 24, f"hf:{tiny_clip}")
     common = ["--model", str(model), "--gallery", str(gallery), "--no-baselines"]
+    common += ["--prior-radius-km", "2500"]  # GeoCLIP Table 5 rows from shards too
     loose = _report([*common, "--manifest", str(manifest), "--out", str(tmp_path / "a")])
     shards = _report(
         [*common, "--photos", str(wds / "{000000..000002}.tar"), "--out", str(tmp_path / "b")]
@@ -62,6 +63,7 @@ def test_photos_from_shards_equal_loose_files_and_manifest(tiny_clip, gallery, p
     assert shards["n_queries"] == loose["n_queries"] == N
     want, got = _model_rows(loose), _model_rows(shards)
     assert set(got) == set(want) and want
+    assert any("2500" in method for method in got), list(got)  # the prior-radius rows
     for method, row in want.items():
         for key in ("acc@1km", "acc@25km", "acc@200km", "acc@750km", "acc@2500km"):
             assert got[method]["metrics"][key] == row["metrics"][key], (method, key)
@@ -128,7 +130,6 @@ def test_photos_usage_errors_name_the_option(tiny_clip, gallery, photos, tmp_pat
     cases = {
         ("--photos", str(wds), "--manifest", str(manifest)): "not both",
         ("--photos", str(wds), "--gallery", "train:10", "--train", "x"): "baselines and train:N",
-        ("--photos", str(wds), "--prior-radius-km", "750"): "--prior-radius-km",
         ("--photos", str(tmp_path / "none-{000000..000001}.tar")): "shard not found",
     }
     for extra, message in cases.items():

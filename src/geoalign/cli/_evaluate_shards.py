@@ -18,7 +18,6 @@ def check_photos(
     manifest: Path | None,
     gallery: str,
     train: str | None,
-    prior_radius_km: list[float],
 ) -> None:
     """--photos is its own query source, read through the model: what it cannot combine with."""
     given = [
@@ -31,63 +30,45 @@ def check_photos(
             "--photos: baselines and train:N galleries read training features; give --gallery a "
             "name or file and leave out --train (or extract features and use --queries)"
         )
-    if prior_radius_km:
-        fail("--prior-radius-km: not with --photos yet; extract features and use --queries")
 
 
-def evaluate_shards(
-    model: str,
-    photos: str,
-    benchmark: str | None,
-    gallery: str,
-    modes: list[str],
-    radius_km: float,
-    ten_crop: bool,
-    backbone: str | None,
-    segmenter: str | None,
-    device: str,
-    batch_size: int,
-    out: Path,
-    seed: int,
-    json_out: str | None,
-) -> None:
-    """`geoalign evaluate --photos SHARDS`: the shards' photos through the model's image side."""
-    from geoalign.cli.evaluate import show_report
-    from geoalign.evaluation.run import evaluate_checkpoint_photos, shard_photos
+def evaluate_shards(model: str, photos: str, benchmark: str | None, **options: Any) -> None:
+    """`geoalign evaluate --photos SHARDS`: the shards' photos through the model's image side
+    (unusable samples are listed in the report's notes)."""
+    from geoalign.evaluation.run import shard_photos
 
-    found = shard_photos(photos)  # unusable samples: listed in the report's notes
-    name = benchmark or photos
-    with progress_bar() as bar:
-        task = bar.add_task("photos", total=len(found))
-        run = evaluate_checkpoint_photos(
-            model,
-            found,
-            found.coords,
-            found.keys,
-            benchmark=name,
-            out=out,
-            gallery=gallery,
-            modes=modes,
-            radius_km=radius_km,
-            ten_crop=ten_crop,
-            backbone=backbone or "auto",
-            segmenter=segmenter or "auto",
-            device=device,
-            batch_size=batch_size,
-            seed=seed,
-            progress=lambda n: bar.advance(task, n),
-            say=lambda m: console.print(f"[cyan]•[/] {m}"),
-        )
-    show_report(run, name, json_out)
+    found = shard_photos(photos)
+    _evaluate_photos(model, found, found.coords, found.keys, benchmark or photos, **options)
 
 
 def evaluate_own_image_side(
     model: str,
     manifest: Any,
     name: str,
-    gallery: str,
     train: str | None,
     retrieval_k: int,
+    **options: Any,
+) -> None:
+    """`--images/--manifest` for a model that trains its image side (GeoSURGE backbone or
+    fusion): its photos through the trained block (+ segmenter), ten-crop as the paper."""
+    if train is not None or options["gallery"].startswith("train:") or retrieval_k:
+        fail(
+            f"--model {model}: its backbone block trains, so it is evaluated on the photos through "
+            "its own image side; baselines, --retrieval-k and train:N galleries read training "
+            "features: leave out --train/--retrieval-k (or give --gallery a name or file)"
+        )
+    paths = [str(p) for p in manifest.paths()]
+    _evaluate_photos(model, paths, manifest.coords(), list(manifest.images), name, **options)
+
+
+def _evaluate_photos(
+    model: str,
+    photos: Any,
+    coords: Any,
+    keys: list[str],
+    name: str,
+    *,
+    gallery: str,
     modes: list[str],
     radius_km: float,
     ten_crop: bool,
@@ -100,24 +81,17 @@ def evaluate_own_image_side(
     seed: int,
     json_out: str | None,
 ) -> None:
-    """`--images/--manifest` for a model that trains its image side (GeoSURGE backbone or
-    fusion): its photos through the trained block (+ segmenter), ten-crop as the paper."""
+    """One evaluation of photos through the model's own image side, with a progress bar."""
     from geoalign.cli.evaluate import show_report
     from geoalign.evaluation.run import evaluate_checkpoint_photos
 
-    if train is not None or gallery.startswith("train:") or retrieval_k:
-        fail(
-            f"--model {model}: its backbone block trains, so it is evaluated on the photos through "
-            "its own image side; baselines, --retrieval-k and train:N galleries read training "
-            "features: leave out --train/--retrieval-k (or give --gallery a name or file)"
-        )
     with progress_bar() as bar:
-        task = bar.add_task("photos", total=len(manifest))
+        task = bar.add_task("photos", total=len(keys))
         run = evaluate_checkpoint_photos(
             model,
-            [str(p) for p in manifest.paths()],
-            manifest.coords(),
-            list(manifest.images),
+            photos,
+            coords,
+            keys,
             benchmark=name,
             out=out,
             gallery=gallery,

@@ -130,14 +130,25 @@ def evaluate(
         manifest=manifest,
         images=images,
     )
+    photo_options = {  # evaluations of photos through the model's own image side
+        "gallery": gallery,
+        "modes": mode,
+        "radius_km": radius_km,
+        "ten_crop": ten_crop,
+        "prior_radius_km": prior_radius_km,
+        "backbone": backbone,
+        "segmenter": segmenter,
+        "device": device,
+        "batch_size": batch_size,
+        "out": out,
+        "seed": seed,
+        "json_out": json_out,
+    }
     if photos is not None:
         from geoalign.cli._evaluate_shards import check_photos, evaluate_shards
 
-        check_photos(photos, queries, images, manifest, gallery, train_features, prior_radius_km)
-        return evaluate_shards(
-            model, photos, benchmark, gallery, mode, radius_km, ten_crop, backbone, segmenter,
-            device, batch_size, out, seed, json_out,
-        )  # fmt: skip
+        check_photos(photos, queries, images, manifest, gallery, train_features)
+        return evaluate_shards(model, photos, benchmark, **photo_options)
     features_spec = model_features(model)
     if queries is not None:
         q = Q.resolve(queries, seed=seed)
@@ -161,11 +172,10 @@ def evaluate(
         if reads_own_image_side(model):  # a trained block (+ fusion): photos through the model
             from geoalign.cli._evaluate_shards import evaluate_own_image_side
 
+            name = benchmark or str(manifest)
             return evaluate_own_image_side(
-                model, man, benchmark or str(manifest), gallery, train_features, retrieval_k,
-                mode, radius_km, ten_crop, prior_radius_km, backbone, segmenter, device,
-                batch_size, out, seed, json_out,
-            )  # fmt: skip
+                model, man, name, train_features, retrieval_k, **photo_options
+            )
         spec = backbone or features_spec or "clip-vit-l14"
         with progress_bar() as bar:
             task = bar.add_task("image features", total=len(man))
