@@ -69,6 +69,9 @@ def test_help_is_not_truncated_at_80_columns():
         res = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
         assert res.exit_code == 0, (path, res.output)
         assert "…" not in res.stdout, (path, res.stdout)
+        commands = res.stdout.split("Commands:")[-1] if "Commands:" in res.stdout else ""
+        cut = [line for line in commands.splitlines() if line.rstrip().endswith("...")]
+        assert cut == [], (path, cut)  # command lists: whole sentences, not click's "..." cut
         assert max(len(line) for line in res.stdout.splitlines()) <= 80, path
         seen += 1
     assert seen > 30

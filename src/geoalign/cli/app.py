@@ -15,8 +15,32 @@ import typer
 from typer.core import TyperGroup
 
 
+def _first_sentence(text: str) -> str:
+    """A help text's first sentence, whole (click cuts it at the column budget with "...")."""
+    paragraph = text.strip().split("\n\n")[0]
+    paragraph = " ".join(paragraph.split())
+    cut = paragraph.find(". ")
+    return paragraph if cut < 0 else paragraph[: cut + 1]
+
+
+def _whole_short_help(command) -> None:
+    """Give `command` (and, for a group, each of its commands) its whole first sentence as the
+    short help, which click wraps in a command list instead of cutting off."""
+    if command.short_help is None and command.help:
+        command.short_help = _first_sentence(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        _whole_short_help(sub)
+
+
 class _GeoalignGroup(TyperGroup):
-    """Turns user-caused errors (GeoalignError) into a one-line message and exit code 2."""
+    """Turns user-caused errors (GeoalignError) into a one-line message and exit code 2, and
+    lists commands with whole sentences at any width."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _whole_short_help(command)
+        return command
 
     def invoke(self, ctx):
         from geoalign.errors import GeoalignError
