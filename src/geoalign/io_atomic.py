@@ -1,16 +1,19 @@
 """All-or-nothing file writes: a killed or failing writer never leaves a 0-byte or truncated file.
 
-Every output file geoalign writes goes through `atomic_write`: the bytes go to a hidden temporary
-file in the same folder (so the rename cannot cross filesystems), are fsynced, and the temporary
-file is renamed over the target with `os.replace`, after which the folder entry is fsynced too.
-Readers see the old file or the whole new one. A SIGKILL leaves at most the hidden temporary file
-(`.<name>.tmp-<pid>`), which the next write of the same target removes.
+Every output file geoalign writes goes through `atomic_write` (writers that take a file handle) or
+`atomic_output` (writers that want a path: matplotlib's savefig, folium's save, pandas): the bytes
+go to a hidden temporary file in the same folder (so the rename cannot cross filesystems), are
+fsynced, and the temporary file is renamed over the target with `os.replace`, after which the
+folder entry is fsynced too. Readers see the old file or the whole new one. A SIGKILL leaves at
+most the hidden temporary file (`.<name>.tmp-<pid>`, plus the target's suffix for
+`atomic_output`), which the next write of the same target removes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +34,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def temp_path(path: Path) -> Path:
-    """The hidden temporary file this process writes `path` through."""
-    return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+def temp_path(path: Path, *, keep_suffix: bool = False) -> Path:
+    """The hidden temporary file this process writes `path` through.
+
+    `keep_suffix` repeats the target's suffix at the end (`.map.png.tmp-42.png`), for writers that
+    pick the format from the name (matplotlib, pandas' compression inference).
+    """
+    tail = path.suffix if keep_suffix else ""
+    return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}{tail}")
 
 
 def _alive(pid: int) -> bool:
@@ -54,6 +62,8 @@ def remove_stale_temps(path: Path) -> None:
     for p in path.parent.iterdir():
         if p.name.startswith(prefix):
             pid = p.name[len(prefix) :]
+            if path.suffix and pid.endswith(path.suffix):  # an atomic_output temp
+                pid = pid[: -len(path.suffix)]
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
                 p.unlink(missing_ok=True)
 
@@ -76,5 +86,31 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], *, durable: boo
     finally:
         if tmp.exists():
             tmp.unlink()
+    if durable:
+        fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_output(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write `path` through; on success it is fsynced and renamed over
+    `path`, on any exception it is removed and `path` keeps its old content.
+
+    For writers that take a file name rather than a handle (`fig.savefig(tmp)`, `m.save(tmp)`,
+    `frame.to_csv(tmp)`); the temporary name ends with the target's suffix so such writers pick
+    the same format. Temp files of killed earlier writers of `path` are removed first.
+    """
+    path = Path(path)
+    remove_stale_temps(path)
+    tmp = temp_path(path, keep_suffix=True)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDWR)  # O_RDWR: fsync needs write access on some platforms
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     if durable:
         fsync_dir(path.parent)

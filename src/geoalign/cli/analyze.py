@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from geoalign.cli.common import console, fail, print_result
+from geoalign.io_atomic import atomic_output
 
 analyze_app = typer.Typer(
     help="Global analyses of a model: embedding maps, concept activation by error.",
@@ -82,9 +83,10 @@ def embeddings(
                         title=f"{name} image embeddings", method=method.upper())  # fmt: skip
     import pandas as pd
 
-    pd.DataFrame({"id": fs.ids, "lat": fs.latlon[:, 0], "lon": fs.latlon[:, 1], "country": countries,
-                  "cluster": clusters + 1, "x": xy[:, 0], "y": xy[:, 1]}).to_csv(
-        out / "image_embeddings.csv", index=False)  # fmt: skip
+    with atomic_output(out / "image_embeddings.csv") as tmp:
+        pd.DataFrame({"id": fs.ids, "lat": fs.latlon[:, 0], "lon": fs.latlon[:, 1],
+                      "country": countries, "cluster": clusters + 1, "x": xy[:, 0],
+                      "y": xy[:, 1]}).to_csv(tmp, index=False)  # fmt: skip
     report = {"model": str(path), "source": fs.source, "images": len(fs), "method": method,
               "clusters": [s.__dict__ for s in summaries]}  # fmt: skip
     for s in summaries:
@@ -111,8 +113,10 @@ def embeddings(
             f"joint map: [bold]{jpng}[/] (paired image-location cosine "
             f"{gap['paired_image_location_cosine']:.3f}, image-concept gap {gap['gap_image_concept']:.3f})"
         )
-    (out / "embeddings.json").write_text(json.dumps(report, indent=2, default=str))
-    np.save(out / "image_embeddings_2d.npy", xy)
+    with atomic_output(out / "embeddings.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=str))
+    with atomic_output(out / "image_embeddings_2d.npy") as tmp:
+        np.save(tmp, xy)
 
 
 @analyze_app.command("error-bins")
@@ -155,9 +159,11 @@ def error_bins(
         acts.numpy(), dist, net.concept_set.names, edges=bins, min_count=min_count
     )
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "concepts_by_error_bin.csv", index=False)
+    with atomic_output(out / "concepts_by_error_bin.csv") as tmp:
+        table.to_csv(tmp, index=False)
     md = format_table3(table, top)
-    (out / "concepts_by_error_bin.md").write_text(md + "\n")
+    with atomic_output(out / "concepts_by_error_bin.md") as tmp:
+        tmp.write_text(md + "\n")
     counts = table.groupby("bin", sort=False)["n_images"].first()
     console.print(", ".join(f"{b}: {n} photos" for b, n in counts.items()))
     print_result(md)

@@ -71,13 +71,16 @@ class _Steps:
 def _write_labels(path: Path, rows, labels, hierarchy) -> None:
     import pandas as pd
 
+    from geoalign.io_atomic import atomic_output
+
     frame = pd.DataFrame({"row": rows})
     for k in range(len(hierarchy)):
         frame[f"cell_{k}"] = labels[:, k]
-    if path.suffix.lower() in {".parquet", ".pq"}:
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
+    with atomic_output(path) as tmp:
+        if path.suffix.lower() in {".parquet", ".pq"}:
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
 
 
 def _levels(hierarchy) -> list[dict]:

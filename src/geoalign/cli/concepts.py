@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from geoalign.cli.common import console, fail, print_result
+from geoalign.io_atomic import atomic_output
 
 concepts_app = typer.Typer(
     help="Concept sets (list, build, enrich) and concept similarity maps.", no_args_is_help=True
@@ -122,15 +123,17 @@ def concept_map(
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{concept.replace(' ', '_').replace('/', '_')}_{region}"
     if regions is not None:
-        regions.to_csv(out / f"{stem}_regions.csv", index=False)
+        with atomic_output(out / f"{stem}_regions.csv") as tmp:
+            regions.to_csv(tmp, index=False)
     else:
-        np.savetxt(
-            out / f"{stem}_grid.csv",
-            np.column_stack([points.latlon, values]),
-            delimiter=",",
-            header="lat,lon,similarity",
-            comments="",
-        )
+        with atomic_output(out / f"{stem}_grid.csv") as tmp:
+            np.savetxt(
+                tmp,
+                np.column_stack([points.latlon, values]),
+                delimiter=",",
+                header="lat,lon,similarity",
+                comments="",
+            )
     name = "GeoCLIP" if str(path) == "geoclip" else Path(str(path)).name
     if name in {"model", "last", "best"}:  # a run's export folder: the run's name says more
         name = Path(str(path)).parent.name
@@ -141,8 +144,10 @@ def concept_map(
     summary = {"concept": concept, "region": region, "model": str(path), "similarity": how,
                "points": int(len(points.latlon)), **(stats or {})}  # fmt: skip
     if joined is not None:
-        joined.to_csv(out / f"{stem}_vs_reference.csv", index=False)
-    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+        with atomic_output(out / f"{stem}_vs_reference.csv") as tmp:
+            joined.to_csv(tmp, index=False)
+    with atomic_output(out / f"{stem}.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     console.print(f"[cyan]•[/] {how}; {len(points.latlon):,} points")
     if regions is not None:
         top = regions.nlargest(5, "similarity")

@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from geoalign.cli.common import console, fail
 from geoalign.cli.common import out as result_console
+from geoalign.io_atomic import atomic_output
 
 DEFAULT_SUBCOMMAND = "image"
 
@@ -166,7 +167,8 @@ def image(
         stem = f"{n:03d}_" + re.sub(r"[^\w.-]+", "_", stems[n])[:80]
         png = plot_explanation(exp, out / f"{stem}.png", image=img)
         record = explanation_record(exp, str(path), chart=str(png))
-        (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+        with atomic_output(out / f"{stem}.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
         results.append(record)
         if not as_json:
             _print_explanation(exp)
@@ -274,8 +276,10 @@ def rules(
     names = {c: atlas.by_code()[c].name for c in codes}
     out.mkdir(parents=True, exist_ok=True)
     stem = f"rules_{codes[0]}_{codes[1]}"
-    result.table.sort_values("diff", ascending=False).to_csv(out / f"{stem}_all.csv", index=False)
-    result.rules().to_csv(out / f"{stem}.csv", index=False)
+    with atomic_output(out / f"{stem}_all.csv") as tmp:
+        result.table.sort_values("diff", ascending=False).to_csv(tmp, index=False)
+    with atomic_output(out / f"{stem}.csv") as tmp:
+        result.rules().to_csv(tmp, index=False)
     png = sankey_png(result, out / f"{stem}_sankey.png", names)
     html = None
     try:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from geoalign.errors import DataError
+from geoalign.io_atomic import atomic_output
 
 BUNDLED = {"geography": "geography.yaml", "general": "general.yaml"}
 DEFAULT_SET = "geography"
@@ -207,7 +208,8 @@ class ConceptSet:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        with atomic_output(path) as tmp:
+            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
         return path
 
 

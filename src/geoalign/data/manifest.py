@@ -24,6 +24,7 @@ import pandas as pd
 from geoalign.data.tables import read_table, resolve_columns, table_columns, table_kind
 from geoalign.errors import DataError
 from geoalign.geo.coords import LONGITUDE_WRAPPED, check_coordinates
+from geoalign.io_atomic import atomic_output
 
 ROW_CONVENTION = "rows are 1-based data rows; the header is not counted"
 
@@ -124,7 +125,8 @@ class ManifestReport:
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
 
@@ -366,10 +368,11 @@ class Manifest:
         """Write the canonical table (CSV, or Parquet by suffix)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if table_kind(path) == "parquet":
-            self.frame.to_parquet(path, index=False)
-        else:
-            self.frame.to_csv(path, index=False)
+        with atomic_output(path) as tmp:
+            if table_kind(path) == "parquet":
+                self.frame.to_parquet(tmp, index=False)
+            else:
+                self.frame.to_csv(tmp, index=False)
         return path
 
     # -- cleaning -----------------------------------------------------------------------------
@@ -449,7 +452,8 @@ def write_skipped(frame: pd.DataFrame, errors: list[ManifestIssue], path: str | 
     out = frame.copy()
     out.insert(1, "reasons", [";".join(i.reason for i in reasons.get(r, [])) for r in out["row"]])
     out.insert(2, "details", ["; ".join(i.message for i in reasons.get(r, [])) for r in out["row"]])
-    out.to_csv(path, index=False)
+    with atomic_output(path) as tmp:
+        out.to_csv(tmp, index=False)
     return path
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from geoalign.errors import GeoalignError
+from geoalign.io_atomic import atomic_output
 
 
 @runtime_checkable
@@ -260,7 +261,6 @@ def embed(
         return np.load(path)
     emb = encoder(latlon)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, emb)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        np.save(tmp, emb)
     return emb

@@ -28,6 +28,7 @@ from geoalign.downstream.encoders import (
 from geoalign.downstream.probes import LocationProbe, draw_configs, random_search
 from geoalign.downstream.sampling import SplitConfig
 from geoalign.downstream.tasks import Task, load_task
+from geoalign.io_atomic import atomic_output
 
 RESULTS_FILE = "results.json"
 PROBES = ("mlp", "linear")
@@ -125,9 +126,8 @@ def _prior_score(task: Task) -> float:
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=float))
 
 
 def evaluate_probe(
@@ -266,7 +266,8 @@ def run_benchmark(
         te = task.mask("test")
         rel = Path("predictions") / f"{task_name}__{_slug(enc_name)}__{probe_kind}.npz"
         (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out_dir / rel, latlon=task.latlon[te], y_true=task.y[te], y_pred=pred)
+        with atomic_output(out_dir / rel) as tmp:  # the suffix stays .npz: savez adds none
+            np.savez_compressed(tmp, latlon=task.latlon[te], y_true=task.y[te], y_pred=pred)
         row.update(encoder=enc_name, predictions=str(rel))
         results["results"].append(row)
         order = {u: i for i, u in enumerate(units)}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from geoalign.downstream.experiment import load_results
+from geoalign.io_atomic import atomic_output
 
 REPORT_FILE = "README.md"
 
@@ -287,8 +288,11 @@ def render_maps(results: dict, out_dir: Path, probe: str = "mlp") -> dict[str, s
             fig.colorbar(sc, ax=axes, shrink=0.8, label=f"{task} ({info.get('units', '')})")
         fig.suptitle(f"{task} — {probe} probe, seed 0, held-out test blocks", fontsize=10)
         path = maps_dir / f"{task}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        try:
+            with atomic_output(path) as tmp:
+                fig.savefig(tmp, dpi=110)
+        finally:
+            plt.close(fig)
         written[task] = str(path.relative_to(out_dir))
     return written
 
@@ -408,5 +412,6 @@ def render_report(results_dir: Path, *, maps: bool = True) -> Path:
         "- Seeds vary the probe's initialisation and batch order only; points and split are fixed.\n"
     )
     path = results_dir / REPORT_FILE
-    path.write_text("\n".join(parts))
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(parts))
     return path

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from geoalign.downstream.sources import (
 )
 from geoalign.errors import GeoalignError
 from geoalign.geo.distance import EARTH_RADIUS_KM
+from geoalign.io_atomic import atomic_output
 
 TASK_FORMAT_VERSION = 5
 TaskKind = Literal["regression", "classification"]
@@ -306,18 +306,16 @@ def load_task(
             )
     task = build_task(name, n_points, seed, split=split_cfg, min_class_count=min_class_count)
     npz.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npz.with_suffix(".tmp.npz")
-    np.savez(tmp, latlon=task.latlon, y=task.y, split=task.split)
-    os.replace(tmp, npz)
+    with atomic_output(npz) as tmp:
+        np.savez(tmp, latlon=task.latlon, y=task.y, split=task.split)
     info = {
         "kind": task.kind,
         "target": task.target,
         "classes": task.classes,
         "metadata": task.metadata,
     }
-    tmpm = meta.with_suffix(".tmp")
-    tmpm.write_text(json.dumps(info, indent=1))
-    os.replace(tmpm, meta)
+    with atomic_output(meta) as tmp:
+        tmp.write_text(json.dumps(info, indent=1))
     return task
 
 

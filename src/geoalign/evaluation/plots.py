@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from geoalign.geo.metrics import THRESHOLD_NAMES, THRESHOLDS_KM
+from geoalign.io_atomic import atomic_output
 
 
 def error_histogram(
@@ -54,7 +55,8 @@ def error_histogram(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 
@@ -131,7 +133,8 @@ def error_map(
         ax.set_title(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 
@@ -159,5 +162,6 @@ def reliability_plot(
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp)
     return path

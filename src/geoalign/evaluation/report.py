@@ -20,6 +20,7 @@ import pandas as pd
 from geoalign.evaluation.harness import Evaluation, MethodResult
 from geoalign.evaluation.published import Published, published_for
 from geoalign.geo.metrics import THRESHOLDS_KM
+from geoalign.io_atomic import atomic_output
 
 ACC_KEYS = [f"acc@{t:g}km" for t in THRESHOLDS_KM]
 
@@ -209,7 +210,8 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
         "histogram": out / "errors_hist.png",
         "map": out / "errors_map.png",
     }
-    paths["markdown"].write_text(to_markdown(ev, frame))
+    with atomic_output(paths["markdown"]) as tmp:
+        tmp.write_text(to_markdown(ev, frame))
     payload = {
         "benchmark": ev.benchmark,
         "n_queries": int(len(ev.truth)),
@@ -230,8 +232,10 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
             for p in published_for(ev.benchmark, tuple(ev.meta.get("prior_radius_km") or ()))
         ],
     }
-    paths["json"].write_text(json.dumps(payload, indent=2, default=str))
-    predictions_frame(ev).to_csv(paths["predictions"], index=False)
+    with atomic_output(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+    with atomic_output(paths["predictions"]) as tmp:
+        predictions_frame(ev).to_csv(tmp, index=False)
     models = [r for r in ev.results if r.kind == "model"]
     baselines = [r for r in ev.results if r.kind == "baseline"]
     shown = {r.name: r.dist_km for r in models}

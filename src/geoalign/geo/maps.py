@@ -331,7 +331,10 @@ def save_static_map(path: str | Path, predictions, probs=None, truth=None, **kwa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = render_static_map(predictions, probs, truth, **kwargs)
-    fig.savefig(path, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor())
+    from geoalign.io_atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor())
     return path
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from geoalign.errors import DataError, WeightsNotFoundError
 from geoalign.interpret.elastic_net import sparse_multinomial_path
+from geoalign.io_atomic import atomic_output
 
 CBM_DIR = "cbm"
 
@@ -162,14 +163,16 @@ class ConceptBottleneck:
             "mean": self.mean.astype(np.float32),
             "std": self.std.astype(np.float32),
         }
-        save_file(arrays, str(folder / "cbm.safetensors"))
+        with atomic_output(folder / "cbm.safetensors") as tmp:
+            save_file(arrays, str(tmp))
         meta = {
             "concepts": self.concepts,
             "categories": self.categories,
             "classes": self.classes,
             "metrics": self.metrics,
         }
-        (folder / "cbm.json").write_text(json.dumps(meta, indent=2))
+        with atomic_output(folder / "cbm.json") as tmp:  # last: load needs both files
+            tmp.write_text(json.dumps(meta, indent=2))
         return folder
 
     @classmethod

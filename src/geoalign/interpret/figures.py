@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from geoalign.io_atomic import atomic_output
+
 
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 150) -> Path:
     """Lay out, write (making the folder) and close a matplotlib figure; returns its path.
@@ -16,6 +18,9 @@ def save_figure(fig: Any, path: str | Path, *, dpi: int = 150) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

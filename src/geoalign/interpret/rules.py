@@ -20,6 +20,7 @@ import pandas as pd
 
 from geoalign.errors import DataError
 from geoalign.interpret.figures import save_figure
+from geoalign.io_atomic import atomic_output
 
 
 @dataclass
@@ -140,7 +141,8 @@ def sankey_html(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True)
+    with atomic_output(path) as tmp:
+        fig.write_html(str(tmp), include_plotlyjs=True)
     return path
 
 

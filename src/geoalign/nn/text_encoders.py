@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geoalign.errors import GeoalignError
+from geoalign.io_atomic import atomic_output
 from geoalign.nn.backbones.hf_clip import CLIP_PATH_ENV
 from geoalign.nn.backbones.hub import (
     CheckpointKind,
@@ -313,7 +313,6 @@ def encode_concepts(
     emb = encoder.encode(texts, batch_size=batch_size).cpu().contiguous()
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({"embeddings": emb}, str(tmp), metadata={"encoder": encoder.fingerprint})
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            save_file({"embeddings": emb}, str(tmp), metadata={"encoder": encoder.fingerprint})
     return emb

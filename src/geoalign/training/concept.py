@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from geoalign.errors import DataError
+from geoalign.io_atomic import atomic_output
 from geoalign.models.concept import ConceptAwareGeoCLIP, ConceptConfig
 from geoalign.training.config import (
     TrainConfig,
@@ -201,7 +202,8 @@ def train_concept(
         return result  # already complete, bottleneck included
     if int(os.environ.get("RANK", "0")) == 0:  # one process writes (torchrun sets RANK)
         out = Path(run.train.trainer.out_dir)
-        (out / "config.yaml").write_text(yaml.safe_dump(run.raw, sort_keys=False))
+        with atomic_output(out / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(run.raw, sort_keys=False))
         fit_cbm_after_training(result.model, run, result.export_dir, arrays)
     return result
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from geoalign.errors import DataError
+from geoalign.io_atomic import atomic_output
 
 # --- value rules: each returns None when the value is fine, else what to use instead -------------
 
@@ -307,7 +308,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
 def save_config(config: TrainConfig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return path
 
 

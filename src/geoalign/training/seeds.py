@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from geoalign.io_atomic import atomic_output
+
 if TYPE_CHECKING:
     from geoalign.evaluation.harness import Evaluation
 
@@ -84,7 +86,9 @@ def write_summary(
     out = Path(out_dir) / "summary"
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "summary.md", "json": out / "summary.json"}
-    paths["markdown"].write_text(summary_markdown(frame, seeds, benchmark))
+    with atomic_output(paths["markdown"]) as tmp:
+        tmp.write_text(summary_markdown(frame, seeds, benchmark))
     payload = {"benchmark": benchmark, "seeds": seeds, "rows": frame.to_dict(orient="records")}
-    paths["json"].write_text(json.dumps(payload, indent=2, default=float))
+    with atomic_output(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=float))
     return frame, paths

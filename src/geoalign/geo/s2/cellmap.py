@@ -12,6 +12,7 @@ import numpy as np
 
 from geoalign.geo.s2 import ids as s2ids
 from geoalign.geo.s2.partition import Partition
+from geoalign.io_atomic import atomic_output
 
 
 def _points_per_edge(levels: np.ndarray) -> np.ndarray:
@@ -76,5 +77,6 @@ def write_cell_map(
         tooltip=folium.GeoJsonTooltip(fields=["class_index", "token", "level", "count"]),
     ).add_to(fmap)
     colors.add_to(fmap)
-    fmap.save(str(path))
+    with atomic_output(path) as tmp:
+        fmap.save(str(tmp))
     return path

@@ -36,6 +36,7 @@ from geoalign.geo.s2.partition import (
     spherical_means,
     unit_vectors,
 )
+from geoalign.io_atomic import atomic_output
 
 DEFAULT_TAU_MAX = (25000, 10000, 5000, 2000, 1000, 750, 500)
 FORMAT_NAME = "geoalign-s2-hierarchy"
@@ -283,7 +284,8 @@ class CellHierarchy:
         files = []
         for k, p in enumerate(self.partitions):
             name = f"partition_{k}.parquet"
-            self.frame(k).to_parquet(directory / name, index=False)
+            with atomic_output(directory / name) as tmp:
+                self.frame(k).to_parquet(tmp, index=False)
             files.append({"file": name, "name": p.name, "tau_max": p.tau_max, "cells": len(p)})
         meta = {
             "format": FORMAT_NAME,
@@ -291,7 +293,8 @@ class CellHierarchy:
             "params": self.params,
             "levels": files,
         }
-        (directory / PARAMS_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        with atomic_output(directory / PARAMS_FILE) as tmp:  # last: it lists the files above
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
         return directory
 
     @classmethod

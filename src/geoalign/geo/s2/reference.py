@@ -22,6 +22,7 @@ import numpy as np
 from geoalign.errors import DataError
 from geoalign.geo.s2 import ids as s2ids
 from geoalign.geo.s2.partition import Partition
+from geoalign.io_atomic import atomic_output
 
 COLUMNS = ("class_label", "hex_id", "imgs_per_cell", "latitude_mean", "longitude_mean")
 _SCI = re.compile(r"^(\d+)(?:\.(\d+))?[eE]\+?(\d+)$")
@@ -145,7 +146,7 @@ def write_cell_csv(partition: Partition, path: str | Path) -> Path:
     import pandas as pd
 
     path = Path(path)
-    pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "class_label": np.arange(len(partition)),
             "hex_id": partition.tokens,
@@ -153,7 +154,9 @@ def write_cell_csv(partition: Partition, path: str | Path) -> Path:
             "latitude_mean": partition.lat_mean,
             "longitude_mean": partition.lon_mean,
         }
-    ).to_csv(path, index=False)
+    )
+    with atomic_output(path) as tmp:
+        frame.to_csv(tmp, index=False)
     return path
 
 
