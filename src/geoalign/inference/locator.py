@@ -125,7 +125,7 @@ class Geolocator:
         "auto" = what the checkpoint records: its backbone (features-reading models; None
         loads none, for `predict_features`), its gallery (else geoclip-100k), its segmenter.
         A calibration stored in the checkpoint (`geoalign calibrate`) is applied."""
-        from geoalign.models.registry import load_checkpoint, load_model
+        from geoalign.models.registry import checkpoint_gallery, load_checkpoint, load_model
 
         ckpt = load_checkpoint(model)
         auto_bb = isinstance(backbone, str) and backbone == "auto"
@@ -156,7 +156,7 @@ class Geolocator:
         table = None
         if net.ranks == "gallery" or (coordinates or net.config.coordinates) == "gallery":
             auto = isinstance(gallery, str) and gallery == "auto"
-            name = (ckpt.config.get("gallery") or "geoclip-100k") if auto else gallery
+            name = checkpoint_gallery(ckpt.path, ckpt.config) if auto else gallery
             table = name if isinstance(name, pd.DataFrame) else _load_gallery(name)
         calibration = None
         if ckpt.config.get("calibration"):
