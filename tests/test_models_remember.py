@@ -139,3 +139,43 @@ def test_a_geosurge_model_trained_from_a_store_records_the_stores_backbone(tiny_
     res = train_geosurge(cfg)
     config = json.loads((res.last_dir / "config.json").read_text())
     assert config["backbone"] == tiny_clip and config["geosurge"]["backbone"] == tiny_clip
+
+
+def _narrow_clip(folder: Path) -> str:
+    """A random CLIP like `tiny_clip` but 16-d: a backbone of another width."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    layer = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)
+    text = dict(layer, vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=1)
+    vision = dict(layer, image_size=32, patch_size=16, projection_dim=16)
+    torch.manual_seed(2)
+    CLIPModel(
+        CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    ).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "crop_size": {"height": 32, "width": 32},
+                "size": {"shortest_edge": 32},
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.25, 0.25, 0.25],
+                "do_center_crop": True,
+            }
+        )
+    )
+    return f"hf:{folder}"
+
+
+def test_a_backbone_of_another_width_is_refused_in_one_line(trained, tmp_path):
+    root, _ = trained
+    narrow = _narrow_clip(tmp_path / "narrow")
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photo)
+    res = runner.invoke(
+        app, ["predict", str(photo), "--model", str(root / "run"), "--backbone", narrow]
+    )
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "mat1" not in res.output
+    (line,) = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+    assert "--backbone" in line and "16-d" in line and f"{DIM}-d" in line

@@ -30,6 +30,7 @@ from geoalign.inference.gallery_cache import gallery_embeddings
 from geoalign.inference.neighbours import TrainingNeighbours
 from geoalign.inference.prediction import Candidate, Prediction, describe
 from geoalign.inference.search import GallerySearch
+from geoalign.inference.widths import check_backbone_width
 from geoalign.models.base import Candidates, Locator, average_crops, log_probs
 
 NO_IMAGE_BACKBONE = {"places365-scene-labels"}  # feature specs no backbone makes from photos
@@ -66,6 +67,7 @@ class Geolocator:
         self.backbone = own if own is not None else backbone
         if self.backbone is not None:
             self.backbone.eval()
+        check_backbone_width(model, self.backbone)
         self.segmenter = segmenter
         if model.reads == "pixels+segmentation" and segmenter is None:
             raise GeoalignError("this model fuses segmentation maps: pass a segmenter")
