@@ -64,6 +64,7 @@ def trained(tiny_clip, tmp_path_factory):  # noqa: F811
     path.write_text(yaml.safe_dump(cfg))
     res = runner.invoke(app, ["train", str(path)])
     assert res.exit_code == 0, res.output
+    (root / "train-stdout.txt").write_text(res.stdout)
     return root, tiny_clip
 
 
@@ -179,3 +180,35 @@ def test_a_backbone_of_another_width_is_refused_in_one_line(trained, tmp_path):
     assert "Traceback" not in res.output and "mat1" not in res.output
     (line,) = [x for x in res.stderr.splitlines() if x.startswith("error:")]
     assert "--backbone" in line and "16-d" in line and f"{DIM}-d" in line
+
+
+def test_reports_are_named_by_their_data_and_published_rows_follow_the_name():
+    from geoalign.evaluation.published import published_for
+    from geoalign.evaluation.run import queries_benchmark
+
+    assert queries_benchmark("scene-labels:im2gps3k", None) == "im2gps3k"
+    assert queries_benchmark("/data/my-photos/", None) == "my-photos"
+    assert queries_benchmark("/data/im2gps3k-store", "im2gps3k") == "im2gps3k"  # named by the user
+    assert published_for("im2gps3k", ()) and not published_for("my-photos", ())
+
+
+def test_the_train_table_is_a_result_on_stdout_one_row_per_method(trained):
+    root, _ = trained
+    stdout = (root / "train-stdout.txt").read_text()
+    (row,) = [line for line in stdout.splitlines() if "tiny-store" in line]
+    assert len(row.split()) >= 6  # the method and its numbers on one line, not wrapped
+    assert "holdout: 30 queries" in stdout
+
+
+def test_print_table_keeps_long_method_names_on_one_line(capsys):
+    import pandas as pd
+
+    from geoalign.cli.quickstart import print_table
+    from geoalign.evaluation.report import ACC_KEYS
+
+    name = "GeoCLIP retrained on a long-named store + 16 training neighbours (top1)"
+    row = {"method": name, "kind": "model", "median_km": 1234.0, **dict.fromkeys(ACC_KEYS, 12.5)}
+    print_table(pd.DataFrame([row]), "custom: 3 queries")
+    captured = capsys.readouterr()
+    assert name in captured.out and "12.5" in captured.out.split(name)[1].splitlines()[0]
+    assert name not in captured.err
