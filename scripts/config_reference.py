@@ -37,7 +37,8 @@ MEANINGS = {
     "trainer.checkpoint_every_n_steps": "last.ckpt is written this often (and at epoch ends)",
     "trainer.log_every_n_steps": "metrics.csv row interval",
     "trainer.progress": "show the progress bar",
-    "eval.benchmark": "benchmark the evaluation is named after (published rows only for it)",
+    "eval.benchmark": "test set name in reports (published rows only for it); None: the "
+    "eval.queries store's folder name (Im2GPS3k for scene-label runs)",
     "eval.modes": "prediction rows: top1, mode, mean, median",
     "eval.ten_crop": "average the logits of ten crops (photo queries)",
     "eval.queries": "test features: a feature store or scene-labels:<benchmark>",

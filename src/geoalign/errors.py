@@ -15,3 +15,12 @@ class DataError(GeoalignError, ValueError):
 
 class WeightsNotFoundError(GeoalignError, FileNotFoundError):
     """Pretrained weights are absent; the message says where we looked and how to provide them."""
+
+
+def shown(value: object) -> str:
+    """A value as an error message shows it: numpy scalars as the Python numbers they hold
+    ("nan", "95.0", not "np.float64(nan)"), strings quoted, anything else as its repr."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", None) == 0:
+        value = item()
+    return repr(value)

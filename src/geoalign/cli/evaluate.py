@@ -57,7 +57,9 @@ def evaluate(
         "sample keys are the report's ids, samples without both are left out and listed.",
     ),
     gallery: str = typer.Option(
-        "geoclip-100k", help="Gallery: a name, a CSV/Parquet of lat/lon, or train:N."
+        "auto",
+        help="Gallery: a name, a CSV/Parquet of lat/lon, or train:N; auto = the model's (the "
+        "one its training evaluated with, else geoclip-100k).",
     ),
     train_features: str = typer.Option(
         None,
@@ -117,6 +119,8 @@ def evaluate(
     if retrieval_k and not train_features:
         fail("--retrieval-k adds the training photos' locations: give their features with --train")
     prior_radius_km = parse_radii(prior_radius_km)
+    if gallery == "auto":
+        gallery = _model_gallery(model)
     _check_options(
         gallery=gallery,
         train=train_features,
@@ -300,6 +304,17 @@ def _check_options(
         fail(f"--manifest {manifest}: {what}; give a CSV/TSV/Parquet file of image,lat,lon rows")
     if images is not None and not images.is_dir():
         fail(f"--images {images}: not a folder")
+
+
+def _model_gallery(model: str) -> str:
+    """The gallery the checkpoint records (as `Geolocator.from_pretrained` picks it)."""
+    from geoalign.errors import GeoalignError
+    from geoalign.models.registry import checkpoint_gallery
+
+    try:
+        return checkpoint_gallery(model)
+    except GeoalignError as err:
+        fail(f"--model {model}: {err}")
 
 
 def _check_gallery_file(gallery: str) -> None:

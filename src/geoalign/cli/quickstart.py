@@ -7,11 +7,12 @@ from pathlib import Path
 
 import typer
 
-from geoalign.cli.common import console, fail
+from geoalign.cli.common import console, fail, print_result
 
 
 def print_table(frame, title: str) -> None:
-    """The report's accuracy table in the terminal (model rows bold)."""
+    """The report's accuracy table, a result: on stdout (model rows bold), wide in a pipe so
+    `geoalign train ... > t.txt` holds it with unwrapped method names."""
     import pandas as pd
     from rich.table import Table
 
@@ -27,7 +28,7 @@ def print_table(frame, title: str) -> None:
         med = "–" if pd.isna(r["median_km"]) else f"{r['median_km']:,.0f}"
         style = "bold" if r["kind"] == "model" else ("dim" if r["kind"] == "published" else None)
         tbl.add_row(str(r["method"]), *cells, med, style=style)
-    console.print(tbl)
+    print_result(tbl)
 
 
 def quickstart(

@@ -165,10 +165,9 @@ def _resume_setting(config: Path) -> str:
 def _eval_queries(cfg) -> str | None:
     """The test queries the after-training evaluation reads (as evaluate_after_training picks
     them): eval.queries, or the benchmark's scene labels for a run trained on scene labels."""
-    e = cfg.eval
-    if e.queries is None and cfg.data.source == "scene-labels" and e.benchmark:
-        return f"scene-labels:{e.benchmark}"
-    return e.queries
+    from geoalign.evaluation.run import after_training_queries
+
+    return after_training_queries(cfg)
 
 
 def _check_eval(cfg) -> None:

@@ -167,6 +167,14 @@ class FeatureStore(ShardReader):
         return self.index.get("backbone")
 
     @property
+    def backbone_spec(self) -> str | None:
+        """The backbone spec that extracted the rows (`features extract` records a dict with its
+        "spec", `features import --backbone` a string), or None when not recorded."""
+        b = self.backbone
+        spec = b.get("spec") if isinstance(b, dict) else b
+        return str(spec) if spec else None
+
+    @property
     def features(self) -> ShardedArray:
         return ShardedArray(self)
 

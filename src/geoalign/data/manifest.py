@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from geoalign.data.tables import read_table, resolve_columns, table_columns, table_kind
-from geoalign.errors import DataError
+from geoalign.errors import DataError, shown
 from geoalign.geo.coords import LONGITUDE_WRAPPED, check_coordinates
 from geoalign.io_atomic import atomic_output
 
@@ -188,7 +188,7 @@ def _duplicate_issues(
                 ManifestIssue(
                     row,
                     DUPLICATE_IMAGE,
-                    f"image {images[i]!r} is also listed at row {first_img[j]}",
+                    f"image {shown(images[i])} is also listed at row {first_img[j]}",
                 )
             )
     return issues

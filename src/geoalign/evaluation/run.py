@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # the CLI imports this module at start-up: torch only when ev
     from geoalign.evaluation.queries import Queries
 
 BASELINE_ROWS = 200_000  # training rows the baselines see at most (kNN memory and time)
+SCENE_LABEL_BENCHMARK = "im2gps3k"  # test scene labels when a scene-label run names none
+GALLERY_FILE = "gallery.csv"  # a train:N gallery, saved beside the exported weights
 
 
 @dataclass
@@ -311,6 +313,55 @@ def missing_eval_photos(images: str, benchmark: str | None) -> str | None:
     return None
 
 
+def after_training_queries(cfg: Any) -> str | None:
+    """The test queries the after-training evaluation reads: eval.queries, or the scene labels
+    of eval.benchmark (Im2GPS3k when unset, GeoCLIP's test set) for a run trained on them."""
+    e = cfg.eval
+    if e.queries is None and cfg.data.source == "scene-labels":
+        return f"scene-labels:{e.benchmark or SCENE_LABEL_BENCHMARK}"
+    return e.queries
+
+
+def queries_benchmark(spec: str, benchmark: str | None) -> str:
+    """The name a report gives queries: eval.benchmark when the config names one, else the
+    data set itself (the scene-label benchmark, or the feature store's folder name). Published
+    rows are matched on this name, so the user's own store never sits beside a paper's table."""
+    if benchmark:
+        return benchmark
+    if spec.startswith("scene-labels:"):
+        return Path(spec.split(":", 1)[1]).stem
+    return Path(spec.rstrip("/")).name or spec
+
+
+def remember_evaluation(
+    model_dir: str | Path, gallery: str, train: Queries | None, benchmark: str, seed: int
+) -> str:
+    """Record in the exported model's config.json the gallery and benchmark its evaluation
+    uses, so `evaluate`, `predict`, serve and `Geolocator.from_pretrained` default to them.
+
+    A `train:N` gallery is drawn once here and saved beside the weights (gallery.csv): the
+    evaluation and every later command read that same file. Returns the gallery to evaluate."""
+    from geoalign.models.checkpoint import record_in_config
+    from geoalign.models.registry import resolve_checkpoint_dir
+
+    folder = resolve_checkpoint_dir(model_dir)
+    recorded = gallery
+    if gallery.startswith("train:"):
+        import pandas as pd
+
+        from geoalign.evaluation.harness import make_gallery
+        from geoalign.io_atomic import atomic_write
+
+        latlon, _ = make_gallery(gallery, None if train is None else train.truth, seed=seed)
+        table = pd.DataFrame({"lat": latlon[:, 0], "lon": latlon[:, 1]})
+        atomic_write(folder / GALLERY_FILE, lambda fh: fh.write(table.to_csv(index=False).encode()))
+        recorded, gallery = GALLERY_FILE, str(folder / GALLERY_FILE)
+    elif Path(gallery).is_file():
+        recorded = gallery = str(Path(gallery).resolve())
+    record_in_config(folder, {"gallery": recorded, "benchmark": benchmark})
+    return gallery
+
+
 def _photo_queries(images: str, benchmark: str | None) -> tuple[Any, Any, Any, str]:
     """(photos, truth [N, 2], ids, name) of a benchmark's photo folder, a manifest, or
     webdataset shards (photos named by sample key, truth from each sample's json/txt)."""
@@ -384,9 +435,7 @@ def evaluate_after_training(
             label=cfg.name,
             say=say,
         )
-    spec = e.queries
-    if spec is None and cfg.data.source == "scene-labels" and e.benchmark:
-        spec = f"scene-labels:{e.benchmark}"
+    spec = after_training_queries(cfg)
     if spec is None:
         say(
             "no evaluation after training: set eval.queries (a feature store of the test photos "
@@ -397,13 +446,15 @@ def evaluate_after_training(
     queries = Q.resolve(spec, seed=seed)
     needs_train = e.baselines or e.gallery.startswith("train:")
     train = training_queries(cfg.data.source, cfg.data.path, seed) if needs_train else None
+    benchmark = queries_benchmark(spec, e.benchmark)
+    gallery = remember_evaluation(model_dir, e.gallery, train, benchmark, seed)
     say(f"evaluating on {queries.description}, gallery {e.gallery}")
     return evaluate_checkpoint(
         model_dir,
         queries,
-        benchmark=e.benchmark or spec,
+        benchmark=benchmark,
         out=Path(cfg.trainer.out_dir) / "eval",
-        gallery=e.gallery,
+        gallery=gallery,
         train=train,
         modes=e.modes,
         radius_km=e.radius_km,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from geoalign.errors import CoordinateError
+from geoalign.errors import CoordinateError, shown
 
 if TYPE_CHECKING:  # torch and pandas are imported lazily: CLI commands that need numpy start fast
     import pandas as pd
@@ -83,7 +83,7 @@ def validate_latlon(
             i = _first_bad(mask)
             more = int(mask.sum()) - 1
             extra = f" ({more} more bad values)" if more else ""
-            raise CoordinateError(f"{source}: index {i}: {reason}: {values[i]!r}{extra}")
+            raise CoordinateError(f"{source}: index {i}: {reason}: {shown(values[i])}{extra}")
     return lat, (wrap_longitude(lon) if wrap else lon)
 
 
@@ -213,11 +213,13 @@ def check_coordinates(lat: Any, lon: Any) -> CoordinateCheck:
             for i in np.flatnonzero(missing)
         ]
         issues += [
-            CoordinateIssue(int(i), UNPARSEABLE_COORDINATE, f"{name} {raw[i]!r} is not a number")
+            CoordinateIssue(
+                int(i), UNPARSEABLE_COORDINATE, f"{name} {shown(raw[i])} is not a number"
+            )
             for i in np.flatnonzero(bad)
         ]
         issues += [
-            CoordinateIssue(int(i), NONFINITE_COORDINATE, f"{name} {raw[i]!r} is infinite")
+            CoordinateIssue(int(i), NONFINITE_COORDINATE, f"{name} {shown(raw[i])} is infinite")
             for i in np.flatnonzero(np.isinf(values))
         ]
     with np.errstate(invalid="ignore"):

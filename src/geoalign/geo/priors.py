@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from geoalign.errors import CoordinateError, GeoalignError
+from geoalign.errors import CoordinateError, GeoalignError, shown
 from geoalign.geo.coords import as_latlon_array, validate_latlon
 from geoalign.geo.distance import haversine_km
 from geoalign.geo.regions import DEFAULT_COAST_KM, load_countries
@@ -160,7 +160,7 @@ class Radius(Prior):
     def __init__(self, lat: float, lon: float, km: float):
         lat_arr, lon_arr = validate_latlon([lat], [lon], source="radius centre")
         if not np.isfinite(km) or km <= 0:
-            raise CoordinateError(f"radius must be a positive number of km, got {km!r}")
+            raise CoordinateError(f"radius must be a positive number of km, got {shown(km)}")
         self.lat, self.lon, self.km = float(lat_arr[0]), float(lon_arr[0]), float(km)
 
     def _mask(self, latlon: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from geoalign.inference.gallery_cache import gallery_embeddings
 from geoalign.inference.neighbours import TrainingNeighbours
 from geoalign.inference.prediction import Candidate, Prediction, describe
 from geoalign.inference.search import GallerySearch
+from geoalign.inference.widths import check_backbone_width
 from geoalign.models.base import Candidates, Locator, average_crops, log_probs
 
 NO_IMAGE_BACKBONE = {"places365-scene-labels"}  # feature specs no backbone makes from photos
@@ -66,6 +67,7 @@ class Geolocator:
         self.backbone = own if own is not None else backbone
         if self.backbone is not None:
             self.backbone.eval()
+        check_backbone_width(model, self.backbone)
         self.segmenter = segmenter
         if model.reads == "pixels+segmentation" and segmenter is None:
             raise GeoalignError("this model fuses segmentation maps: pass a segmenter")
@@ -125,7 +127,7 @@ class Geolocator:
         "auto" = what the checkpoint records: its backbone (features-reading models; None
         loads none, for `predict_features`), its gallery (else geoclip-100k), its segmenter.
         A calibration stored in the checkpoint (`geoalign calibrate`) is applied."""
-        from geoalign.models.registry import load_checkpoint, load_model
+        from geoalign.models.registry import checkpoint_gallery, load_checkpoint, load_model
 
         ckpt = load_checkpoint(model)
         auto_bb = isinstance(backbone, str) and backbone == "auto"
@@ -156,7 +158,7 @@ class Geolocator:
         table = None
         if net.ranks == "gallery" or (coordinates or net.config.coordinates) == "gallery":
             auto = isinstance(gallery, str) and gallery == "auto"
-            name = (ckpt.config.get("gallery") or "geoclip-100k") if auto else gallery
+            name = checkpoint_gallery(ckpt.path, ckpt.config) if auto else gallery
             table = name if isinstance(name, pd.DataFrame) else _load_gallery(name)
         calibration = None
         if ckpt.config.get("calibration"):

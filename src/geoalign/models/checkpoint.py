@@ -187,3 +187,16 @@ def save_checkpoint(out_dir: Path, state: dict[str, torch.Tensor], config: dict[
     os.replace(tmp, out_dir / "model.safetensors")
     os.replace(tmpc, out_dir / "config.json")
     return out_dir
+
+
+def record_in_config(folder: Path, entries: dict[str, Any]) -> dict[str, Any]:
+    """Add `entries` to a checkpoint's config.json (atomically; the weights and their recorded
+    sha256 are untouched): what training learns about a model after export, e.g. the gallery
+    and benchmark its evaluation used, so later commands default to them."""
+    folder = Path(folder)
+    config = {**read_config(folder), **entries}
+    tmpc = folder / "config.json.tmp"
+    tmpc.write_text(json.dumps(config, indent=2))
+    _fsync(tmpc)
+    os.replace(tmpc, folder / "config.json")
+    return config

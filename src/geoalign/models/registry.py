@@ -71,6 +71,21 @@ def checkpoint_backbone(config: dict[str, Any]) -> str | None:
     return features or config.get("backbone")
 
 
+DEFAULT_GALLERY = "geoclip-100k"
+
+
+def checkpoint_gallery(name_or_path: str | Path, config: dict[str, Any] | None = None) -> str:
+    """The gallery a checkpoint records (training writes the one its evaluation used; a file
+    saved beside the weights is named relative to them), else geoclip-100k: the one default
+    every command and the Python API share."""
+    folder = resolve_checkpoint_dir(name_or_path)
+    recorded = (read_config(folder) if config is None else config).get("gallery")
+    if not recorded:
+        return DEFAULT_GALLERY
+    beside = folder / str(recorded)
+    return str(beside) if not Path(str(recorded)).is_absolute() and beside.is_file() else recorded
+
+
 def load_checkpoint(name_or_path: str | Path = "geoclip") -> Checkpoint:
     """config.json and tensors of a checkpoint, each read once."""
     folder = resolve_checkpoint_dir(name_or_path)

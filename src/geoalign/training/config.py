@@ -179,7 +179,10 @@ class TrainerSection:
 
 @dataclass
 class EvalSection:
-    benchmark: str | None = "im2gps3k"
+    # The test set's name in reports (published rows are shown only beside the benchmark they
+    # report). None: the data set's own name (the eval.queries store's folder name; Im2GPS3k's
+    # scene labels for a scene-label run with no eval.queries).
+    benchmark: str | None = None
     gallery: str = "geoclip-100k"  # a named gallery, a file, or "train:N" (N training coords)
     modes: list[str] = field(default_factory=lambda: ["top1", "mode"])
     radius_km: float = 750.0  # mode-seeking radius

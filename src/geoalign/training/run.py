@@ -151,6 +151,16 @@ def build_source(
     return src, backbone.embed_dim, backbone
 
 
+def data_backbone_spec(cfg: TrainConfig, source: BatchSource) -> str | None:
+    """The backbone whose features the run trains on, as the data knows it: the spec a feature
+    store's index records, or `data.backbone` for photos. The exported model records it, so
+    `predict --model` reads photos through the same backbone without being told."""
+    if cfg.data.source in ("images", "wds"):
+        return cfg.data.backbone
+    store = getattr(source, "store", None)
+    return getattr(store, "backbone_spec", None)
+
+
 def _shard_source(cfg: TrainConfig) -> tuple[BatchSource, int, Any]:
     """Photos of webdataset shards (`data.path`: a .tar, a brace pattern, a folder of .tar
     files, a URL), listed once into the run folder, streamed as views through the backbone."""
@@ -222,6 +232,9 @@ def train(
     source, feature_dim, backbone = source if source is not None else build_source(cfg, arrays)
     if model is None:
         model = build_model(cfg, feature_dim)
+    spec = cfg.model.features or data_backbone_spec(cfg, source)
+    if spec and getattr(model.config, "features", spec) != spec:
+        model.config = replace(model.config, features=spec)
     module = GeoCLIPModule(model, cfg, backbone=backbone)
     module.run_config = settings
     if done is not None:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from geoalign.errors import DataError
+from geoalign.errors import DataError, shown
 from geoalign.geo.s2 import ids as s2ids
 from geoalign.geo.s2.partition import (
     CountPyramid,
@@ -332,7 +332,9 @@ class CellHierarchy:
             wrong = [i for i, (a, b) in enumerate(zip(tokens, df["token"], strict=True)) if a != b]
             if wrong:
                 i = wrong[0]
-                raise DataError(f"{path}: row {i}: token {df['token'][i]!r} != cell id {tokens[i]}")
+                raise DataError(
+                    f"{path}: row {i}: token {shown(df['token'][i])} != cell id {tokens[i]}"
+                )
             part = Partition(
                 cell_ids,
                 df["count"].to_numpy(),

@@ -16,7 +16,7 @@ from functools import cache
 
 import numpy as np
 
-from geoalign.errors import DataError
+from geoalign.errors import DataError, shown
 
 MAX_LEVEL = 30
 _POS_BITS = 2 * MAX_LEVEL + 1
@@ -234,12 +234,12 @@ def tokens_to_ids(tokens, *, source: str = "tokens") -> np.ndarray:
                 raise ValueError
             out[k] = int(text.ljust(16, "0"), 16)
         except ValueError:
-            raise DataError(f"{source}: index {k}: {token!r} is not an S2 token") from None
+            raise DataError(f"{source}: index {k}: {shown(token)} is not an S2 token") from None
     bad = ~is_valid_id(out)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{source}: index {k}: {tokens[k]!r} is not a valid S2 cell token"
+            f"{source}: index {k}: {shown(tokens[k])} is not a valid S2 cell token"
             f" ({int(bad.sum())} invalid in total)"
         )
     return out

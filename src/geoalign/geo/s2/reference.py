@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoalign.errors import DataError
+from geoalign.errors import DataError, shown
 from geoalign.geo.s2 import ids as s2ids
 from geoalign.geo.s2.partition import Partition
 from geoalign.io_atomic import atomic_output
@@ -112,7 +112,7 @@ def read_cell_csv(
     if not repair and not good.all():
         k = int(np.flatnonzero(~good)[0])
         raise DataError(
-            f"{path}: row {k + 1}: hex_id {tokens[k]!r} is not an S2 cell containing "
+            f"{path}: row {k + 1}: hex_id {shown(tokens[k])} is not an S2 cell containing "
             f"its mean location ({lat[k]:.5f}, {lon[k]:.5f})"
         )
     # Candidates that hold the row's mean location. When a cell and its descendant both do

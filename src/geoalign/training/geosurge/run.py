@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,11 @@ def train_geosurge(
     data = build_data(cfg, arrays)
     hierarchy = build_hierarchy(cfg, data.train_coords)
     model = build_model(cfg, hierarchy, data.feature_dim, data.backbone)
+    store_spec = getattr(getattr(data.train, "store", None), "backbone_spec", None)
+    if cfg.visual == "features" and store_spec and model.config.backbone != store_spec:
+        # the store's index says which backbone made the features: the model reads photos
+        # through that one (`predict --model`), not model.backbone's default
+        model.config = replace(model.config, backbone=store_spec)
     module = GeoSurgeModule(model, cfg)
 
     provenance = {
