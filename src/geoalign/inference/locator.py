@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from geoalign.errors import DataError, GeoalignError
+from geoalign.geo.separation import distinct_top_k
 from geoalign.inference.cell_gallery import CellGallery
 from geoalign.inference.distribution import (
     DEFAULT_LEVEL,
@@ -27,10 +28,11 @@ from geoalign.inference.distribution import (
     check_p,
 )
 from geoalign.inference.gallery_cache import gallery_embeddings
-from geoalign.inference.neighbours import TrainingNeighbours
-from geoalign.inference.prediction import Candidate, Prediction, describe
+from geoalign.inference.neighbours import TrainingNeighbours, with_training_locations
+from geoalign.inference.photos import embed_batches, photo_batches
+from geoalign.inference.prediction import Candidate, Prediction, attach, ranked_candidates
 from geoalign.inference.search import GallerySearch
-from geoalign.models.base import Candidates, Locator, average_crops, log_probs
+from geoalign.models.base import Locator, average_crops, log_probs
 
 NO_IMAGE_BACKBONE = {"places365-scene-labels"}  # feature specs no backbone makes from photos
 MIN_SEPARATION_KM = 5.0  # top-k candidates closer than this to a better one are merged into it
@@ -208,18 +210,9 @@ class Geolocator:
             if len(feats)
             else torch.zeros(0, 1)
         )
-        keys = None
-        if hasattr(self.model, "location_encoder"):
-            keys = gallery_embeddings(self.model.location_encoder, latlon, cache=False)
-        extra = self.model.candidates(latlon, keys)
-        gallery = self.candidates
         geo = copy.copy(self)
-        geo.neighbours = TrainingNeighbours(queries, latlon, k, offset=len(gallery))
-        geo.candidates = Candidates(
-            np.concatenate([gallery.latlon, extra.latlon]),
-            "gallery",
-            torch.cat([gallery.keys, extra.keys.to(gallery.keys.device)]),
-            f"{gallery.description} + {geo.neighbours.k} of {len(latlon)} training locations",
+        geo.neighbours, geo.candidates = with_training_locations(
+            self.model, self.candidates, queries, latlon, k
         )
         geo.search = None  # per-query masks: ranked by the exact softmax below
         geo._latlon = geo.candidates.latlon
@@ -360,36 +353,6 @@ class Geolocator:
         return torch.from_numpy(mask)
 
     # -- ranking -------------------------------------------------------------------------------
-    def _candidates(
-        self, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], places: bool
-    ) -> list[list[Candidate]]:
-        """Candidates from per-query (indices [k], coordinates [k, 2], probabilities [k]); with
-        `places`, each named offline (the place index loads on first use)."""
-        names: list[Any] = []
-        if places:
-            if self._places is None:
-                from geoalign.geo.places import PlaceFinder
-
-                self._places = PlaceFinder()
-            coords = np.concatenate([c for _, c, _ in rows]) if rows else np.zeros((0, 2))
-            names = [p._asdict() for p in self._places.nearest(coords)]
-        out, at = [], 0
-        for idx, coords, probs in rows:
-            out.append(
-                [
-                    Candidate(
-                        lat=float(coords[j, 0]),
-                        lon=float(coords[j, 1]),
-                        prob=float(probs[j]),
-                        gallery_index=int(idx[j]),
-                        place=names[at + j] if names else None,
-                    )
-                    for j in range(len(idx))
-                ]
-            )
-            at += len(idx)
-        return out
-
     def rank(
         self,
         queries: torch.Tensor,
@@ -407,18 +370,12 @@ class Geolocator:
         n_allowed = len(self.candidates) if mask is None else int(mask.sum(-1).min())
         fetch = top_k if min_separation_km <= 0 else min(4 * top_k, max(n_allowed, 1))
         idx, probs = self.topk(queries, fetch, mask)
-        coords = self.coordinates_of(idx)
-        rows = []
-        for b in range(idx.shape[0]):
-            if min_separation_km > 0:
-                from geoalign.geo.separation import suppress_near_duplicates
+        rows = distinct_top_k(idx, self.coordinates_of(idx), probs, top_k, min_separation_km)
+        if places and self._places is None:
+            from geoalign.geo.places import PlaceFinder
 
-                kept, merged = suppress_near_duplicates(coords[b], probs[b], min_separation_km)
-                order = np.argsort(-merged, kind="stable")[:top_k]
-                rows.append((idx[b, kept[order]], coords[b, kept[order]], merged[order]))
-            else:
-                rows.append((idx[b, :top_k], coords[b, :top_k], probs[b, :top_k]))
-        return self._candidates(rows, places)
+            self._places = PlaceFinder()
+        return ranked_candidates(rows, self._places if places else None)
 
     def predict_features(
         self,
@@ -466,8 +423,14 @@ class Geolocator:
         radius as abstained (selective prediction).
         """
 
-        sources, loader = self._image_batches(
-            images, ten_crop, batch_size, num_workers, recursive=recursive, skip=skip
+        sources, loader = photo_batches(
+            self.backbone,
+            images,
+            ten_crop=ten_crop,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            recursive=recursive,
+            skip=skip,
         )
         regions = tuple(check_p(p) for p in regions)
         if estimate is not None and estimate not in ESTIMATES:
@@ -490,10 +453,7 @@ class Geolocator:
                 ]
                 if estimate or regions or abstain_above_km is not None:
                     for pred, dist in zip(preds, self.distributions(queries, mask), strict=True):
-                        pred.distribution = dist
-                        found = describe(dist, estimate, regions, abstain_above_km)
-                        for key, value in found.items():
-                            setattr(pred, key, value)
+                        attach(pred, dist, estimate, regions, abstain_above_km)
                 done += list(zip(batch.indices, preds, strict=True))
             done += [
                 (position.get(e.path, -1), Prediction(e.path, error=e.reason)) for e in batch.errors
@@ -502,47 +462,6 @@ class Geolocator:
                 yield prediction
             if on_batch is not None:
                 on_batch(len(batch.indices) + len(batch.errors))
-
-    def _image_batches(
-        self,
-        images: Iterable[Any] | Any,
-        ten_crop: bool,
-        batch_size: int,
-        num_workers: int,
-        *,
-        recursive: bool = False,
-        skip: set[str] | None = None,
-    ) -> tuple[list[Any], Any]:
-        """(input sources, a DataLoader of their preprocessed pixels) for this backbone.
-
-        `images` may be a `geoalign.data.wds_images.ShardPhotos` (photos of webdataset shards,
-        named by sample key), streamed shard by shard instead of loaded by path."""
-        from torch.utils.data import DataLoader
-
-        from geoalign.data.images import ImageInputDataset, collate_images, expand_inputs
-        from geoalign.data.transforms import ten_crop_transform
-        from geoalign.data.wds_images import ShardPhotos
-
-        if self.backbone is None:
-            raise ValueError("this Geolocator has no backbone: use predict_features")
-        transform = (
-            ten_crop_transform(self.backbone.preprocess) if ten_crop else self.backbone.transform
-        )
-        if isinstance(images, ShardPhotos):
-            sources = images.sources(skip)
-            dataset = images.dataset(sources, transform)
-        else:
-            sources = expand_inputs(images, recursive=recursive)
-            if skip:
-                sources = [s for s in sources if s.name not in skip]
-            dataset = ImageInputDataset(sources, transform)
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=collate_images,
-        )
-        return sources, loader
 
     def embed_images(
         self,
@@ -556,19 +475,14 @@ class Geolocator:
         """Queries of photos, in input order: (queries [n, E] of the readable ones, their input
         positions [n], (path, reason) of the unreadable ones). For evaluation from photos: every
         method's image side, the frozen backbone or the trained block (+ segmenter), as predict."""
-        _, loader = self._image_batches(images, ten_crop, batch_size, num_workers)
-        queries, kept, failed = [], [], []
-        for batch in loader:
-            if batch.pixel_values is not None:
-                queries.append(self.embed_pixels(batch.pixel_values).cpu())
-                kept += batch.indices
-            failed += [(e.path, e.reason) for e in batch.errors]
-            if on_batch is not None:
-                on_batch(len(batch.indices) + len(batch.errors))
-        if not queries:
-            first = "; ".join(f"{p}: {r}" for p, r in failed[:3])
-            raise DataError(f"no photo could be read ({first})")
-        return torch.cat(queries), np.asarray(kept, dtype=np.int64), failed
+        _, loader = photo_batches(
+            self.backbone,
+            images,
+            ten_crop=ten_crop,
+            batch_size=batch_size,
+            num_workers=num_workers,
+        )
+        return embed_batches(loader, self.embed_pixels, on_batch)
 
     def predict(self, images: Iterable[Any] | Any, **kwargs: Any) -> list[Prediction]:
         """All predictions at once; see `iter_predict` for the options."""
