@@ -102,7 +102,8 @@ def evaluate(
 
     Works for GeoCLIP, concept-aware and GeoSURGE checkpoints (the checkpoint says which)."""
     from geoalign.evaluation import queries as Q
-    from geoalign.evaluation.run import evaluate_checkpoint, model_features
+    from geoalign.evaluation.run import evaluate_checkpoint
+    from geoalign.models.registry import model_features
 
     if retrieval_k < 0:
         fail(f"--retrieval-k {retrieval_k}: give K >= 1 training neighbours, or 0 for none")

@@ -28,14 +28,6 @@ class EvaluationRun:
     paths: dict[str, Path]
 
 
-def model_features(model: str | Path) -> str | None:
-    """The backbone the checkpoint's image side reads (None when it does not say), from its
-    config.json alone: the evaluation loads the weights once, later."""
-    from geoalign.models.registry import checkpoint_backbone, checkpoint_config
-
-    return checkpoint_backbone(checkpoint_config(model))
-
-
 def evaluate_checkpoint(
     model: str | Path,
     queries: Queries,
@@ -71,12 +63,12 @@ def evaluate_checkpoint(
         make_gallery,
     )
     from geoalign.evaluation.report import write_report
-    from geoalign.models.registry import load_checkpoint, load_model
+    from geoalign.models.registry import checkpoint_reads, load_checkpoint, load_model
 
     say = say or (lambda message: None)
     label = label or (Path(str(model)).name if str(model) != "geoclip" else "GeoCLIP (official)")
     ckpt = load_checkpoint(model)
-    visual = ckpt.config.get(ckpt.method, {}).get("visual", "features")
+    visual = checkpoint_reads(ckpt.config)
     if visual != "features":
         raise DataError(
             f"{ckpt.path}: this {ckpt.method} model (visual {visual!r}) trains a backbone block, "

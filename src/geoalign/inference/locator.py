@@ -127,11 +127,11 @@ class Geolocator:
         "auto" = what the checkpoint records: its backbone (features-reading models; None
         loads none, for `predict_features`), its gallery (else geoclip-100k), its segmenter.
         A calibration stored in the checkpoint (`geoalign calibrate`) is applied."""
-        from geoalign.models.registry import load_checkpoint, load_model
+        from geoalign.models.registry import checkpoint_reads, load_checkpoint, load_model
 
         ckpt = load_checkpoint(model)
         auto_bb = isinstance(backbone, str) and backbone == "auto"
-        own_bb = ckpt.config.get(ckpt.method, {}).get("visual", "features") != "features"
+        own_bb = checkpoint_reads(ckpt.config) != "features"
         net = load_model(
             ckpt,
             device=device,
