@@ -17,6 +17,7 @@ from geoalign.evaluation.run import evaluate_checkpoint
 from geoalign.geo.cells import CellHierarchy, PartitionRules
 from geoalign.inference.locator import Geolocator
 from geoalign.models.base import Locator
+from geoalign.models.base import logits as model_logits
 from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
 from geoalign.models.geosurge import GeoSurge, GeoSurgeConfig
 from geoalign.models.registry import checkpoint_method, load_model, methods
@@ -111,7 +112,7 @@ def test_predict_and_evaluate_give_the_same_probabilities(method, tmp_path):
     np.testing.assert_allclose(row.latlon, [[c[0].lat, c[0].lon] for c in predicted])
     # the probabilities are the softmax of the model's own logits (one temperature)
     queries = geo.embed_features(feats)
-    logits = model.logits(queries, geo.candidates)
+    logits = model_logits(model, queries, geo.candidates)
     np.testing.assert_allclose(
         row.prob, torch.softmax(logits, -1).max(-1).values.detach().numpy(), rtol=1e-5
     )

@@ -32,7 +32,7 @@ from geoalign.inference.neighbours import TrainingNeighbours, with_training_loca
 from geoalign.inference.photos import embed_batches, photo_batches
 from geoalign.inference.prediction import Candidate, Prediction, attach, ranked_candidates
 from geoalign.inference.search import GallerySearch
-from geoalign.models.base import Locator, average_crops, log_probs
+from geoalign.models.base import Locator, average_crops, log_probs, logit_scale, logits
 
 NO_IMAGE_BACKBONE = {"places365-scene-labels"}  # feature specs no backbone makes from photos
 MIN_SEPARATION_KM = 5.0  # top-k candidates closer than this to a better one are merged into it
@@ -87,7 +87,7 @@ class Geolocator:
             self.candidates = model.candidates(latlon, keys)
             # "float16": a half-precision copy for one-photo calls, same top-k (see GallerySearch)
             self.search = GallerySearch(
-                self.candidates.keys, model.temperature(), precision=gallery_precision, copy=False
+                self.candidates.keys, logit_scale(model), precision=gallery_precision, copy=False
             )
             self.coordinates = "gallery"
         else:
@@ -270,7 +270,7 @@ class Geolocator:
         model's logits times the calibration's factor (or `scale`, when given)."""
         factor = self._factor() if scale is None else float(scale)
         mask = self._allowed(queries, mask)
-        return log_probs(self.model.logits(queries, self.candidates) * factor, mask).cpu()
+        return log_probs(logits(self.model, queries, self.candidates, factor), mask).cpu()
 
     @torch.no_grad()
     def probs(
@@ -278,11 +278,11 @@ class Geolocator:
     ) -> torch.Tensor:
         """[B, M] probabilities (float32; the softmax of `log_probs`' logits, in one pass)."""
         factor = self._factor() if scale is None else float(scale)
-        logits = self.model.logits(queries, self.candidates) * factor
+        scores = logits(self.model, queries, self.candidates, factor)
         mask = self._allowed(queries, mask)
         if mask is not None:
-            logits = logits.masked_fill(~mask.to(logits.device), float("-inf"))
-        return torch.softmax(logits.float(), dim=-1).cpu()
+            scores = scores.masked_fill(~mask.to(scores.device), float("-inf"))
+        return torch.softmax(scores.float(), dim=-1).cpu()
 
     @torch.no_grad()
     def topk(
@@ -297,8 +297,8 @@ class Geolocator:
         if self.search is not None:
             res = self.search.topk(queries, k, mask=mask, normalized_queries=True)
             return res.indices.cpu().numpy(), res.probs.cpu().numpy()
-        logits = self.model.logits(queries, self.candidates) * self._factor()
-        top, idx = torch.topk(log_probs(logits, allowed).cpu(), k, dim=-1)
+        scores = logits(self.model, queries, self.candidates, self._factor())
+        top, idx = torch.topk(log_probs(scores, allowed).cpu(), k, dim=-1)
         return idx.numpy(), top.exp().numpy()
 
     def distributions(
@@ -332,7 +332,7 @@ class Geolocator:
         factor scales every probability (top-k and distributions alike)."""
         self.calibration = calibration
         if self.search is not None:
-            self.search.scale = self.model.temperature() * self._factor()
+            self.search.scale = logit_scale(self.model, self._factor())
 
     def _factor(self) -> float:
         return float(self.calibration.scale) if self.calibration is not None else 1.0
