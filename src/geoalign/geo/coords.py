@@ -83,7 +83,7 @@ def validate_latlon(
             i = _first_bad(mask)
             more = int(mask.sum()) - 1
             extra = f" ({more} more bad values)" if more else ""
-            raise CoordinateError(f"{source}: index {i}: {reason}: {values[i]!r}{extra}")
+            raise CoordinateError(f"{source}: index {i}: {reason}: {float(values[i])!r}{extra}")
     return lat, (wrap_longitude(lon) if wrap else lon)
 
 
