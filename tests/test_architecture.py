@@ -17,6 +17,7 @@ from geoalign.evaluation.run import evaluate_checkpoint
 from geoalign.geo.cells import CellHierarchy, PartitionRules
 from geoalign.inference.locator import Geolocator
 from geoalign.models.base import Locator
+from geoalign.models.base import logits as model_logits
 from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
 from geoalign.models.geosurge import GeoSurge, GeoSurgeConfig
 from geoalign.models.registry import checkpoint_method, load_model, methods
@@ -55,20 +56,38 @@ def tiny_geosurge(in_dim: int = 12) -> GeoSurge:
     return GeoSurge(cfg, hierarchy)
 
 
+def tiny_concept(in_dim: int = 12) -> GeoCLIP:
+    """Concept-aware GeoCLIP over 10 bundled concepts with random "CLIP" text (no text tower)."""
+    from geoalign.data.concept_sets import load_concept_set
+    from geoalign.models.concept import ConceptAwareGeoCLIP, ConceptConfig
+
+    cset = load_concept_set("geography").select(10)
+    text = torch.randn(10, in_dim, generator=torch.Generator().manual_seed(1))
+    cfg = ConceptConfig(k=10, head_hidden=(16,), top_k=3)
+    return ConceptAwareGeoCLIP.from_geoclip(tiny_geoclip(in_dim), cfg, cset, text, text_kind="clip")
+
+
+MAKERS = {"geoclip": tiny_geoclip, "concept": tiny_concept, "geosurge": tiny_geosurge}
+
+
 def test_every_registered_method_is_a_locator():
     assert {"geoclip", "concept", "geosurge"} <= set(methods())
     assert isinstance(tiny_geoclip(), Locator)
     assert isinstance(tiny_geosurge(), Locator)
+    assert isinstance(tiny_concept(), Locator)
 
 
-@pytest.mark.parametrize("method", ["geoclip", "geosurge"])
+@pytest.mark.parametrize("method", ["geoclip", "concept", "geosurge"])
 def test_predict_and_evaluate_give_the_same_probabilities(method, tmp_path):
-    model = tiny_geoclip() if method == "geoclip" else tiny_geosurge()
-    if method == "geoclip":  # past the clamp: predict once read the raw scale, evaluate the clamped
+    model = MAKERS[method]()
+    if (
+        method != "geosurge"
+    ):  # past the clamp: predict once read the raw scale, evaluate the clamped
         with torch.no_grad():
             model.logit_scale.fill_(model.config.max_logit_scale + 1.5)
     path = model.save(tmp_path / "run" / "model")
     assert checkpoint_method(tmp_path / "run") == method  # a run folder resolves to model/
+    assert type(load_model(path)) is type(model)
     rng = np.random.default_rng(1)
     gallery = pd.DataFrame(
         rng.uniform([-60, -180], [70, 180], size=(300, 2)), columns=["lat", "lon"]
@@ -93,7 +112,7 @@ def test_predict_and_evaluate_give_the_same_probabilities(method, tmp_path):
     np.testing.assert_allclose(row.latlon, [[c[0].lat, c[0].lon] for c in predicted])
     # the probabilities are the softmax of the model's own logits (one temperature)
     queries = geo.embed_features(feats)
-    logits = model.logits(queries, geo.candidates)
+    logits = model_logits(model, queries, geo.candidates)
     np.testing.assert_allclose(
         row.prob, torch.softmax(logits, -1).max(-1).values.detach().numpy(), rtol=1e-5
     )

@@ -47,7 +47,7 @@ class NoisyObservation:
     def temperature(self) -> float:
         return 1.0
 
-    def logits(self, queries, candidates):
+    def similarities(self, queries, candidates):
         d = pairwise_haversine_km(queries.numpy(), candidates.latlon)
         return torch.from_numpy(-0.5 * (d / 100.0) ** 2)
 

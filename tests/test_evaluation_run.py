@@ -9,11 +9,17 @@ import torch
 from geoalign.evaluation.queries import Queries
 
 
+def loaded_config(path):
+    from geoalign.models.registry import checkpoint_config
+
+    return checkpoint_config(path)
+
+
 def test_concept_checkpoint_is_evaluated_as_a_concept_model(tmp_path):
     from geoalign.evaluation.harness import evaluate_model, make_gallery
-    from geoalign.evaluation.run import evaluate_checkpoint, model_features
+    from geoalign.evaluation.run import evaluate_checkpoint
     from geoalign.models.concept import ConceptAwareGeoCLIP
-    from geoalign.models.registry import checkpoint_method
+    from geoalign.models.registry import checkpoint_method, checkpoint_reads, model_features
     from geoalign.models.registry import load_model as load_alignment_model
     from geoalign.training.concept import concept_run_from_dict, train_concept
     from test_concept_training import city_data, run_config
@@ -26,6 +32,8 @@ def test_concept_checkpoint_is_evaluated_as_a_concept_model(tmp_path):
     loaded = load_alignment_model(result.export_dir)
     assert isinstance(loaded, ConceptAwareGeoCLIP)
     assert model_features(result.export_dir) == loaded.config.features  # config.json alone
+    assert model_features(loaded) == loaded.config.features  # the loaded model says the same
+    assert checkpoint_reads(loaded_config(result.export_dir)) == "features"
 
     test = Queries(torch.from_numpy(feats[:200]), coords[:200], np.arange(200), "test rows")
     train = Queries(torch.from_numpy(feats), coords, np.arange(600), "train rows")

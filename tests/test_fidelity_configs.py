@@ -18,13 +18,16 @@ TABLE = re.compile(r"\b(Table|Tables|Figure) [0-9IVX]")
 
 def typed(path: Path) -> tuple[str, dict]:
     """(reproduces, the typed config as a dict) through the loader `geoalign train` uses."""
-    from geoalign.training.concept import is_concept_config, load_concept_config
-    from geoalign.training.geosurge import is_geosurge_config, load_geosurge_config
+    from geoalign.training.concept import load_concept_config
+    from geoalign.training.config import config_method
+    from geoalign.training.geosurge import load_geosurge_config
 
-    if is_geosurge_config(path):
+    method = config_method(path)
+    assert method == path.parent.name  # configs/<method>/*.yaml
+    if method == "geosurge":
         cfg = load_geosurge_config(path)
         return cfg.reproduces, cfg.to_dict()
-    if is_concept_config(path):
+    if method == "concept":
         run = load_concept_config(path)
         own = {"method": "concept", "concept": run.concept.to_dict()}
         return run.train.reproduces, {

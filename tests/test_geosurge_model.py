@@ -14,6 +14,7 @@ from geoalign.geo.distance import haversine_km
 from geoalign.inference.cell_gallery import CellGallery
 from geoalign.inference.locator import Geolocator
 from geoalign.models.geosurge import GeoSurge, GeoSurgeConfig
+from geoalign.models.registry import load_model
 from geoalign.nn.semantic_fusion import SemanticFusionConfig
 
 N_CLUSTERS = 30
@@ -236,6 +237,7 @@ def test_trained_backbone_block_roundtrip(world, tiny_clip_dir, tiny_segmenter, 
     from geoalign.training.geosurge import set_trainable
 
     hierarchy = world[0]
+    fusion = visual == "fusion"
     backbone = load_backbone(f"hf:{tiny_clip_dir}")
     cfg = GeoSurgeConfig(
         level_sizes=tuple(hierarchy.sizes),
@@ -269,7 +271,10 @@ def test_trained_backbone_block_roundtrip(world, tiny_clip_dir, tiny_segmenter, 
         if k.startswith("backbone.")
     }
     assert saved == trainable
-    loaded = GeoSurge.load(path)
+    loaded = load_model(path)  # the registry, as every consumer loads it
+    assert type(loaded) is GeoSurge and loaded.reads == (
+        "pixels+segmentation" if fusion else "pixels"
+    )
     torch.testing.assert_close(loaded.visual_from_pixels(pixels, seg), out.detach())
     # Prediction from pixels, incl. the ten-crop rule (mean of the crops' queries).
     locator = Geolocator(loaded, segmenter=tiny_segmenter if visual == "fusion" else None)
@@ -284,6 +289,14 @@ def test_trained_backbone_block_roundtrip(world, tiny_clip_dir, tiny_segmenter, 
     photos = list(np.random.default_rng(1).integers(0, 255, (3, 40, 50, 3), dtype=np.uint8))
     ten = locator.predict(photos, ten_crop=True, top_k=1)
     assert [p.ok for p in ten] == [True] * 3
+    # from the checkpoint alone, as `geoalign predict` loads it: the same probabilities
+    pretrained = Geolocator.from_pretrained(
+        str(path), segmenter=tiny_segmenter if fusion else "auto"
+    )
+    assert type(pretrained.model) is GeoSurge and pretrained.model.reads == loaded.reads
+    torch.testing.assert_close(
+        pretrained.log_probs(pretrained.embed_pixels(crops)), locator.log_probs(q)
+    )
     # evaluation from photos, through the one harness (ten-crop as published)
     from geoalign.evaluation.harness import evaluate_photos
 

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from geoalign.cli import app
 from geoalign.errors import DataError
+from geoalign.training.config import config_method
 from geoalign.training.geosurge import (
     geosurge_config_from_dict,
-    is_geosurge_config,
     load_geosurge_config,
     train_geosurge,
 )
@@ -45,7 +45,7 @@ def test_every_config_loads_and_names_what_it_reproduces():
     seen = {}
     for path in files:
         cfg = load_geosurge_config(path)
-        assert is_geosurge_config(path) and cfg.reproduces
+        assert config_method(path) == "geosurge" and cfg.reproduces
         seen[path.stem] = cfg
     assert seen["mp16"].visual == "fusion" and seen["mp16"].accumulate == 8
     assert seen["mp16"].optim.lr == 1e-4 and seen["mp16"].optim.gamma == 0.5

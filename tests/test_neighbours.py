@@ -15,6 +15,7 @@ from geoalign.geo.distance import haversine_km
 from geoalign.inference.distribution import unit
 from geoalign.inference.locator import Geolocator
 from geoalign.models.base import Candidates
+from geoalign.models.base import logits as model_logits
 
 
 def _world(n: int, seed: int) -> np.ndarray:
@@ -34,7 +35,7 @@ def test_probabilities_are_the_softmax_over_the_gallery_and_the_query_s_own_neig
     train_q = F.normalize(plain.embed_features(train_feats), dim=-1)
     near = torch.topk(F.normalize(q, dim=-1) @ train_q.T, 4, dim=-1).indices
     union = model.candidates(np.concatenate([gallery, train_latlon]))
-    logits = model.logits(q, union)
+    logits = model_logits(model, q, union)
     probs = geo.probs(q)
     assert probs.shape == (5, 70)
     for b in range(5):
@@ -84,8 +85,8 @@ class Observer:
     def temperature(self) -> float:
         return 160.0
 
-    def logits(self, queries, candidates):
-        return 160.0 * queries @ candidates.keys.T
+    def similarities(self, queries, candidates):
+        return queries @ candidates.keys.T
 
 
 def test_neighbours_answer_at_training_locations_a_coarse_gallery_cannot_reach():

@@ -12,7 +12,7 @@ import typer
 from geoalign.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-# The tables of each paper (checked against the texts in /work/shared/papers when written).
+# The tables of each paper (checked against the paper texts when written).
 TABLES = {
     "**GeoCLIP**": {"1(a)", "1(b)", "2", "3(a)", "3(b)", "4", "5"},
     "**Concept-aware alignment**": {"1", "2", "3", "4", "5"},

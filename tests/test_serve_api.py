@@ -394,3 +394,21 @@ def test_auto_gallery_answers_to_the_name_it_resolved_to():
     )
     assert served_galleries("auto", {"gallery": {"checkpoint_gallery": "g.csv"}})[-1] == "g.csv"
     assert served_galleries("mine.csv", {}) == ("mine.csv",)
+
+
+def test_claimed_location_follows_the_one_coordinate_rule():
+    """The service reads `claimed` as `geoalign verify --claimed` does (geo.coords): a finite
+    longitude wraps, a latitude past the pole or a non-number is the claimed field's error."""
+    from geoalign.geo.coords import validate_latlon
+    from geoalign.serve.errors import ApiError
+    from geoalign.serve.options import parse_options
+
+    def claimed(text):
+        return parse_options({"claimed": text}, max_top_k=5, verify=True).claimed
+
+    lat, lon = validate_latlon([10.0], [200.0])
+    assert claimed("10,200") == (lat[0], lon[0]) == (10.0, -160.0)
+    for bad in ("91,0", "1,nan", "1,inf"):
+        with pytest.raises(ApiError) as err:
+            claimed(bad)
+        assert err.value.field == "claimed" and "np." not in str(err.value)

@@ -19,6 +19,7 @@ from geoalign.data.manifest import load_manifest
 from geoalign.evaluation.harness import evaluate_model
 from geoalign.evaluation.queries import from_images
 from geoalign.inference.locator import Geolocator
+from geoalign.models.base import logits as model_logits
 from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
 from geoalign.nn.image_head import ImageHeadConfig
 from geoalign.nn.location_encoder import LocationEncoderConfig
@@ -118,12 +119,13 @@ def test_evaluating_the_store_equals_evaluating_the_photos_with_ten_crop(
 
     geo = Geolocator(model, gallery=gallery)
     store_feats = torch.from_numpy(rows.features)
-    logits = model.logits(geo.embed_features(store_feats), geo.candidates)
-    photo_logits = model.logits(geo.embed_features(photos.features), geo.candidates)
+    logits = model_logits(model, geo.embed_features(store_feats), geo.candidates)
+    photo_logits = model_logits(model, geo.embed_features(photos.features), geo.candidates)
     torch.testing.assert_close(logits, photo_logits, atol=1e-5, rtol=0)
     # and the ranked logits are the mean of the ten crops' own logits
     per_crop = [
-        model.logits(geo.embed_features(store_feats[:, c]), geo.candidates) for c in range(10)
+        model_logits(model, geo.embed_features(store_feats[:, c]), geo.candidates)
+        for c in range(10)
     ]
     torch.testing.assert_close(logits, torch.stack(per_crop).mean(0), atol=1e-5, rtol=0)
 

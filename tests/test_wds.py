@@ -150,10 +150,22 @@ def test_bad_samples_are_reported_with_key_and_reason(tmp_path: Path) -> None:
         ({"json": b'{"Latitude": -1.5, "Longitude": 2}'}, (-1.5, 2.0)),
         ({"json": b'{"lat": 1, "lng": 179.5}'}, (1.0, 179.5)),
         ({"txt": b"  12.5 -3\n"}, (12.5, -3.0)),
+        ({"txt": b"1 270"}, (1.0, -90.0)),  # a 0-360 longitude, wrapped as in a manifest
     ],
 )
 def test_coordinate_field_names(sample: dict, expected: tuple[float, float]) -> None:
     assert sample_coords(sample) == expected
+
+
+@pytest.mark.parametrize("txt", [b"95 10", b"1 400", b"nan 3", b"1 inf"])
+def test_coordinates_follow_the_manifest_rule(txt: bytes) -> None:
+    from geoalign.geo.coords import coordinate_errors
+
+    lat, lon = txt.split()
+    (why,) = coordinate_errors([lat.decode()], [lon.decode()]).values()
+    with pytest.raises(ValueError, match="out of range") as err:
+        sample_coords({"txt": txt})
+    assert why in str(err.value)
 
 
 def test_shard_specs_are_recognised_and_missing_ones_named(tmp_path: Path) -> None:

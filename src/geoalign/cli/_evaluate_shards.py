@@ -30,6 +30,13 @@ def check_photos(
             "--photos: baselines and train:N galleries read training features; give --gallery a "
             "name or file and leave out --train (or extract features and use --queries)"
         )
+    from geoalign.data.wds_specs import expand_shards
+    from geoalign.errors import DataError
+
+    try:
+        expand_shards(photos)  # a missing shard is a usage error before the model is read
+    except DataError as err:
+        fail(f"--photos: {err}")
 
 
 def evaluate_shards(model: str, photos: str, benchmark: str | None, **options: Any) -> None:

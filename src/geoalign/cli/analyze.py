@@ -18,9 +18,10 @@ analyze_app = typer.Typer(
 
 def _data(model: str, features: str | None, benchmark: str | None, require_concepts: bool):
     from geoalign.interpret.data import check_width, load_feature_set
-    from geoalign.interpret.loading import load_model, model_features
+    from geoalign.interpret.loading import analysis_model
+    from geoalign.models.registry import model_features
 
-    net, path = load_model(model, require_concepts=require_concepts)
+    net, path = analysis_model(model, require_concepts=require_concepts)
     fs = load_feature_set(features, benchmark=benchmark, model_features=model_features(net))
     check_width(fs, net.image_head.config.in_dim, "the model")
     return net, path, fs

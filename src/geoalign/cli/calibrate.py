@@ -41,7 +41,7 @@ def calibrate(
     from geoalign.data.feature_rows import load_feature_rows
     from geoalign.inference.calibration import fit_calibration, save_calibration
     from geoalign.inference.locator import Geolocator
-    from geoalign.models.registry import checkpoint_config, resolve_checkpoint_dir
+    from geoalign.models.registry import checkpoint_config, checkpoint_reads, resolve_checkpoint_dir
     from geoalign.models.weights import NAMED_WEIGHTS
 
     if model in NAMED_WEIGHTS and out is None:
@@ -49,7 +49,7 @@ def calibrate(
     if out is not None and out.exists() and any(out.iterdir()):
         fail(f"--out {out}: exists and is not empty; choose a new folder")
     source = resolve_checkpoint_dir(model)
-    visual = checkpoint_config(source).get("geosurge", {}).get("visual", "features")
+    visual = checkpoint_reads(checkpoint_config(source))
     if visual != "features":
         fail(f"{source}: this model reads photos (visual {visual!r}); calibrate from features")
     rows = load_feature_rows(queries, max_rows=max_rows, seed=seed)

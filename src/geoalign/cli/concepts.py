@@ -95,9 +95,9 @@ def concept_map(
         plot_concept_map,
         region_points,
     )
-    from geoalign.interpret.loading import load_model
+    from geoalign.interpret.loading import analysis_model
 
-    net, path = load_model(model, require_concepts=False)
+    net, path = analysis_model(model, require_concepts=False)
     encoder = None
     in_set = getattr(net, "concept_set", None) is not None and concept in net.concept_set
     if not in_set:

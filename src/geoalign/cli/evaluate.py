@@ -108,19 +108,14 @@ def evaluate(
 
     Works for GeoCLIP, concept-aware and GeoSURGE checkpoints (the checkpoint says which)."""
     from geoalign.evaluation import queries as Q
-    from geoalign.evaluation.run import (
-        evaluate_checkpoint,
-        model_features,
-        reads_own_image_side,
-    )
+    from geoalign.evaluation.run import evaluate_checkpoint, reads_own_image_side
+    from geoalign.models.registry import model_features
 
     if retrieval_k < 0:
         fail(f"--retrieval-k {retrieval_k}: give K >= 1 training neighbours, or 0 for none")
     if retrieval_k and not train_features:
         fail("--retrieval-k adds the training photos' locations: give their features with --train")
     prior_radius_km = parse_radii(prior_radius_km)
-    if gallery == "auto":
-        gallery = _model_gallery(model)
     _check_options(
         gallery=gallery,
         train=train_features,
@@ -134,6 +129,12 @@ def evaluate(
         manifest=manifest,
         images=images,
     )
+    if photos is not None:  # usage errors first, before the model is read
+        from geoalign.cli._evaluate_shards import check_photos
+
+        check_photos(photos, queries, images, manifest, gallery, train_features)
+    if gallery == "auto":
+        gallery = _model_gallery(model)
     photo_options = {  # evaluations of photos through the model's own image side
         "gallery": gallery,
         "modes": mode,
@@ -149,9 +150,8 @@ def evaluate(
         "json_out": json_out,
     }
     if photos is not None:
-        from geoalign.cli._evaluate_shards import check_photos, evaluate_shards
+        from geoalign.cli._evaluate_shards import evaluate_shards
 
-        check_photos(photos, queries, images, manifest, gallery, train_features)
         return evaluate_shards(model, photos, benchmark, **photo_options)
     features_spec = model_features(model)
     if queries is not None:

@@ -68,9 +68,9 @@ def _print_explanation(exp) -> None:
 
 def _load(model: str):
     from geoalign.interpret.cbm import ConceptBottleneck, cbm_dir
-    from geoalign.interpret.loading import load_model
+    from geoalign.interpret.loading import analysis_model
 
-    net, path = load_model(model)
+    net, path = analysis_model(model)
     cbm = None
     if (cbm_dir(path) / "cbm.json").is_file():
         cbm = ConceptBottleneck.load(cbm_dir(path))
@@ -115,7 +115,7 @@ def image(
     images: list = []
     if features or benchmark:
         from geoalign.interpret.data import check_width, load_feature_set
-        from geoalign.interpret.loading import model_features
+        from geoalign.models.registry import model_features
 
         fs = load_feature_set(features, benchmark=benchmark, model_features=model_features(net))
         check_width(fs, net.image_head.config.in_dim, "the model")
@@ -193,9 +193,10 @@ def fit_cbm(
     """Fit the label-free concept bottleneck for countries and store it next to the model."""
     from geoalign.interpret.cbm import cbm_dir, fit_country_cbm
     from geoalign.interpret.data import check_width, load_feature_set
-    from geoalign.interpret.loading import load_model, model_features
+    from geoalign.interpret.loading import analysis_model
+    from geoalign.models.registry import model_features
 
-    net, path = load_model(model)
+    net, path = analysis_model(model)
     fs = load_feature_set(features, benchmark=benchmark, model_features=model_features(net))
     check_width(fs, net.image_head.config.in_dim, "the model")
     console.print(f"[cyan]•[/] fitting the country bottleneck on {len(fs):,} photos ({fs.source})")
@@ -242,8 +243,8 @@ def rules(
         load_feature_set,
         retrieve_top1,
     )
-    from geoalign.interpret.loading import model_features
     from geoalign.interpret.rules import decision_rules, sankey_html, sankey_png
+    from geoalign.models.registry import model_features
     from geoalign.nn.concept_basis import top_k_sparse
 
     parts = [c.strip() for c in countries.split(",") if c.strip()]

@@ -60,13 +60,14 @@ def train(
 
 def _typed(config: Path, overrides: list[str]):
     """The typed config of any method (GeoSURGE, concept-aware: its GeoCLIP part, GeoCLIP)."""
-    from geoalign.training.concept import is_concept_config, load_concept_config
-    from geoalign.training.config import load_config
-    from geoalign.training.geosurge import is_geosurge_config, load_geosurge_config
+    from geoalign.training.concept import load_concept_config
+    from geoalign.training.config import config_method, load_config
+    from geoalign.training.geosurge import load_geosurge_config
 
-    if is_geosurge_config(config):
+    method = config_method(config)
+    if method == "geosurge":
         return load_geosurge_config(config, overrides)
-    if is_concept_config(config):
+    if method == "concept":
         return load_concept_config(config, overrides).train
     return load_config(config, overrides)
 
@@ -96,11 +97,11 @@ def _train_seeds(config: Path, overrides: list[str], n: int) -> None:
 
 def _train_one(config: Path, overrides: list[str]):
     """Train one run and evaluate it as its eval section says; the EvaluationRun or None."""
-    from geoalign.training.config import load_config
-    from geoalign.training.geosurge import is_geosurge_config
+    from geoalign.training.config import config_method, load_config
     from geoalign.training.run import train as run
 
-    if is_geosurge_config(config):  # `method: geosurge` in the YAML
+    method = config_method(config)
+    if method == "geosurge":
         from geoalign.training.geosurge import load_geosurge_config, train_geosurge
 
         gs = load_geosurge_config(config, overrides)
@@ -116,9 +117,7 @@ def _train_one(config: Path, overrides: list[str]):
                 f"[bold]{done.last_dir}[/] (best: {done.best_dir})"
             )
         return _evaluate(gs, done.best_dir if done.best_dir.is_dir() else done.last_dir)
-    from geoalign.training.concept import is_concept_config
-
-    if is_concept_config(config):  # `method: concept`: GeoCLIP's harness + the concept module
+    if method == "concept":  # GeoCLIP's harness + the concept module
         from geoalign.training.concept import load_concept_config, train_concept
 
         crun = load_concept_config(config, overrides)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import tarfile
 import warnings
@@ -26,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from geoalign.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, _check_pixels, _finish
 from geoalign.data.wds_specs import IMAGE_FIELDS, LAT_NAMES, LON_NAMES, _wds, expand_shards
 from geoalign.errors import DataError
+from geoalign.geo.coords import check_coordinates
 
 
 @dataclass(frozen=True)
@@ -133,9 +133,12 @@ def sample_coords(sample: dict[str, Any]) -> tuple[float, float]:
         lat, lon = float(lat), float(lon)
     except (TypeError, ValueError) as err:
         raise ValueError(f"coordinates are not numbers: lat={lat!r}, lon={lon!r}") from err
-    if not (math.isfinite(lat) and math.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
-        raise ValueError(f"coordinates out of range: lat={lat}, lon={lon}")
-    return lat, lon
+    # the table rule of a manifest's columns (geo.coords): a 0-360 longitude is wrapped
+    check = check_coordinates([lat], [lon])
+    errors = check.errors()
+    if errors:
+        raise ValueError(f"coordinates out of range: {errors[1]}")
+    return float(check.lat[0]), float(check.lon[0])
 
 
 def decode_image(

@@ -34,18 +34,9 @@ def reads_own_image_side(model: str | Path) -> bool:
     """True when the checkpoint trains part of its image side (GeoSURGE `visual: backbone` or
     `fusion`): no frozen backbone's features can stand in for it, so it is evaluated on photos
     through its own image side (`evaluate_checkpoint_photos`)."""
-    from geoalign.models.registry import checkpoint_config, checkpoint_method
+    from geoalign.models.registry import checkpoint_config, checkpoint_reads
 
-    config = checkpoint_config(model)
-    return config.get(checkpoint_method(config), {}).get("visual", "features") != "features"
-
-
-def model_features(model: str | Path) -> str | None:
-    """The backbone the checkpoint's image side reads (None when it does not say), from its
-    config.json alone: the evaluation loads the weights once, later."""
-    from geoalign.models.registry import checkpoint_backbone, checkpoint_config
-
-    return checkpoint_backbone(checkpoint_config(model))
+    return checkpoint_reads(checkpoint_config(model)) != "features"
 
 
 def evaluate_checkpoint(
@@ -83,12 +74,12 @@ def evaluate_checkpoint(
         make_gallery,
     )
     from geoalign.evaluation.report import write_report
-    from geoalign.models.registry import load_checkpoint, load_model
+    from geoalign.models.registry import checkpoint_reads, load_checkpoint, load_model
 
     say = say or (lambda message: None)
     label = label or (Path(str(model)).name if str(model) != "geoclip" else "GeoCLIP (official)")
     ckpt = load_checkpoint(model)
-    visual = ckpt.config.get(ckpt.method, {}).get("visual", "features")
+    visual = checkpoint_reads(ckpt.config)
     if visual != "features":
         raise DataError(
             f"{ckpt.path}: this {ckpt.method} model (visual {visual!r}) trains a backbone block, "

@@ -52,3 +52,19 @@ def suppress_near_duplicates(
         kept.append(int(i))
         mass.append(float(p[i]))
     return np.asarray(kept, dtype=np.int64), np.asarray(mass, dtype=np.float64)
+
+
+def distinct_top_k(
+    idx: np.ndarray, latlon: np.ndarray, probs: np.ndarray, top_k: int, min_separation_km: float
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per query (indices [k], coordinates [k, 2], probabilities [k]) of its `top_k` distinct
+    candidates, from ranked `idx` [B, K], `latlon` [B, K, 2], `probs` [B, K]; 0 km merges none."""
+    rows = []
+    for b in range(idx.shape[0]):
+        if min_separation_km > 0:
+            kept, merged = suppress_near_duplicates(latlon[b], probs[b], min_separation_km)
+            order = np.argsort(-merged, kind="stable")[:top_k]
+            rows.append((idx[b, kept[order]], latlon[b, kept[order]], merged[order]))
+        else:
+            rows.append((idx[b, :top_k], latlon[b, :top_k], probs[b, :top_k]))
+    return rows

@@ -86,13 +86,15 @@ def nll_table(
     import torch
 
     from geoalign.inference.distribution import EARTH_AREA_KM2, UNIFORM_WEIGHT, CellGrid
+    from geoalign.models.base import logits as model_logits
 
     grids = [geo._grids.get(lv) or CellGrid(geo.candidates.latlon, lv) for lv in levels]
     cells = [g.cell_index(truth) for g in grids]
     s = torch.tensor(scales, dtype=torch.float64)[:, None]
     total = np.zeros((len(scales), len(levels)))
     for start in range(0, len(truth), chunk):
-        logits = geo.model.logits(queries[start : start + chunk], geo.candidates).double().cpu()
+        logits = model_logits(geo.model, queries[start : start + chunk], geo.candidates)
+        logits = logits.double().cpu()
         denom = torch.logsumexp(s[:, :, None] * logits[None], dim=-1)  # [S, b]
         for k, (grid, cell) in enumerate(zip(grids, cells, strict=True)):
             for j in range(logits.shape[0]):

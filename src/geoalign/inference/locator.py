@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from geoalign.errors import DataError, GeoalignError
+from geoalign.geo.separation import distinct_top_k
 from geoalign.inference.cell_gallery import CellGallery
 from geoalign.inference.distribution import (
     DEFAULT_LEVEL,
@@ -27,11 +28,12 @@ from geoalign.inference.distribution import (
     check_p,
 )
 from geoalign.inference.gallery_cache import gallery_embeddings
-from geoalign.inference.neighbours import TrainingNeighbours
-from geoalign.inference.prediction import Candidate, Prediction, describe
+from geoalign.inference.neighbours import TrainingNeighbours, with_training_locations
+from geoalign.inference.photos import embed_batches, photo_batches
+from geoalign.inference.prediction import Candidate, Prediction, attach, ranked_candidates
 from geoalign.inference.search import GallerySearch
 from geoalign.inference.widths import check_backbone_width
-from geoalign.models.base import Candidates, Locator, average_crops, log_probs
+from geoalign.models.base import Locator, average_crops, log_probs, logit_scale, logits
 
 NO_IMAGE_BACKBONE = {"places365-scene-labels"}  # feature specs no backbone makes from photos
 MIN_SEPARATION_KM = 5.0  # top-k candidates closer than this to a better one are merged into it
@@ -87,7 +89,7 @@ class Geolocator:
             self.candidates = model.candidates(latlon, keys)
             # "float16": a half-precision copy for one-photo calls, same top-k (see GallerySearch)
             self.search = GallerySearch(
-                self.candidates.keys, model.temperature(), precision=gallery_precision, copy=False
+                self.candidates.keys, logit_scale(model), precision=gallery_precision, copy=False
             )
             self.coordinates = "gallery"
         else:
@@ -127,11 +129,16 @@ class Geolocator:
         "auto" = what the checkpoint records: its backbone (features-reading models; None
         loads none, for `predict_features`), its gallery (else geoclip-100k), its segmenter.
         A calibration stored in the checkpoint (`geoalign calibrate`) is applied."""
-        from geoalign.models.registry import checkpoint_gallery, load_checkpoint, load_model
+        from geoalign.models.registry import (
+            checkpoint_gallery,
+            checkpoint_reads,
+            load_checkpoint,
+            load_model,
+        )
 
         ckpt = load_checkpoint(model)
         auto_bb = isinstance(backbone, str) and backbone == "auto"
-        own_bb = ckpt.config.get(ckpt.method, {}).get("visual", "features") != "features"
+        own_bb = checkpoint_reads(ckpt.config) != "features"
         net = load_model(
             ckpt,
             device=device,
@@ -210,18 +217,9 @@ class Geolocator:
             if len(feats)
             else torch.zeros(0, 1)
         )
-        keys = None
-        if hasattr(self.model, "location_encoder"):
-            keys = gallery_embeddings(self.model.location_encoder, latlon, cache=False)
-        extra = self.model.candidates(latlon, keys)
-        gallery = self.candidates
         geo = copy.copy(self)
-        geo.neighbours = TrainingNeighbours(queries, latlon, k, offset=len(gallery))
-        geo.candidates = Candidates(
-            np.concatenate([gallery.latlon, extra.latlon]),
-            "gallery",
-            torch.cat([gallery.keys, extra.keys.to(gallery.keys.device)]),
-            f"{gallery.description} + {geo.neighbours.k} of {len(latlon)} training locations",
+        geo.neighbours, geo.candidates = with_training_locations(
+            self.model, self.candidates, queries, latlon, k
         )
         geo.search = None  # per-query masks: ranked by the exact softmax below
         geo._latlon = geo.candidates.latlon
@@ -279,7 +277,7 @@ class Geolocator:
         model's logits times the calibration's factor (or `scale`, when given)."""
         factor = self._factor() if scale is None else float(scale)
         mask = self._allowed(queries, mask)
-        return log_probs(self.model.logits(queries, self.candidates) * factor, mask).cpu()
+        return log_probs(logits(self.model, queries, self.candidates, factor), mask).cpu()
 
     @torch.no_grad()
     def probs(
@@ -287,11 +285,11 @@ class Geolocator:
     ) -> torch.Tensor:
         """[B, M] probabilities (float32; the softmax of `log_probs`' logits, in one pass)."""
         factor = self._factor() if scale is None else float(scale)
-        logits = self.model.logits(queries, self.candidates) * factor
+        scores = logits(self.model, queries, self.candidates, factor)
         mask = self._allowed(queries, mask)
         if mask is not None:
-            logits = logits.masked_fill(~mask.to(logits.device), float("-inf"))
-        return torch.softmax(logits.float(), dim=-1).cpu()
+            scores = scores.masked_fill(~mask.to(scores.device), float("-inf"))
+        return torch.softmax(scores.float(), dim=-1).cpu()
 
     @torch.no_grad()
     def topk(
@@ -306,8 +304,8 @@ class Geolocator:
         if self.search is not None:
             res = self.search.topk(queries, k, mask=mask, normalized_queries=True)
             return res.indices.cpu().numpy(), res.probs.cpu().numpy()
-        logits = self.model.logits(queries, self.candidates) * self._factor()
-        top, idx = torch.topk(log_probs(logits, allowed).cpu(), k, dim=-1)
+        scores = logits(self.model, queries, self.candidates, self._factor())
+        top, idx = torch.topk(log_probs(scores, allowed).cpu(), k, dim=-1)
         return idx.numpy(), top.exp().numpy()
 
     def distributions(
@@ -341,7 +339,7 @@ class Geolocator:
         factor scales every probability (top-k and distributions alike)."""
         self.calibration = calibration
         if self.search is not None:
-            self.search.scale = self.model.temperature() * self._factor()
+            self.search.scale = logit_scale(self.model, self._factor())
 
     def _factor(self) -> float:
         return float(self.calibration.scale) if self.calibration is not None else 1.0
@@ -362,36 +360,6 @@ class Geolocator:
         return torch.from_numpy(mask)
 
     # -- ranking -------------------------------------------------------------------------------
-    def _candidates(
-        self, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], places: bool
-    ) -> list[list[Candidate]]:
-        """Candidates from per-query (indices [k], coordinates [k, 2], probabilities [k]); with
-        `places`, each named offline (the place index loads on first use)."""
-        names: list[Any] = []
-        if places:
-            if self._places is None:
-                from geoalign.geo.places import PlaceFinder
-
-                self._places = PlaceFinder()
-            coords = np.concatenate([c for _, c, _ in rows]) if rows else np.zeros((0, 2))
-            names = [p._asdict() for p in self._places.nearest(coords)]
-        out, at = [], 0
-        for idx, coords, probs in rows:
-            out.append(
-                [
-                    Candidate(
-                        lat=float(coords[j, 0]),
-                        lon=float(coords[j, 1]),
-                        prob=float(probs[j]),
-                        gallery_index=int(idx[j]),
-                        place=names[at + j] if names else None,
-                    )
-                    for j in range(len(idx))
-                ]
-            )
-            at += len(idx)
-        return out
-
     def rank(
         self,
         queries: torch.Tensor,
@@ -409,18 +377,12 @@ class Geolocator:
         n_allowed = len(self.candidates) if mask is None else int(mask.sum(-1).min())
         fetch = top_k if min_separation_km <= 0 else min(4 * top_k, max(n_allowed, 1))
         idx, probs = self.topk(queries, fetch, mask)
-        coords = self.coordinates_of(idx)
-        rows = []
-        for b in range(idx.shape[0]):
-            if min_separation_km > 0:
-                from geoalign.geo.separation import suppress_near_duplicates
+        rows = distinct_top_k(idx, self.coordinates_of(idx), probs, top_k, min_separation_km)
+        if places and self._places is None:
+            from geoalign.geo.places import PlaceFinder
 
-                kept, merged = suppress_near_duplicates(coords[b], probs[b], min_separation_km)
-                order = np.argsort(-merged, kind="stable")[:top_k]
-                rows.append((idx[b, kept[order]], coords[b, kept[order]], merged[order]))
-            else:
-                rows.append((idx[b, :top_k], coords[b, :top_k], probs[b, :top_k]))
-        return self._candidates(rows, places)
+            self._places = PlaceFinder()
+        return ranked_candidates(rows, self._places if places else None)
 
     def predict_features(
         self,
@@ -468,8 +430,14 @@ class Geolocator:
         radius as abstained (selective prediction).
         """
 
-        sources, loader = self._image_batches(
-            images, ten_crop, batch_size, num_workers, recursive=recursive, skip=skip
+        sources, loader = photo_batches(
+            self.backbone,
+            images,
+            ten_crop=ten_crop,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            recursive=recursive,
+            skip=skip,
         )
         regions = tuple(check_p(p) for p in regions)
         if estimate is not None and estimate not in ESTIMATES:
@@ -492,10 +460,7 @@ class Geolocator:
                 ]
                 if estimate or regions or abstain_above_km is not None:
                     for pred, dist in zip(preds, self.distributions(queries, mask), strict=True):
-                        pred.distribution = dist
-                        found = describe(dist, estimate, regions, abstain_above_km)
-                        for key, value in found.items():
-                            setattr(pred, key, value)
+                        attach(pred, dist, estimate, regions, abstain_above_km)
                 done += list(zip(batch.indices, preds, strict=True))
             done += [
                 (position.get(e.path, -1), Prediction(e.path, error=e.reason)) for e in batch.errors
@@ -504,47 +469,6 @@ class Geolocator:
                 yield prediction
             if on_batch is not None:
                 on_batch(len(batch.indices) + len(batch.errors))
-
-    def _image_batches(
-        self,
-        images: Iterable[Any] | Any,
-        ten_crop: bool,
-        batch_size: int,
-        num_workers: int,
-        *,
-        recursive: bool = False,
-        skip: set[str] | None = None,
-    ) -> tuple[list[Any], Any]:
-        """(input sources, a DataLoader of their preprocessed pixels) for this backbone.
-
-        `images` may be a `geoalign.data.wds_images.ShardPhotos` (photos of webdataset shards,
-        named by sample key), streamed shard by shard instead of loaded by path."""
-        from torch.utils.data import DataLoader
-
-        from geoalign.data.images import ImageInputDataset, collate_images, expand_inputs
-        from geoalign.data.transforms import ten_crop_transform
-        from geoalign.data.wds_images import ShardPhotos
-
-        if self.backbone is None:
-            raise ValueError("this Geolocator has no backbone: use predict_features")
-        transform = (
-            ten_crop_transform(self.backbone.preprocess) if ten_crop else self.backbone.transform
-        )
-        if isinstance(images, ShardPhotos):
-            sources = images.sources(skip)
-            dataset = images.dataset(sources, transform)
-        else:
-            sources = expand_inputs(images, recursive=recursive)
-            if skip:
-                sources = [s for s in sources if s.name not in skip]
-            dataset = ImageInputDataset(sources, transform)
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=collate_images,
-        )
-        return sources, loader
 
     def embed_images(
         self,
@@ -558,19 +482,14 @@ class Geolocator:
         """Queries of photos, in input order: (queries [n, E] of the readable ones, their input
         positions [n], (path, reason) of the unreadable ones). For evaluation from photos: every
         method's image side, the frozen backbone or the trained block (+ segmenter), as predict."""
-        _, loader = self._image_batches(images, ten_crop, batch_size, num_workers)
-        queries, kept, failed = [], [], []
-        for batch in loader:
-            if batch.pixel_values is not None:
-                queries.append(self.embed_pixels(batch.pixel_values).cpu())
-                kept += batch.indices
-            failed += [(e.path, e.reason) for e in batch.errors]
-            if on_batch is not None:
-                on_batch(len(batch.indices) + len(batch.errors))
-        if not queries:
-            first = "; ".join(f"{p}: {r}" for p, r in failed[:3])
-            raise DataError(f"no photo could be read ({first})")
-        return torch.cat(queries), np.asarray(kept, dtype=np.int64), failed
+        _, loader = photo_batches(
+            self.backbone,
+            images,
+            ten_crop=ten_crop,
+            batch_size=batch_size,
+            num_workers=num_workers,
+        )
+        return embed_batches(loader, self.embed_pixels, on_batch)
 
     def predict(self, images: Iterable[Any] | Any, **kwargs: Any) -> list[Prediction]:
         """All predictions at once; see `iter_predict` for the options."""

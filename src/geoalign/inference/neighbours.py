@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from geoalign.errors import DataError
+from geoalign.models.base import Candidates, Locator
 
 
 class TrainingNeighbours:
@@ -61,3 +62,24 @@ class TrainingNeighbours:
         allowed[:, : self.offset] = True
         allowed.scatter_(1, idx + self.offset, True)
         return allowed
+
+
+def with_training_locations(
+    model: Locator, gallery: Candidates, queries: torch.Tensor, latlon: np.ndarray, k: int
+) -> tuple[TrainingNeighbours, Candidates]:
+    """The neighbour index over training `queries` [N, E] at `latlon` [N, 2], and the candidate
+    set `gallery` followed by those locations, keyed by the model's own location encoder."""
+    from geoalign.inference.gallery_cache import gallery_embeddings
+
+    keys = None
+    if hasattr(model, "location_encoder"):
+        keys = gallery_embeddings(model.location_encoder, latlon, cache=False)
+    extra = model.candidates(latlon, keys)
+    neighbours = TrainingNeighbours(queries, latlon, k, offset=len(gallery))
+    joined = Candidates(
+        np.concatenate([gallery.latlon, extra.latlon]),
+        "gallery",
+        torch.cat([gallery.keys, extra.keys.to(gallery.keys.device)]),
+        f"{gallery.description} + {neighbours.k} of {len(latlon)} training locations",
+    )
+    return neighbours, joined

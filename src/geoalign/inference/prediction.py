@@ -155,3 +155,45 @@ def describe(
         {**r.to_dict(), "summary": r.summary()} for r in (distribution.region(p) for p in regions)
     ]
     return out
+
+
+def attach(
+    prediction: Prediction,
+    distribution: Any,
+    estimate: str | None,
+    regions: tuple[float, ...],
+    abstain_above_km: float | None = None,
+) -> None:
+    """Give `prediction` its distribution and the fields `describe` derives from it."""
+    prediction.distribution = distribution
+    for key, value in describe(distribution, estimate, regions, abstain_above_km).items():
+        setattr(prediction, key, value)
+
+
+def ranked_candidates(
+    rows: list[tuple[Any, Any, Any]], places: Any = None
+) -> list[list[Candidate]]:
+    """Candidates from per-query (indices [k], coordinates [k, 2], probabilities [k]); with a
+    place finder (`geoalign.geo.places.PlaceFinder`), each named offline in one lookup."""
+    import numpy as np
+
+    names: list[Any] = []
+    if places is not None:
+        coords = np.concatenate([c for _, c, _ in rows]) if rows else np.zeros((0, 2))
+        names = [p._asdict() for p in places.nearest(coords)]
+    out, at = [], 0
+    for idx, coords, probs in rows:
+        out.append(
+            [
+                Candidate(
+                    lat=float(coords[j, 0]),
+                    lon=float(coords[j, 1]),
+                    prob=float(probs[j]),
+                    gallery_index=int(idx[j]),
+                    place=names[at + j] if names else None,
+                )
+                for j in range(len(idx))
+            ]
+        )
+        at += len(idx)
+    return out

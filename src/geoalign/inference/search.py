@@ -65,7 +65,9 @@ class GallerySearch:
         precision: str = "float32",
         copy: bool = True,
     ) -> None:
-        """`copy=False` normalises a float32 `embeddings` in place: no second gallery-sized
+        """`logit_scale`: the multiplier of cosines, `models.base.logit_scale` of the model (its
+        temperature times any calibration factor), decided there and not here.
+        `copy=False` normalises a float32 `embeddings` in place: no second gallery-sized
         buffer at start-up (205 MB for the 100K gallery), for callers that own the tensor."""
         if precision not in {"float32", "float16"}:
             raise ValueError(f"precision must be float32 or float16, got {precision!r}")

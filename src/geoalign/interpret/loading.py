@@ -9,12 +9,11 @@ from typing import Any
 from geoalign.errors import DataError
 
 
-def load_model(
+def analysis_model(
     name_or_path: str | Path, *, require_concepts: bool = True
 ) -> tuple[Any, Path | str]:
     """(model in eval mode, its folder). GeoCLIP checkpoints only when `require_concepts` is False."""
-    from geoalign.models.registry import load_checkpoint
-    from geoalign.models.registry import load_model as registry_load
+    from geoalign.models.registry import load_checkpoint, load_model
 
     ckpt = load_checkpoint(name_or_path)
     where: Path | str = "geoclip" if str(name_or_path) == "geoclip" else ckpt.path
@@ -27,12 +26,7 @@ def load_model(
         raise DataError(
             f"{ckpt.path} is a {ckpt.method!r} model; concept maps read GeoCLIP-style models"
         )
-    return registry_load(ckpt), where
-
-
-def model_features(model: Any) -> str | None:
-    """The features the model's image head reads (a backbone spec or the scene-label name)."""
-    return getattr(model.config, "features", None)
+    return load_model(ckpt), where
 
 
 def stored_calibration(model_dir: str | Path) -> Any:

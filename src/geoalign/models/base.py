@@ -3,8 +3,9 @@
 A `Locator` turns inputs into *queries*, builds its *candidates* (GPS gallery rows, or its own
 geocells) and scores queries against them. Everything that ranks, seeks modes or (later) builds
 densities consumes only this: `geoalign.inference.Geolocator`, the evaluation harness, the
-service. The temperature is applied inside `logits`, the one place a method turns similarities
-into logits; `log_probs` below is the one softmax.
+service. A method gives untempered `similarities` and its `temperature`; `logit_scale` below is
+the one place the temperature (times a calibration factor) is applied, for the exact softmax
+(`logits`) and for `GallerySearch`'s shortlists alike; `log_probs` below is the one softmax.
 
 Queries are linear in the logits (unit image embeddings for retrieval methods, unit or raw visual
 features for GeoSURGE), so the mean of several crops' queries gives the mean of their logits:
@@ -77,9 +78,26 @@ class Locator(Protocol):
         `keys` are handed over: a method may normalise them in place (no second gallery)."""
         ...
 
-    def logits(self, queries: Tensor, candidates: Candidates) -> Tensor:
-        """[B, M] logits of queries over candidates (the method's temperature applied here)."""
+    def similarities(self, queries: Tensor, candidates: Candidates) -> Tensor:
+        """[B, M] untempered scores of queries over candidates: cosines for retrieval methods
+        (unit queries against unit `keys`), which `GallerySearch` may compute its own way."""
         ...
+
+    def temperature(self) -> float:
+        """The multiplier that turns `similarities` into logits (1.0 for a method whose scores
+        carry their own temperatures). Read through `logit_scale` only."""
+        ...
+
+
+def logit_scale(model: Locator, factor: float = 1.0) -> float:
+    """The one multiplier of a model's similarities: its temperature times a calibration's
+    logit `factor`. Every consumer (softmax, gallery search, calibration fitting) reads it here."""
+    return model.temperature() * float(factor)
+
+
+def logits(model: Locator, queries: Tensor, candidates: Candidates, factor: float = 1.0) -> Tensor:
+    """[B, M] logits of queries over candidates: `similarities` times `logit_scale`."""
+    return logit_scale(model, factor) * model.similarities(queries, candidates)
 
 
 def average_crops(encode, inputs: Tensor, item_dims: int) -> Tensor:

@@ -59,13 +59,13 @@ def flush_subnormals_(state: dict[str, torch.Tensor]) -> int:
 
 @dataclass
 class Checkpoint:
+    """A checkpoint read once. `method` is decided by `registry.checkpoint_method`, the one
+    place that reads it out of a config (`registry.load_checkpoint` builds checkpoints)."""
+
     path: Path
     config: dict[str, Any]
     state: dict[str, torch.Tensor]
-
-    @property
-    def method(self) -> str:
-        return str(self.config.get("method", "geoclip"))
+    method: str
 
     def component(self, prefix: str) -> dict[str, torch.Tensor]:
         p = prefix + "."

@@ -206,12 +206,13 @@ class GeoCLIP(nn.Module):
         return Candidates(latlon, "gallery", unit, f"{len(latlon)} GPS points")
 
     def temperature(self) -> float:
-        """The logit multiplier exp(scale) with the clamp applied: the only place it is read."""
+        """The logit multiplier exp(scale) with the clamp applied (as in training)."""
         return float(self.scale().detach().exp())
 
-    def logits(self, queries: Tensor, candidates: Candidates) -> Tensor:
+    def similarities(self, queries: Tensor, candidates: Candidates) -> Tensor:
+        """Cosines of unit queries with the candidates' unit location keys."""
         keys = candidates.keys.to(queries.device)
-        return self.temperature() * (queries.float() @ keys.T)
+        return queries.float() @ keys.T
 
     # -- training interface -----------------------------------------------------------------------
     @property

@@ -246,10 +246,14 @@ class GeoSurge(nn.Module):
         coordinates of predicted cells, see `geoalign.inference.cell_gallery`)."""
         return Candidates(self.cell_latlon, "cells", None, f"{len(self.cell_latlon)} finest cells")
 
-    def logits(self, queries: Tensor, candidates: Candidates | None = None) -> Tensor:
-        """Hierarchical log scores of the finest cells (per-level temperatures applied in
-        `geo.logits`): their softmax is the normalised product of the levels' probabilities."""
+    def similarities(self, queries: Tensor, candidates: Candidates | None = None) -> Tensor:
+        """Hierarchical log scores of the finest cells (the learned per-level temperatures are
+        part of `geo.logits`): their softmax is the normalised product of the levels' probabilities."""
         return self.cell_log_scores(queries.to(self.fine_parents.device))
+
+    def temperature(self) -> float:
+        """1.0: the per-level temperatures are inside the hierarchical scores."""
+        return 1.0
 
     # -- geographic side --------------------------------------------------------------------------
     @property
@@ -280,20 +284,6 @@ class GeoSurge(nn.Module):
         arr = latlon.detach().cpu().double().numpy() if torch.is_tensor(latlon) else latlon
         arr = np.asarray(arr, dtype=np.float64).reshape(-1, 2)
         return torch.from_numpy(self.hierarchy.assign(arr[:, 0], arr[:, 1]))
-
-    @torch.no_grad()
-    def top_cells(
-        self, queries: Tensor, k: int = 5, mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """(finest cell indices [B, k], probabilities [B, k]) renormalised over the allowed cells."""
-        scores = self.cell_log_scores(queries)
-        if mask is not None:
-            scores = scores.masked_fill(~mask.to(scores.device), float("-inf"))
-        k = min(k, scores.shape[1] if mask is None else int(mask.sum()))
-        if k < 1:
-            raise GeoalignError("no cell is left to predict (the prior excludes every cell)")
-        top, idx = torch.topk(scores, k, dim=-1)
-        return idx, torch.exp(top - torch.logsumexp(scores, dim=-1, keepdim=True))
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _trained_backbone_names(self) -> list[str]:

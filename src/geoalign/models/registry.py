@@ -65,8 +65,20 @@ def checkpoint_method(name_or_path: str | Path | dict[str, Any]) -> str:
     return method
 
 
-def checkpoint_backbone(config: dict[str, Any]) -> str | None:
-    """The backbone (or feature spec) a checkpoint's image side reads, from its config.json."""
+def checkpoint_reads(config: dict[str, Any]) -> str:
+    """What a checkpoint's image side reads, from its config.json: "features" (precomputed
+    backbone features, from a feature store) or its `visual` (GeoSURGE "backbone" or "fusion":
+    photos through the backbone block it trained, which features cannot stand in for)."""
+    return str(config.get(checkpoint_method(config), {}).get("visual", "features"))
+
+
+def model_features(model: Any) -> str | None:
+    """The backbone (or feature spec) a model's image side reads (None: not recorded), from a
+    loaded Locator, a config.json dict, or a checkpoint name or path (its config.json alone: no
+    weights are read)."""
+    if hasattr(model, "backbone_spec"):
+        return model.backbone_spec
+    config = model if isinstance(model, dict) else checkpoint_config(model)
     features = config.get("geoclip", {}).get("features")
     return features or config.get("backbone")
 
@@ -89,7 +101,8 @@ def checkpoint_gallery(name_or_path: str | Path, config: dict[str, Any] | None =
 def load_checkpoint(name_or_path: str | Path = "geoclip") -> Checkpoint:
     """config.json and tensors of a checkpoint, each read once."""
     folder = resolve_checkpoint_dir(name_or_path)
-    return Checkpoint(folder, read_config(folder), read_state(folder))
+    config = read_config(folder)
+    return Checkpoint(folder, config, read_state(folder), checkpoint_method(config))
 
 
 def load_model(name_or_path: str | Path | Checkpoint = "geoclip", **kwargs: Any) -> Any:
@@ -97,7 +110,7 @@ def load_model(name_or_path: str | Path | Checkpoint = "geoclip", **kwargs: Any)
 
     kwargs go to the class's `from_checkpoint` (e.g. `device`, `dtype`; GeoSURGE: `backbone`)."""
     ckpt = name_or_path if isinstance(name_or_path, Checkpoint) else load_checkpoint(name_or_path)
-    return method_class(checkpoint_method(ckpt.config)).from_checkpoint(ckpt, **kwargs).eval()
+    return method_class(ckpt.method).from_checkpoint(ckpt, **kwargs).eval()
 
 
 # --- single components (the downstream probes and `embed-locations` need only one) ----------------

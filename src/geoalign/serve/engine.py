@@ -252,7 +252,7 @@ class Engine:
 def model_card(config: ServeConfig, ckpt: dict[str, Any], geo: Any) -> dict[str, Any]:
     """What `GET /v1/models` says: method, backbone, gallery and calibration, from the
     checkpoint's config.json and the loaded model."""
-    from geoalign.models.registry import checkpoint_backbone
+    from geoalign.models.registry import model_features
 
     calibration = ckpt.get("calibration")
     gallery_rows = None if geo.gallery is None else len(geo.gallery)
@@ -261,7 +261,7 @@ def model_card(config: ServeConfig, ckpt: dict[str, Any], geo: Any) -> dict[str,
         "method": geo.model.method,
         "backbone": {
             "served": config.backbone,
-            "checkpoint": checkpoint_backbone(ckpt),
+            "checkpoint": model_features(ckpt),
             "feature_dim": geo.model.feature_dim,
         },
         "gallery": {

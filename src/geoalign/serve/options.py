@@ -7,7 +7,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from geoalign.errors import GeoalignError
+from geoalign.errors import CoordinateError, GeoalignError
+from geoalign.geo.coords import validate_latlon
 from geoalign.inference.distribution import ESTIMATES
 from geoalign.serve.engine import Options
 from geoalign.serve.errors import ApiError
@@ -84,9 +85,11 @@ def _latlon(text: str | None, name: str) -> tuple[float, float] | None:
         lat, lon = (float(p) for p in parts)
     except ValueError:
         raise _bad(name, f"must be lat,lon in degrees, e.g. 48.86,2.35; got {text!r}") from None
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise _bad(name, f"{lat:g},{lon:g} is outside [-90, 90] x [-180, 180]")
-    return lat, lon
+    try:  # the rule every point from code follows (geo.coords), as `geoalign verify --claimed`
+        (lat,), (lon,) = validate_latlon([lat], [lon], source=f"{lat:g},{lon:g}")
+    except CoordinateError as err:
+        raise _bad(name, str(err).replace(": index 0", "")) from None
+    return float(lat), float(lon)
 
 
 def parse_prior(params: Mapping[str, str]) -> Any:

@@ -53,14 +53,6 @@ class ConceptRun:
     raw: dict[str, Any]  # the whole config as read, for the run folder
 
 
-def is_concept_config(path: str | Path) -> bool:
-    """True when the YAML file says `method: concept` (how `geoalign train` dispatches)."""
-    try:
-        return read_config_yaml(path).get("method") == METHOD
-    except DataError:
-        return False
-
-
 def concept_run_from_dict(
     data: dict[str, Any], *, source: str = "config", overrides: list[str] | None = None
 ) -> ConceptRun:

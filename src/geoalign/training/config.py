@@ -303,6 +303,12 @@ def config_from_dict(
     return _build(TrainConfig, data, source)
 
 
+def config_method(path: str | Path) -> str:
+    """The method a training YAML trains (its `method:`, else "geoclip"): how `geoalign train`
+    dispatches, read once here rather than sniffed by each method."""
+    return str(read_config_yaml(path).get("method") or "geoclip")
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (see configs/geoclip/) and apply `key.path=value` overrides."""
     return config_from_dict(read_config_yaml(path), source=str(path), overrides=overrides)

@@ -35,7 +35,6 @@ what trains), `module` (the LightningModule), `run` (export and `train_geosurge`
 from geoalign.training.geosurge.config import (
     GeoSurgeTrainConfig,
     geosurge_config_from_dict,
-    is_geosurge_config,
     load_geosurge_config,
 )
 from geoalign.training.geosurge.model import set_trainable
@@ -52,7 +51,6 @@ __all__ = [
     "GeoSurgeTrainResult",
     "geosurge_config_from_dict",
     "geosurge_quickstart_rows",
-    "is_geosurge_config",
     "load_geosurge_config",
     "quickstart_geosurge_config",
     "set_trainable",

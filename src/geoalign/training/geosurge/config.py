@@ -201,12 +201,3 @@ def load_geosurge_config(
     """Read a GeoSURGE YAML config (see configs/geosurge/) and apply key.path=value overrides."""
     data = read_config_yaml(path)
     return geosurge_config_from_dict(data, source=str(path), overrides=overrides)
-
-
-def is_geosurge_config(path: str | Path) -> bool:
-    """True when the YAML file says `method: geosurge` (how `geoalign train` dispatches)."""
-    try:
-        data = read_config_yaml(path)
-    except DataError:
-        return False
-    return data.get("method") == "geosurge"

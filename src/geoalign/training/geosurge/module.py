@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from geoalign.models.base import log_probs, logits
 from geoalign.models.geosurge import GeoSurge
 from geoalign.training.data import DataPosition, EpochLoader
 from geoalign.training.geosurge.config import GeoSurgeTrainConfig
@@ -185,8 +186,8 @@ class GeoSurgeModule(L.LightningModule):
         labels = self._labels(batch["coords"])
         visual = self.model.encode(batch)
         loss = self.model.geo.loss(visual, labels, negatives="all").total
-        top, _ = self.model.top_cells(self.model.queries(visual), 1)
-        top = top[:, 0].cpu()
+        scores = logits(self.model, self.model.queries(visual), self.model.candidates())
+        top = torch.topk(log_probs(scores), 1, dim=-1).indices[:, 0].cpu()
         pred = self._cell_latlon[top].to(coords.device)
         dist = haversine_km_torch(pred, coords)
         fine = labels[:, -1].cpu()
