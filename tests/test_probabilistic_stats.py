@@ -99,3 +99,34 @@ def test_moved_points_are_the_asked_distance_away():
         out = moved(pts, km, rng)
         assert np.allclose(haversine_km(pts[:, 0], pts[:, 1], out[:, 0], out[:, 1]), km, rtol=1e-6)
         assert (out[:, 1] >= -180).all() and (out[:, 1] < 180).all()
+
+
+def test_report_states_smoothing_temperature_and_uncalibrated_false_alarms():
+    from geoalign.evaluation.harness import Evaluation, MethodResult
+    from geoalign.evaluation.report import probabilistic_markdown
+
+    s = _stats()
+    errors = np.array([100.0, 50.0, 2000.0, 800.0, 30.0, 5000.0, 700.0, 10.0])
+    truth = np.zeros((8, 2))
+    calibrated = MethodResult.from_predictions("cal", "model", truth, truth)
+    calibrated.probabilistic = s.summary(errors)
+    uncal = dict(s.summary(errors))
+    uncal["verify_false_alarm@0.05"] = 0.375
+    calibrated.probabilistic["uncalibrated"] = uncal
+    calibrated.probabilistic["calibration"] = {
+        "scale": 1.78,
+        "level": 5,
+        "fitted_on": "1,234 held-out training rows",
+        "n": 1234,
+        "nll_before": 1.5,
+        "nll_after": 1.25,
+    }
+    plain = MethodResult.from_predictions("plain", "model", truth, truth)
+    plain.probabilistic = s.summary(errors)
+    ev = Evaluation("im2gps3k", np.arange(8).astype(str), truth, "g", 8)
+    ev.results += [calibrated, plain]
+    md = "\n".join(probabilistic_markdown(ev))
+    assert "| 25.0% (37.5%) |" in md  # calibrated false alarms, the uncalibrated in brackets
+    assert "- cal: fitted S2 level 5 box kernel, logit factor 1.78" in md
+    assert "fitted on 1,234 held-out training rows (1,234 rows)" in md
+    assert "- plain: S2 level 6 box kernel, logit factor 1 (defaults, not calibrated)" in md
