@@ -92,8 +92,14 @@ def test_regions_mass_area_and_levels_agree_with_direct_sums():
         chosen = np.isin(grid.cell_ids, r.cell_ids)
         assert dens[~chosen].max(initial=0) <= dens[chosen].min() + 1e-15
     assert dist.level_of(np.array([[0.0, -60.0]]))[0] == 1.0  # no candidate anywhere near
-    shares = dict(dist.region(0.9).country_mass)
+    region = dist.region(0.9)
+    shares = dict(region.country_mass)
     assert sum(shares.values()) == pytest.approx(1.0)
+    inside = np.isin(grid.cell_ids[grid.cell_of], region.cell_ids)  # direct sums by country
+    names = grid.country_names[grid.country_codes()]
+    for code, share in shares.items():
+        direct = dist.probs[inside & (names == code)].sum() / dist.probs[inside].sum()
+        assert share == pytest.approx(direct)
     assert set(shares) <= {
         "FR",
         "AU",

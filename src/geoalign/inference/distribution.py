@@ -90,6 +90,12 @@ class CellGrid:
             names = np.array([str(c) if c else "sea" for c in codes], dtype=object)
             self.country_names, self._countries = np.unique(names.astype(str), return_inverse=True)
             self._countries = self._countries.reshape(-1)
+            # (cell, country) pairs: a region's country shares then need one pass over the
+            # candidates per distribution, not one per region
+            pairs = self.cell_of.astype(np.int64) * len(self.country_names) + self._countries
+            uniq, self.pair_of = np.unique(pairs, return_inverse=True)
+            self.pair_of = self.pair_of.reshape(-1)
+            self.pair_cell, self.pair_country = np.divmod(uniq, len(self.country_names))
         return self._countries
 
     def members(self, cell: int) -> np.ndarray:
@@ -211,6 +217,7 @@ class Distribution:
         self.rank = np.empty_like(self.order)
         self.rank[self.order] = np.arange(len(self.order))
         self._median: np.ndarray | None = None  # unit vector, once solved
+        self._pair_mass: np.ndarray | None = None  # mass per (cell, country), once asked
         self._batch: list[Distribution] = [self]  # solved together with these (`solve_together`)
 
     # -- estimates -------------------------------------------------------------------------------
@@ -275,12 +282,17 @@ class Distribution:
 
     def _country_mass(self, cells: np.ndarray) -> list[tuple[str, float]]:
         """Shares of the region's mass by country of the candidates in it ("sea" offshore)."""
-        chosen = np.zeros(len(self.grid.cell_ids), dtype=bool)
+        grid = self.grid
+        grid.country_codes()
+        names = grid.country_names
+        if self._pair_mass is None:
+            self._pair_mass = np.bincount(grid.pair_of, self.probs, minlength=len(grid.pair_cell))
+        chosen = np.zeros(len(grid.cell_ids), dtype=bool)
         chosen[cells] = True
-        inside = chosen[self.grid.cell_of]
-        codes = self.grid.country_codes()
-        names = self.grid.country_names
-        mass = np.bincount(codes[inside], weights=self.probs[inside], minlength=len(names))
+        inside = chosen[grid.pair_cell]
+        mass = np.bincount(
+            grid.pair_country[inside], weights=self._pair_mass[inside], minlength=len(names)
+        )
         total = mass.sum() or 1.0
         return [(str(names[i]), float(mass[i] / total)) for i in np.argsort(-mass) if mass[i] > 0]
 
