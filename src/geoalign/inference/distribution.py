@@ -376,6 +376,8 @@ def solve_medians(dists: list[Distribution]) -> None:
             xyz[i, : len(s)], w[i, : len(s)] = d.grid.xyz[s], d.probs[s]
         for d, x in zip(chunk, geometric_median_batch(xyz, w), strict=True):
             d._median = x
+    for d in dists:
+        d._batch = [d]  # solved: a distribution kept alone no longer keeps its batch alive
 
 
 def _rounded(geometry: dict[str, Any], digits: int = 4) -> dict[str, Any]:
