@@ -16,8 +16,8 @@ temperature are chosen on validation data (`geoalign.inference.calibration`).
 Point estimates (`estimate`): "top1" (the most probable candidate), "mode" (the candidate with the
 most mass within a radius, `ModeSeeker`), "mean" (the normalised mean direction) and "median"
 (the weighted spherical geometric median: the point minimising the expected great-circle
-distance, `geoalign.inference.median`). Distributions made together (`solve_together`) solve their medians
-together, vectorised, when the first of them is asked for one.
+distance, `geoalign.inference.median`). Distributions made together (`solve_together`) solve
+their medians together, vectorised, when the first of them is asked for one.
 """
 
 from __future__ import annotations
