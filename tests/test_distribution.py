@@ -221,10 +221,11 @@ def _random_problem(rng: np.random.Generator, n: int):
 def test_fast_median_equals_the_reference_solver():
     """The batched Newton solver against the previous one (Weiszfeld + scipy L-BFGS) on random
     distributions, solved together in one batch: its expected distance is never more than 1 m
-    above the reference's, and its point within 0.5 km of the reference's."""
+    above the reference's, and where both reach the same minimum (within 1 m) their points are
+    within 0.5 km (the objective is flat there: 0.1 km apart is typical)."""
     rng = np.random.default_rng(7)
     n = 600
-    problems = [_random_problem(rng, int(rng.choice([3, 40, n]))) for _ in range(24)]
+    problems = [_random_problem(rng, int(rng.choice([3, 5, 40, n]))) for _ in range(80)]
     xyz = np.zeros((len(problems), n, 3))
     xyz[..., 2] = 1.0
     w = np.zeros((len(problems), n))
@@ -236,7 +237,8 @@ def test_fast_median_equals_the_reference_solver():
         cost_fast = (wi * angles(x, got)).sum() * EARTH_RADIUS_KM
         cost_ref = (wi * angles(x, ref)).sum() * EARTH_RADIUS_KM
         assert cost_fast <= cost_ref + 1e-3
-        assert angles(ref[None], got)[0] * EARTH_RADIUS_KM < 0.5
+        if cost_fast > cost_ref - 1e-3:  # the same minimum (not one the reference stopped short of)
+            assert angles(ref[None], got)[0] * EARTH_RADIUS_KM < 0.5
 
 
 def test_medians_solved_together_equal_one_at_a_time():

@@ -70,10 +70,13 @@ def _solve(
     isotropic majoriser sum_i w_i / theta_i). Every step is halved until the objective drops; a
     problem stops when a step moves less than `tol` or no step lowers its objective."""
     rows = np.arange(len(w))
-    starts = [xyz[rows[:, None], np.argsort(-w, axis=1)[:, :heavy]]]
+    heavy = min(heavy, w.shape[1])
+    top = np.argpartition(-w, heavy - 1, axis=1)[:, :heavy]  # the heaviest, in any order
+    starts = [xyz[rows[:, None], top]]
+    heaviest = xyz[rows, w.argmax(axis=1)]
     mean = np.einsum("bn,bnd->bd", w, xyz)
     norm = np.sqrt(np.einsum("bd,bd->b", mean, mean))[:, None]
-    starts.append(np.where(norm > 1e-9, mean / np.maximum(norm, 1e-300), starts[0][:, 0])[:, None])
+    starts.append(np.where(norm > 1e-9, mean / np.maximum(norm, 1e-300), heaviest)[:, None])
     if x0 is not None:
         starts.append(x0[:, None])
     cand = np.concatenate(starts, axis=1)
@@ -115,7 +118,9 @@ def _solve(
             t[todo] /= 2
             todo = todo[t[todo] * size[todo] >= tol]
         fallback[active] = newton & (~moved | (t < 1e-2))
-        active = active[~((~moved & ~newton) | (t * size < tol))]
+        # done: a step that moved less than tol, or Weiszfeld's step found no descent (a failed
+        # Newton step is retried as Weiszfeld's)
+        active = active[~np.where(moved, t * size < tol, ~newton)]
     # The optimum can sit on a support point (a kink): the nearest one, where it is better.
     near = xyz[rows, np.einsum("bnd,bd->bn", xyz, x).argmax(axis=1)]
     snap = _cost(xyz, w, near) <= _cost(xyz, w, x)
