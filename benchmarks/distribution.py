@@ -4,7 +4,9 @@ Per query: the distribution (softmax over the gallery, smoothing on S2 cells), t
 regions (with country shares), the median and mean estimates, and the density at a point; for
 one query at a time and per query in a batch of 64. Also the size of one GeoJSON (estimate +
 50/90% region outlines). Queries are the official image head applied to random features (scale
-0.5, as the conformance tests), so the timings cover the real gallery and head.
+0.5, as the conformance tests), so the timings cover the real gallery and head. The median alone
+is also timed with the previous solver (`geometric_median_lbfgs`) on the same queries, in the
+same run, with the largest distance between the two answers; and the machine's load average.
 
     python benchmarks/distribution.py [--queries 64] [--repeats 3]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +37,26 @@ def _one_query_work(geo, q: torch.Tensor, point: np.ndarray) -> None:
     dist.estimate("median")
     dist.estimate("mean")
     dist.density(point)
+
+
+def _median_solvers(dists: list) -> tuple[float, float, float]:
+    """Median per query (ms): the batched solver one query at a time, the reference solver;
+    and the largest distance (km) between their answers."""
+    from geoalign.geo.distance import EARTH_RADIUS_KM
+    from geoalign.inference.median import angles, geometric_median, geometric_median_lbfgs
+
+    new, ref, gap = [], [], 0.0
+    for d in dists:
+        top = d._support()
+        xyz, w = d.grid.xyz[top], d.probs[top]
+        t = time.perf_counter()
+        a = geometric_median(xyz, w)
+        new.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b = geometric_median_lbfgs(xyz, w)
+        ref.append(time.perf_counter() - t)
+        gap = max(gap, float(angles(a[None], b)[0]) * EARTH_RADIUS_KM)
+    return 1000 * float(np.median(new)), 1000 * float(np.median(ref)), gap
 
 
 def main() -> None:
@@ -72,6 +95,8 @@ def main() -> None:
     sizes = [len(json.dumps(d.to_geojson())) for d in geo.distributions(queries[:16])]
     areas = [d.region(0.9, countries=False).area_km2 for d in geo.distributions(queries[:16])]
     one_ms, batch_ms = 1000 * float(np.median(single)), 1000 * min(batch_times)
+    new_ms, ref_ms, gap_km = _median_solvers(geo.distributions(queries[:16]))
+    load = os.getloadavg()[0]
     lo, hi = (f"{round(100 * p)} percent" for p in REGIONS)
     body = f"""
 Official GeoCLIP head and location encoder, 100K gallery; per query: distribution, the {lo} and
@@ -85,6 +110,12 @@ Official GeoCLIP head and location encoder, 100K gallery; per query: distributio
 | GeoJSON of estimate + {lo}/{hi} regions (largest of 16) | {max(sizes) / 1024:.1f} KB \
 | ≤ {TARGET_GEOJSON_KB} KB |
 | median area of the {hi} region (random features) | {np.median(areas) / 1e6:.2f} M km² | |
+| median alone, one query: batched Newton solver (median of 16) | {new_ms:.1f} ms | |
+| median alone, one query: previous Weiszfeld + L-BFGS solver, same queries | {ref_ms:.1f} ms | |
+| largest distance between the two solvers' medians (16 queries) | {gap_km * 1000:.0f} m | |
+
+Load average (1 min) when the run ended: {load:.2f} on {os.cpu_count()} cores (other jobs share
+the machine, so timings vary between runs; the two solvers were timed in the same run).
 
 Command: `python benchmarks/distribution.py --queries {args.queries} --repeats {args.repeats}`.
 """

@@ -18,7 +18,7 @@ from geoalign.cli.common import console, fail, print_result, progress_bar
 from geoalign.evaluation.run import BASELINE_ROWS
 
 MODES = ("top1", "mode", "mean", "median")  # geoalign.inference.distribution.ESTIMATES
-DEFAULT_MODES = ("top1", "mode", "median")
+DEFAULT_MODES = ("top1", "mode", "median", "mean")
 STDOUT = "-"
 
 

@@ -149,7 +149,22 @@ def _train_one(config: Path, overrides: list[str]):
             f"[green]done[/]: {result.trained_steps} steps in {result.seconds:.0f} s ({rate}); "
             f"{result.global_step} in all; model: [bold]{result.export_dir}[/]"
         )
+    _calibrate(cfg, result.export_dir, result.trained_steps)
     return _evaluate(cfg, result.export_dir)
+
+
+def _calibrate(cfg, export_dir: Path, trained_steps: int) -> None:
+    """Calibrate the exported model on the config's validation split (rank 0 only), unless a
+    finished run already stored one."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from geoalign.training.calibrate_after import calibrate_after_training, has_calibration
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    if trained_steps == 0 and has_calibration(export_dir):
+        return
+    calibrate_after_training(cfg, export_dir, say=lambda m: console.print(f"[cyan]•[/] {m}"))
 
 
 def _resume_setting(config: Path) -> str:

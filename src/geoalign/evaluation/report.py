@@ -111,7 +111,7 @@ def probabilistic_markdown(ev: Evaluation) -> list[str]:
         "claims moved by a distance flagged (power). Recall vs area: the share of true locations "
         "inside a highest-density region of at most that area.",
         "",
-        "Calibrated models show the uncalibrated coverage in brackets.",
+        "Calibrated models show the uncalibrated coverage and false-alarm rate in brackets.",
         "",
         "| model | coverage 50% | coverage 90% | mean abs. coverage error | median 90% area km² "
         "| verify false alarms | flagged at 200 / 750 / 2500 km | recall ≤ 10⁴ / 10⁵ / 10⁶ km² |",
@@ -122,15 +122,18 @@ def probabilistic_markdown(ev: Evaluation) -> list[str]:
         rel, power, recall = s["reliability"], s["verify_power@0.05"], s["recall_vs_area"]
         raw = s.get("uncalibrated")
         c50, c90 = f"{rel[0.5]:.1%}", f"{rel[0.9]:.1%}"
+        alarms = f"{s['verify_false_alarm@0.05']:.1%}"
         if raw:
             c50 += f" ({raw['reliability'][0.5]:.1%})"
             c90 += f" ({raw['reliability'][0.9]:.1%})"
+            alarms += f" ({raw['verify_false_alarm@0.05']:.1%})"
         lines.append(
             f"| {r.name} | {c50} | {c90} | {s['calibration_error']:.3f} "
-            f"| {s['median_area90_km2']:,.0f} | {s['verify_false_alarm@0.05']:.1%} "
+            f"| {s['median_area90_km2']:,.0f} | {alarms} "
             f"| {power[200.0]:.0%} / {power[750.0]:.0%} / {power[2500.0]:.0%} "
             f"| {recall[1e4]:.0%} / {recall[1e5]:.0%} / {recall[1e6]:.0%} |"
         )
+    lines += ["", *_calibration_lines(rows)]
     lines += [
         "",
         "Risk vs coverage (answering only the most localizable photos: smallest 90% region "
@@ -147,6 +150,31 @@ def probabilistic_markdown(ev: Evaluation) -> list[str]:
         ]
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
     lines += ["", "(median error / accuracy within 750 km among the answered)", ""]
+    return lines
+
+
+def _calibration_lines(rows: list[Any]) -> list[str]:
+    """Per model: the smoothing level and logit (temperature) factor its distributions used,
+    fitted (with what on) or the defaults."""
+    from geoalign.inference.distribution import DEFAULT_LEVEL
+
+    lines = ["Smoothing and temperature per model:", ""]
+    for r in rows:
+        cal = r.probabilistic.get("calibration")
+        if not cal:
+            lines.append(
+                f"- {r.name}: S2 level {DEFAULT_LEVEL} box kernel, logit factor 1 (defaults, "
+                "not calibrated)"
+            )
+            continue
+        nll = ""
+        if cal.get("nll_before") is not None and cal.get("nll_after") is not None:
+            nll = f"; NLL per km² {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}"
+        lines.append(
+            f"- {r.name}: fitted S2 level {cal['level']} box kernel, logit factor "
+            f"{cal['scale']:.3g} (temperature divided by it){nll}; fitted on "
+            f"{cal.get('fitted_on') or 'unstated rows'} ({cal.get('n', 0):,} rows)"
+        )
     return lines
 
 

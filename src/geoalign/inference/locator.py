@@ -26,6 +26,7 @@ from geoalign.inference.distribution import (
     CellGrid,
     Distribution,
     check_p,
+    solve_together,
 )
 from geoalign.inference.gallery_cache import gallery_embeddings
 from geoalign.inference.neighbours import TrainingNeighbours, with_training_locations
@@ -332,7 +333,9 @@ class Geolocator:
             self._seekers[radius_km] = ModeSeeker(self._latlon, radius_km)
         probs = self.probs(queries, mask, scale=scale).numpy()
         grid, seeker = self._grids[level], self._seekers[radius_km]
-        return [Distribution(grid, row, seeker=seeker, calibration=cal) for row in probs]
+        return solve_together(
+            [Distribution(grid, row, seeker=seeker, calibration=cal) for row in probs]
+        )
 
     def set_calibration(self, calibration: Any) -> None:
         """Use a `geoalign.inference.calibration.Calibration` (None: none) from now on: its logit
