@@ -48,7 +48,7 @@ def evaluate_shards(
     json_out: str | None,
 ) -> None:
     """`geoalign evaluate --photos SHARDS`: the shards' photos through the model's image side."""
-    from geoalign.cli.evaluate import show_report
+    from geoalign.cli._evaluate_report import show_report
     from geoalign.evaluation.run import evaluate_checkpoint_photos, shard_photos
 
     found = shard_photos(photos)  # unusable samples: listed in the report's notes
