@@ -1,7 +1,6 @@
-"""A folium (Leaflet) HTML map of one partition level: cell outlines coloured by sample count.
-
-The HTML is written without network access; viewing it loads Leaflet and, unless tiles=None, the
-OpenStreetMap background from the web.
+"""HTML maps of S2 cells coloured by sample count: `save_cell_map` (what `geoalign cells` writes:
+offline, Leaflet inlined through `geoalign.geo.webmap`) and `write_cell_map` (folium; viewing it
+loads Leaflet and, unless tiles=None, the OpenStreetMap background from the web).
 """
 
 from __future__ import annotations
