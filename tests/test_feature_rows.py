@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geoalign.data.feature_rows import load_feature_rows, sample_rows
-from geoalign.data.feature_store import FeatureStore
+from geoalign.data.feature_store import store_arrays
 from geoalign.data.scene_labels import SCENE_DIM, SCENE_LABELS
 from geoalign.errors import CoordinateError, DataError
 
@@ -18,7 +18,7 @@ def _arrays(n: int = 50, d: int = 6):
 
 def test_store_and_npz_give_the_same_rows(tmp_path):
     x, coords = _arrays()
-    FeatureStore.from_arrays(x, coords, tmp_path / "store", shard_size=16)
+    store_arrays(x, coords, tmp_path / "store", shard_size=16)
     np.savez(tmp_path / "rows.npz", features=x, coords=coords)
     store = load_feature_rows(str(tmp_path / "store"))
     npz = load_feature_rows(str(tmp_path / "rows.npz"))

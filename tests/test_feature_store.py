@@ -21,11 +21,13 @@ from typer.testing import CliRunner
 from geoalign.cli.features import register
 from geoalign.data.feature_store import (
     FeatureDataset,
+    FeatureIterableDataset,
     FeatureStore,
     FeatureStoreWriter,
     encode_with,
     extract_features,
     import_features,
+    store_arrays,
 )
 from geoalign.data.manifest import Manifest
 from geoalign.errors import CoordinateError, DataError
@@ -110,7 +112,7 @@ def test_indexing_matches_a_plain_array(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1000, 7)).astype(np.float32)
     coords = np.c_[rng.uniform(-90, 90, 1000), rng.uniform(-180, 180, 1000)]
-    store = FeatureStore.from_arrays(x, coords, tmp_path / "s", shard_size=64)
+    store = store_arrays(x, coords, tmp_path / "s", shard_size=64)
     assert store.dtype == "float32" and store.num_shards == 16
     assert isinstance(store._shard_features(0), np.memmap)
     np.testing.assert_array_equal(store[3], x[3])
@@ -131,7 +133,7 @@ def test_indexing_matches_a_plain_array(tmp_path: Path) -> None:
     with pytest.raises(IndexError):
         store[[0, 1000]]
     np.testing.assert_array_equal(store.coords, coords)
-    half = FeatureStore.from_arrays(x, coords, tmp_path / "h", dtype="float16", shard_size=100)
+    half = store_arrays(x, coords, tmp_path / "h", dtype="float16", shard_size=100)
     np.testing.assert_array_equal(half[:], x.astype(np.float16))
 
 
@@ -308,7 +310,7 @@ def test_iter_batches_streams_every_row_once(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1003, 5)).astype(np.float32)
     coords = np.c_[rng.uniform(-90, 90, 1003), rng.uniform(-180, 180, 1003)]
-    store = FeatureStore.from_arrays(x, coords, tmp_path / "s", shard_size=100)
+    store = store_arrays(x, coords, tmp_path / "s", shard_size=100)
     plain = list(store.iter_batches(128))
     assert [len(b["index"]) for b in plain] == [128] * 7 + [107]
     assert np.concatenate([b["index"] for b in plain]).tolist() == list(range(1003))
@@ -330,19 +332,19 @@ def test_torch_datasets(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     x = rng.standard_normal((300, 4)).astype(np.float16)
     coords = np.c_[rng.uniform(-90, 90, 300), rng.uniform(-180, 180, 300)]
-    store = FeatureStore.from_arrays(x, coords, tmp_path / "s", shard_size=32)
+    store = store_arrays(x, coords, tmp_path / "s", shard_size=32)
     ds = FeatureDataset(store)
     item = ds[17]
     assert item["features"].dtype == torch.float32
     torch.testing.assert_close(item["features"], torch.from_numpy(x[17].astype(np.float32)))
     torch.testing.assert_close(item["coords"], torch.tensor(coords[17], dtype=torch.float32))
-    iterable = store.iterable_dataset(50, shuffle=True, seed=1)
+    iterable = FeatureIterableDataset(store, 50, shuffle=True, seed=1)
     loader = torch.utils.data.DataLoader(iterable, batch_size=None, num_workers=2)
     seen = np.concatenate([b["index"].numpy() for b in loader])
     assert sorted(seen.tolist()) == list(range(300))
     ranks = [
         np.concatenate(
-            [b["index"].numpy() for b in store.iterable_dataset(64, rank=r, world_size=2)]
+            [b["index"].numpy() for b in FeatureIterableDataset(store, 64, rank=r, world_size=2)]
         )
         for r in (0, 1)
     ]
@@ -389,12 +391,10 @@ def test_import_features_from_npy_and_csv(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="row 13: latitude 123.0"):
         import_features(tmp_path / "feats.npy", tmp_path / "bad.csv", tmp_path / "s4")
     with pytest.raises(CoordinateError):
-        FeatureStore.from_arrays(x, np.full((50, 2), np.nan), tmp_path / "s5")
+        store_arrays(x, np.full((50, 2), np.nan), tmp_path / "s5")
     x[3, 1] = 1e6  # overflows float16
     with pytest.raises(DataError, match="row 3"):
-        FeatureStore.from_arrays(
-            x, coords[["LAT", "LON"]].to_numpy(), tmp_path / "s6", dtype="float16"
-        )
+        store_arrays(x, coords[["LAT", "LON"]].to_numpy(), tmp_path / "s6", dtype="float16")
 
 
 def test_writer_add_is_resumable_and_finalize_checks_coverage(tmp_path: Path) -> None:

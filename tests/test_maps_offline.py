@@ -9,7 +9,8 @@ from html.parser import HTMLParser
 import pytest
 
 from geoalign.errors import GeoalignError
-from geoalign.geo.maps import save_cell_map, save_interactive_map
+from geoalign.geo.maps import save_interactive_map
+from geoalign.geo.s2.cellmap import save_cell_map
 from geoalign.geo.webmap import WebMap, base_layer
 
 PRED = [(48.8566, 2.3522), (45.764, 4.8357)]

@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from geoalign.cli import app
-from geoalign.data.feature_store import FeatureStore, extract_features, merge_parts
+from geoalign.data.feature_store import FeatureStore, extract_features, merge_parts, store_arrays
 from geoalign.data.feature_store_views import simclr_store_views
 from geoalign.data.manifest import Manifest
 from geoalign.data.transforms import clip_config
@@ -168,9 +168,7 @@ def test_more_views_than_the_store_holds_are_refused(views_store, tmp_path):
     with pytest.raises(DataError, match="data.views=5.*4 simclr views per image"):
         StoreSource(views_store, views=5)
     rng = np.random.default_rng(0)
-    flat = FeatureStore.from_arrays(
-        rng.normal(size=(8, 12)).astype("f4"), np.zeros((8, 2)), tmp_path / "flat"
-    )
+    flat = store_arrays(rng.normal(size=(8, 12)).astype("f4"), np.zeros((8, 2)), tmp_path / "flat")
     with pytest.raises(DataError, match="one view per image.*--views K --augment simclr"):
         StoreSource(flat.path, views=2)
 

@@ -17,12 +17,10 @@ def _data(n=1000, d=6, seed=0):
 
 @pytest.fixture
 def store(tmp_path):
-    from geoalign.data.feature_store import FeatureStore
+    from geoalign.data.feature_store import store_arrays
 
     feats, coords = _data()
-    return FeatureStore.from_arrays(
-        feats, coords, tmp_path / "store", dtype="float32", shard_size=128
-    )
+    return store_arrays(feats, coords, tmp_path / "store", dtype="float32", shard_size=128)
 
 
 def _ids(batches):

@@ -89,7 +89,7 @@ def _evaluate_photos(
     json_out: str | None,
 ) -> None:
     """One evaluation of photos through the model's own image side, with a progress bar."""
-    from geoalign.cli.evaluate import show_report
+    from geoalign.cli._evaluate_report import show_report
     from geoalign.evaluation.run import evaluate_checkpoint_photos
 
     with progress_bar() as bar:

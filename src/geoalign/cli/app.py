@@ -124,9 +124,8 @@ def _root(
 
 
 def _register_command_modules() -> None:
-    import geoalign.cli as package
-
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+    here = [str(Path(__file__).parent)]  # this package's folder, not `geoalign.cli` (a cycle)
+    for info in sorted(pkgutil.iter_modules(here), key=lambda m: m.name):
         if info.name in {"app", "common", "output"} or info.name.startswith("_"):
             continue
         module = importlib.import_module(f"geoalign.cli.{info.name}")

@@ -243,8 +243,7 @@ def show(
         print_result(f"[bold]{folder}[/]: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
         _summary(hierarchy, result=True)
     if map_html is not None:
-        from geoalign.geo.maps import save_cell_map
-        from geoalign.geo.s2.cellmap import cell_features
+        from geoalign.geo.s2.cellmap import cell_features, save_cell_map
         from geoalign.geo.webmap import check_tile_url
 
         if tiles is not None and no_tiles:

@@ -6,20 +6,17 @@ Options are checked before any model or feature is loaded; the accuracy table is
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from geoalign.cli.common import console, fail, print_result, progress_bar
+from geoalign.cli._evaluate_report import STDOUT, show_report
+from geoalign.cli.common import console, fail, progress_bar
 from geoalign.evaluation.run import BASELINE_ROWS
 
 MODES = ("top1", "mode", "mean", "median")  # geoalign.inference.distribution.ESTIMATES
 DEFAULT_MODES = ("top1", "mode", "median", "mean")
-STDOUT = "-"
 
 
 def evaluate(
@@ -221,24 +218,6 @@ def evaluate(
     show_report(run, name, json_out)
 
 
-def show_report(run: Any, name: str, json_out: str | None) -> None:
-    """The accuracy table on stdout (or the report's JSON with --json -); where it went on stderr."""
-    from geoalign.evaluation.report import table
-
-    ev = run.evaluation
-    report_json = run.paths["json"]
-    if json_out == STDOUT:
-        sys.stdout.write(report_json.read_text().rstrip("\n") + "\n")  # not through rich markup
-        sys.stdout.flush()
-    else:
-        title = f"{name}: {len(ev.truth):,} queries, gallery {ev.gallery}"
-        print_result(accuracy_table(table(ev), title))
-        if json_out is not None:
-            _copy_atomic(report_json, Path(json_out))
-            console.print(f"report JSON: [bold]{json_out}[/]")
-    console.print(f"report: [bold]{run.paths['markdown']}[/]")
-
-
 def parse_radii(given: list[str]) -> list[float]:
     """--prior-radius-km values, repeated and/or comma-separated, as km (positive, finite)."""
     radii = []
@@ -326,33 +305,6 @@ def _check_gallery_file(gallery: str) -> None:
         fail(f"--gallery {gallery}: {what}; give a CSV/Parquet of lat/lon, a name or train:N")
     if len(load_gallery(gallery)) == 0:
         fail(f"--gallery {gallery}: holds no coordinates (a header only); add lat,lon rows")
-
-
-def accuracy_table(frame: Any, title: str) -> Any:
-    """The report's accuracy table as a rich Table (model rows bold, published rows dim)."""
-    import pandas as pd
-    from rich.table import Table
-
-    from geoalign.evaluation.report import ACC_KEYS
-
-    tbl = Table(title=title, title_justify="left")
-    tbl.add_column("method")
-    for key in ACC_KEYS:
-        tbl.add_column(key.removeprefix("acc@").replace("km", " km"), justify="right")
-    tbl.add_column("median km", justify="right")
-    for _, r in frame.iterrows():
-        cells = [("–" if pd.isna(r[k]) else f"{r[k]:.1f}") for k in ACC_KEYS]
-        med = "–" if pd.isna(r["median_km"]) else f"{r['median_km']:,.0f}"
-        style = "bold" if r["kind"] == "model" else ("dim" if r["kind"] == "published" else None)
-        tbl.add_row(str(r["method"]), *cells, med, style=style)
-    return tbl
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    from geoalign.io_atomic import atomic_write
-
-    data = json.loads(src.read_text())  # a copy that is valid JSON or nothing
-    atomic_write(dst, lambda fh: fh.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,8 @@ The public names, gathered from the modules that hold one job each (import from 
 - `feature_store_writer`: `FeatureStoreWriter` (crash-safe shards, resume);
 - `feature_store_extract`: `extract_features` (the extraction loop) and `encode_with`;
 - `feature_store_parts`: distributed extraction (`part_dir`, `merge_parts`, `dist_env`);
-- `feature_store_import`: stores from existing arrays (`import_features`) and `copy_store`;
+- `feature_store_import`: stores from existing arrays (`store_arrays`, `import_features`) and
+  `copy_store`;
 - `feature_store_datasets`: torch datasets over a store.
 """
 
@@ -21,7 +22,7 @@ from geoalign.data.feature_store_format import (
     FORMAT_VERSION,
     KIND,
 )
-from geoalign.data.feature_store_import import copy_store, import_features
+from geoalign.data.feature_store_import import copy_store, import_features, store_arrays
 from geoalign.data.feature_store_parts import PARTS_DIR, dist_env, merge_parts, part_dir
 from geoalign.data.feature_store_reader import FeatureStore, ShardedArray
 from geoalign.data.feature_store_writer import FeatureStoreWriter
@@ -45,4 +46,5 @@ __all__ = [
     "import_features",
     "merge_parts",
     "part_dir",
+    "store_arrays",
 ]

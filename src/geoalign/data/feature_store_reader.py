@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from geoalign.data.feature_store_format import DEFAULT_SHARD_SIZE, KIND
+from geoalign.data.feature_store_format import KIND
 from geoalign.data.manifest import Manifest
 from geoalign.data.shards import ShardReader, sha256_file
 from geoalign.errors import DataError
-
-if TYPE_CHECKING:
-    from geoalign.data.feature_store_datasets import FeatureDataset, FeatureIterableDataset
 
 
 class ShardedArray:
@@ -373,46 +369,3 @@ class FeatureStore(ShardReader):
             del f, c, i, take
         if left is not None and len(left["index"]) and not drop_last:
             yield left
-
-    def torch_dataset(self, *, dtype: torch.dtype = torch.float32) -> FeatureDataset:
-        from geoalign.data.feature_store_datasets import FeatureDataset
-
-        return FeatureDataset(self, dtype=dtype)
-
-    def iterable_dataset(self, batch_size: int, **kwargs: Any) -> FeatureIterableDataset:
-        from geoalign.data.feature_store_datasets import FeatureIterableDataset
-
-        return FeatureIterableDataset(self, batch_size, **kwargs)
-
-    # -- construction from arrays -------------------------------------------------------------
-    @classmethod
-    def from_arrays(
-        cls,
-        features: np.ndarray | str | Path,
-        coords: np.ndarray,
-        out_dir: str | Path,
-        *,
-        ids: Sequence[str] | None = None,
-        rows: Sequence[int] | None = None,
-        dtype: str | None = None,
-        shard_size: int = DEFAULT_SHARD_SIZE,
-        backbone: dict[str, Any] | str | None = None,
-        overwrite: bool = False,
-        progress: bool = False,
-    ) -> FeatureStore:
-        """Store an existing [N, dim] feature array (or .npy path, read by memory map) with its
-        (N, 2) coordinates. dtype defaults to the array's (float16/float32), else float32."""
-        from geoalign.data.feature_store_import import store_arrays
-
-        return store_arrays(
-            features,
-            coords,
-            out_dir,
-            ids=ids,
-            rows=rows,
-            dtype=dtype,
-            shard_size=shard_size,
-            backbone=backbone,
-            overwrite=overwrite,
-            progress=progress,
-        )

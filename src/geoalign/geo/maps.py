@@ -24,7 +24,7 @@ from geoalign.geo.maplayers import (
     outline_rings,
     region_colour,
 )
-from geoalign.geo.webmap import WebMap, line_feature, point_feature
+from geoalign.geo.webmap import WebMap, colour_scale, legend_bar, line_feature, point_feature
 
 LAND = "#f2efe9"
 SEA = "#d6e6f4"
@@ -442,7 +442,7 @@ def _add_web_layers(page: WebMap, layers: DistributionLayers) -> None:
             style={"stroke": False, "fillOpacity": 0.55},
             fit=False,
         )
-        page.legend = _legend_bar("log10 density (per km²)", HEAT_CMAP, hi - HEAT_DECADES, hi)
+        page.legend = legend_bar("log10 density (per km²)", HEAT_CMAP, hi - HEAT_DECADES, hi)
     for i, (pr, geom, summary) in enumerate(layers.regions):
         feature = {
             "type": "Feature",
@@ -467,51 +467,3 @@ def _add_web_layers(page: WebMap, layers: DistributionLayers) -> None:
 def save_interactive_map(path: str | Path, predictions, probs=None, truth=None, **kwargs) -> Path:
     """Write `interactive_map` as one self-contained HTML file (no network needed to view it)."""
     return interactive_map(predictions, probs, truth, **kwargs).save(path)
-
-
-def colour_scale(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> list[str]:
-    """Hex colours of `values` on a matplotlib colour map between vmin and vmax."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
-    t = (np.asarray(values, dtype=np.float64) - vmin) / max(vmax - vmin, 1e-12)
-    rgba = colormaps[cmap](np.clip(t, 0.0, 1.0))
-    return [to_hex(c) for c in rgba]
-
-
-def _legend_bar(caption: str, cmap: str, vmin: float, vmax: float, fmt: str = "{:.2g}") -> str:
-    """HTML for a small colour bar: five swatches from vmin to vmax with the end values."""
-    stops = np.linspace(vmin, vmax, 5)
-    swatches = "".join(
-        f'<span style="display:inline-block;width:18px;height:10px;background:{c}"></span>'
-        for c in colour_scale(stops, cmap, vmin, vmax)
-    )
-    return (
-        f"<b>{html.escape(caption)}</b><br>{swatches}<br>"
-        f"{html.escape(fmt.format(vmin))} &ndash; {html.escape(fmt.format(vmax))}"
-    )
-
-
-def save_cell_map(
-    path: str | Path,
-    features: Sequence[dict],
-    *,
-    tiles: str | None = None,
-    title: str | None = None,
-) -> Path:
-    """Write an offline HTML map of S2 cells (`geoalign.geo.s2.cellmap.cell_features`), coloured
-    by log10 of their sample count, with a tooltip per cell."""
-    counts = np.array([max(int(f["properties"]["count"]), 1) for f in features], dtype=np.float64)
-    logs = np.log10(counts) if len(counts) else np.zeros(0)
-    lo = float(logs.min(initial=0.0))
-    hi = max(float(logs.max(initial=1.0)), lo + 1e-6)
-    colours = colour_scale(logs, "RdYlBu_r", lo, hi)
-    drawn = []
-    for f, colour in zip(features, colours, strict=True):
-        props = f["properties"]
-        tip = ", ".join(f"{k} {props[k]}" for k in ("class_index", "token", "level", "count"))
-        drawn.append({**f, "properties": {"style": {"fillColor": colour}, "tooltip": tip}})
-    page = WebMap(title=title, tiles=tiles, max_zoom=6)
-    page.add(drawn, name="cells", style={"color": "#333333", "weight": 0.5, "fillOpacity": 0.45})
-    page.legend = _legend_bar("log10(samples per cell)", "RdYlBu_r", lo, hi)
-    return page.save(path)

@@ -252,3 +252,26 @@ def line_feature(latlon: np.ndarray, **properties: Any) -> dict[str, Any]:
         "geometry": {"type": "LineString", "coordinates": coords},
         "properties": properties,
     }
+
+
+def colour_scale(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> list[str]:
+    """Hex colours of `values` on a matplotlib colour map between vmin and vmax."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    t = (np.asarray(values, dtype=np.float64) - vmin) / max(vmax - vmin, 1e-12)
+    rgba = colormaps[cmap](np.clip(t, 0.0, 1.0))
+    return [to_hex(c) for c in rgba]
+
+
+def legend_bar(caption: str, cmap: str, vmin: float, vmax: float, fmt: str = "{:.2g}") -> str:
+    """HTML for a small colour bar: five swatches from vmin to vmax with the end values."""
+    stops = np.linspace(vmin, vmax, 5)
+    swatches = "".join(
+        f'<span style="display:inline-block;width:18px;height:10px;background:{c}"></span>'
+        for c in colour_scale(stops, cmap, vmin, vmax)
+    )
+    return (
+        f"<b>{html.escape(caption)}</b><br>{swatches}<br>"
+        f"{html.escape(fmt.format(vmin))} &ndash; {html.escape(fmt.format(vmax))}"
+    )

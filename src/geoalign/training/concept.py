@@ -236,7 +236,7 @@ def quickstart_rows(
     """Train the concept-aware model with the quickstart's settings and evaluate it like GeoCLIP
     (calibrated on `validation` rows when given): (report rows named "Concept-aware alignment",
     the TrainResult)."""
-    from geoalign.training.quickstart import model_rows
+    from geoalign.evaluation.model_rows import model_rows
 
     run = quickstart_run(geoclip_cfg, Path(out_dir) / "concept-run")
     result = train_concept(run, progress=progress)

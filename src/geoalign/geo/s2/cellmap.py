@@ -1,17 +1,18 @@
-"""A folium (Leaflet) HTML map of one partition level: cell outlines coloured by sample count.
-
-The HTML is written without network access; viewing it loads Leaflet and, unless tiles=None, the
-OpenStreetMap background from the web.
+"""HTML maps of S2 cells coloured by sample count: `save_cell_map` (what `geoalign cells` writes:
+offline, Leaflet inlined through `geoalign.geo.webmap`) and `write_cell_map` (folium; viewing it
+loads Leaflet and, unless tiles=None, the OpenStreetMap background from the web).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from geoalign.geo.s2 import ids as s2ids
 from geoalign.geo.s2.partition import Partition
+from geoalign.geo.webmap import WebMap, colour_scale, legend_bar
 from geoalign.io_atomic import atomic_output
 
 
@@ -80,3 +81,28 @@ def write_cell_map(
     with atomic_output(path) as tmp:
         fmap.save(str(tmp))
     return path
+
+
+def save_cell_map(
+    path: str | Path,
+    features: Sequence[dict],
+    *,
+    tiles: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write an offline HTML map of S2 cells (`geoalign.geo.s2.cellmap.cell_features`), coloured
+    by log10 of their sample count, with a tooltip per cell."""
+    counts = np.array([max(int(f["properties"]["count"]), 1) for f in features], dtype=np.float64)
+    logs = np.log10(counts) if len(counts) else np.zeros(0)
+    lo = float(logs.min(initial=0.0))
+    hi = max(float(logs.max(initial=1.0)), lo + 1e-6)
+    colours = colour_scale(logs, "RdYlBu_r", lo, hi)
+    drawn = []
+    for f, colour in zip(features, colours, strict=True):
+        props = f["properties"]
+        tip = ", ".join(f"{k} {props[k]}" for k in ("class_index", "token", "level", "count"))
+        drawn.append({**f, "properties": {"style": {"fillColor": colour}, "tooltip": tip}})
+    page = WebMap(title=title, tiles=tiles, max_zoom=6)
+    page.add(drawn, name="cells", style={"color": "#333333", "weight": 0.5, "fillOpacity": 0.45})
+    page.legend = legend_bar("log10(samples per cell)", "RdYlBu_r", lo, hi)
+    return page.save(path)

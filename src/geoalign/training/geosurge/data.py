@@ -1,21 +1,18 @@
-"""GeoSURGE training data: the train / held-out split, and features or photos (with their
-segmentation maps) as batch sources."""
+"""GeoSURGE training data: features (arrays, scene labels, a store) or photos (with their
+segmentation maps, `photos.py`) as batch sources over the train / held-out split."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from geoalign.errors import DataError, GeoalignError
-from geoalign.training.data import ArraySource, StoreSource, fraction_mask
+from geoalign.training.data import ArraySource, StoreSource
+from geoalign.training.geosurge.batches import Batch, GeoSurgeData, split_rows
 from geoalign.training.geosurge.config import GeoSurgeTrainConfig
-
-Batch = dict[str, Tensor]
 
 
 class _MaskedStoreSource(StoreSource):
@@ -40,28 +37,6 @@ class ArrayRows:
         for start in range(0, len(mine), batch_size):
             rows = torch.from_numpy(mine[start : start + batch_size])
             yield {"features": self.features[rows], "coords": self.coords[rows]}
-
-
-@dataclass
-class GeoSurgeData:
-    train: Any  # a BatchSource
-    val: Any  # has iter_all(batch_size, rank, world)
-    train_coords: np.ndarray
-    feature_dim: int | None
-    backbone: Any  # the backbone module for image training, else None
-
-
-def split_rows(n: int, cfg: GeoSurgeTrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, held-out rows): a fixed `val_fraction` of rows, then `fraction` of the rest."""
-    d = cfg.data
-    val = (
-        fraction_mask(n, d.val_fraction, d.split_seed) if d.val_fraction > 0 else np.zeros(n, bool)
-    )
-    rest = np.flatnonzero(~val)
-    keep = rest[fraction_mask(len(rest), d.fraction, d.fraction_seed)]
-    if len(np.flatnonzero(val)) == 0:
-        raise DataError(f"data.val_fraction {d.val_fraction} leaves no validation row of {n}")
-    return keep, np.flatnonzero(val)
 
 
 def build_data(cfg: GeoSurgeTrainConfig, arrays: tuple[Any, Any] | None = None) -> GeoSurgeData:

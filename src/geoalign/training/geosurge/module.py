@@ -13,8 +13,8 @@ from torch import Tensor
 from geoalign.models.base import log_probs, logits
 from geoalign.models.geosurge import GeoSurge
 from geoalign.training.data import DataPosition, EpochLoader
+from geoalign.training.geosurge.batches import Batch, GeoSurgeData
 from geoalign.training.geosurge.config import GeoSurgeTrainConfig
-from geoalign.training.geosurge.data import Batch, GeoSurgeData
 from geoalign.training.geosurge.model import set_trainable
 
 

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from geoalign.errors import DataError
 from geoalign.training.data import epoch_seed
+from geoalign.training.geosurge.batches import Batch, GeoSurgeData, split_rows
 from geoalign.training.geosurge.config import GeoSurgeTrainConfig
-from geoalign.training.geosurge.data import Batch, GeoSurgeData, split_rows
 
 MAX_REPLACEMENT_TRIES = 1000  # this many unreadable photos in a row: the data, not bad luck
 SHOWN = 3  # examples in the warning

@@ -56,8 +56,8 @@ def geosurge_quickstart_rows(
     `progress`: Lightning's progress bar (None: off). Runs on one CPU thread and restores the
     thread count after: the model is an MLP and a few hundred cell embeddings, and on a busy
     2-core machine a second thread made each step ~20x slower (contention), not faster."""
+    from geoalign.evaluation.model_rows import model_rows
     from geoalign.models.registry import load_model
-    from geoalign.training.quickstart import model_rows
 
     start = time.perf_counter()
     cfg = quickstart_geosurge_config(out_dir, seed=seed)
