@@ -17,6 +17,8 @@ import argparse
 import numpy as np
 import torch
 
+PS = (0.5, 0.9)  # the region probabilities whose coverage is measured (the targets)
+
 
 def _measure(geo, feats: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     from geoalign.evaluation.probabilistic import ProbabilisticStats
@@ -27,7 +29,16 @@ def _measure(geo, feats: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         q = geo.embed_features(torch.as_tensor(feats[s : s + 256]).float())
         stats.fill(slice(s, s + len(q)), geo.distributions(q), truth, rng)
     rel = stats.reliability()
-    return {"cov50": rel[0.5], "cov90": rel[0.9], "alarm": stats.false_alarm_rate()}
+    return {"lo": rel[PS[0]], "hi": rel[PS[1]], "alarm": stats.false_alarm_rate()}
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:.1f} %"
+
+
+def _row(name: str, fitted: str, n: int, m: dict[str, float]) -> str:
+    cells = (name, fitted, f"{n:,}", _pct(m["lo"]), _pct(m["hi"]), _pct(m["alarm"]))
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -53,9 +64,10 @@ def main() -> None:
     geo = Geolocator(load_model(args.model), gallery=coords, cache=False)
     print(
         f"model {args.model}; gallery {gname}; {len(held):,} held-out YFCC26k rows "
-        f"(data.fraction {fraction:g}, seed {fseed}), halved {args.seeds} ways"
+        f"(data.fraction {fraction:g}, seed {fseed}), split in halves with {args.seeds} seed(s)"
     )
-    print("| split | fitted on | rows | cov 50% | cov 90% | verify false alarms |")
+    cov = [f"coverage of the {100 * p:g} percent region" for p in PS]
+    print(f"| split | fitted on | rows | {cov[0]} | {cov[1]} | verify false alarms |")
     print("|---|---|---:|---:|---:|---:|")
     geo.set_calibration(None)
     for name, (fx, fy) in {
@@ -63,10 +75,7 @@ def main() -> None:
         "Im2GPS3k": (test_x, test_y),
     }.items():
         m = _measure(geo, fx, fy)
-        print(
-            f"| {name} | uncalibrated | {len(fy):,} | {m['cov50']:.1%} | {m['cov90']:.1%} "
-            f"| {m['alarm']:.1%} |"
-        )
+        print(_row(name, "uncalibrated", len(fy), m))
     for seed in range(args.seeds):
         order = np.random.default_rng(seed).permutation(held)
         fit, check = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
@@ -78,11 +87,8 @@ def main() -> None:
             "Im2GPS3k": (test_x, test_y),
         }.items():
             m = _measure(geo, fx, fy)
-            print(
-                f"| {name} | half {seed} ({len(fit):,} rows; level {cal.level}, factor "
-                f"{cal.scale:.3g}) | {len(fy):,} | {m['cov50']:.1%} | {m['cov90']:.1%} "
-                f"| {m['alarm']:.1%} |"
-            )
+            fitted = f"half {seed} ({len(fit):,} rows; level {cal.level}, factor {cal.scale:.3g})"
+            print(_row(name, fitted, len(fy), m))
 
 
 if __name__ == "__main__":
