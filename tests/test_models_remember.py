@@ -212,3 +212,26 @@ def test_print_table_keeps_long_method_names_on_one_line(capsys):
     captured = capsys.readouterr()
     assert name in captured.out and "12.5" in captured.out.split(name)[1].splitlines()[0]
     assert name not in captured.err
+
+
+@pytest.mark.parametrize(
+    "extra,says",
+    [
+        (["--within", "AQ"], "Antarctica (AQ) contains no candidate"),  # no gallery point there
+        (["--gallery", "<empty>"], "holds no coordinates"),  # header only: no prior involved
+    ],
+)
+def test_nothing_to_rank_is_a_one_line_error_that_names_the_cause(trained, tmp_path, extra, says):
+    root, _ = trained
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photo)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("lat,lon\n")
+    args = [str(empty) if a == "<empty>" else a for a in extra]
+    res = runner.invoke(
+        app, ["predict", str(photo), "--model", str(root / "run"), "--no-places", *args]
+    )
+    assert res.exit_code in (1, 2), res.output
+    assert "Traceback" not in res.output and says in res.output, res.output
+    if "--gallery" in extra:
+        assert "prior" not in res.output
