@@ -235,3 +235,28 @@ def test_nothing_to_rank_is_a_one_line_error_that_names_the_cause(trained, tmp_p
     assert "Traceback" not in res.output and says in res.output, res.output
     if "--gallery" in extra:
         assert "prior" not in res.output
+
+
+def test_both_exports_of_a_run_remember_the_evaluation(trained, tmp_path):
+    """GeoSURGE exports best/ and last/; `--model RUN` may pick either, so both get the record."""
+    import shutil
+    from types import SimpleNamespace
+
+    from geoalign.evaluation.run import remember_evaluation
+    from geoalign.models.registry import checkpoint_gallery
+
+    root, _ = trained
+    for name in ("best", "last"):
+        shutil.copytree(root / "run" / "model", tmp_path / "run" / name)
+        (tmp_path / "run" / name / "gallery.csv").unlink()
+    truth = np.array([[10.0, 20.0], [30.0, 40.0], [-5.0, 5.0]])
+    used = remember_evaluation(
+        tmp_path / "run" / "best", "train:2", SimpleNamespace(truth=truth), "mine", 0
+    )
+    assert used == str(tmp_path / "run" / "best" / "gallery.csv")
+    for name in ("best", "last"):
+        folder = tmp_path / "run" / name
+        config = json.loads((folder / "config.json").read_text())
+        assert config["benchmark"] == "mine" and config["gallery"] == "gallery.csv"
+        assert checkpoint_gallery(folder) == str(folder / "gallery.csv")
+        assert len((folder / "gallery.csv").read_text().splitlines()) == 3  # header + 2

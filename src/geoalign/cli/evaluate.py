@@ -112,8 +112,6 @@ def evaluate(
         fail("--retrieval-k adds the training photos' locations: give their features with --train")
     if any(not r > 0 for r in prior_radius_km):
         fail("--prior-radius-km: each radius must be positive, e.g. --prior-radius-km 750")
-    if gallery == "auto":
-        gallery = _model_gallery(model)
     _check_options(
         gallery=gallery,
         train=train_features,
@@ -135,6 +133,7 @@ def evaluate(
             model, photos, benchmark, gallery, mode, radius_km, ten_crop, backbone, device,
             batch_size, out, seed, json_out,
         )  # fmt: skip
+    gallery = _model_gallery(model) if gallery == "auto" else gallery
     features_spec = model_features(model)
     if queries is not None:
         q = Q.resolve(queries, seed=seed)
