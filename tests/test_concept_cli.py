@@ -155,3 +155,20 @@ def test_analyze_embeddings_pca_without_umap(trained, tmp_path):
            "--model", run, "--max-images", 200, "--no-joint", "--out", tmp_path)  # fmt: skip
     summary = json.loads((tmp_path / "embeddings.json").read_text())
     assert summary["method"] == "pca" and len(summary["clusters"]) == 4
+
+
+def test_explain_fit_cbm_refits_the_bottleneck_beside_a_copy_of_the_model(trained, tmp_path):
+    import shutil
+
+    from geoalign.interpret.cbm import ConceptBottleneck, cbm_dir
+
+    run, _ = trained
+    model = shutil.copytree(run / "model", tmp_path / "model")
+    shutil.rmtree(cbm_dir(model))
+    r = invoke("explain", "fit-cbm", "--model", model, "--features", "scene-labels:im2gps",
+               "--min-per-class", 5, "--target-nonzero", 4)  # fmt: skip
+    assert "fitting the country bottleneck on 237 photos" in " ".join(r.output.split())
+    assert f"saved {cbm_dir(model)}" in " ".join(r.output.split())
+    cbm = ConceptBottleneck.load(cbm_dir(model))
+    assert cbm.classes and cbm.metrics["nonzero_per_class"] <= 2 * 4  # near the target, of 391
+    assert (run / "model" / cbm_dir(run / "model").name).is_dir()  # the original is untouched

@@ -1,6 +1,7 @@
 """GeoSURGE model: checkpoints, the prediction API (priors, places, ten-crop), gallery refinement,
 the backbone/fusion paths with tiny models, and learning a known mapping."""
 
+import json
 from contextlib import contextmanager
 
 import numpy as np
@@ -437,3 +438,6 @@ def test_train_evaluates_a_photo_trained_run_from_photos(world, tiny_clip_dir, t
     (top1,) = run.evaluation.results
     assert top1.metrics["n"] == 4 and run.evaluation.meta["ten_crop"] is True
     assert (tmp_path / "run" / "eval" / "report.md").is_file()
+    # the model remembers the test set it was evaluated on (a manifest: named by its file)
+    recorded = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert recorded["benchmark"] == run.evaluation.benchmark == "test.csv"

@@ -212,3 +212,51 @@ def test_print_table_keeps_long_method_names_on_one_line(capsys):
     captured = capsys.readouterr()
     assert name in captured.out and "12.5" in captured.out.split(name)[1].splitlines()[0]
     assert name not in captured.err
+
+
+@pytest.mark.parametrize(
+    "extra,says",
+    [
+        (["--within", "AQ"], "Antarctica (AQ) contains no candidate"),  # no gallery point there
+        (["--gallery", "<empty>"], "holds no coordinates"),  # header only: no prior involved
+    ],
+)
+def test_nothing_to_rank_is_a_one_line_error_that_names_the_cause(trained, tmp_path, extra, says):
+    root, _ = trained
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photo)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("lat,lon\n")
+    args = [str(empty) if a == "<empty>" else a for a in extra]
+    res = runner.invoke(
+        app, ["predict", str(photo), "--model", str(root / "run"), "--no-places", *args]
+    )
+    assert res.exit_code in (1, 2), res.output
+    assert "Traceback" not in res.output and says in res.output, res.output
+    if "--gallery" in extra:
+        assert "prior" not in res.output
+
+
+def test_both_exports_of_a_run_remember_the_evaluation(trained, tmp_path):
+    """GeoSURGE exports best/ and last/; `--model RUN` may pick either, so both get the record."""
+    import shutil
+    from types import SimpleNamespace
+
+    from geoalign.evaluation.run import remember_evaluation
+    from geoalign.models.registry import checkpoint_gallery
+
+    root, _ = trained
+    for name in ("best", "last"):
+        shutil.copytree(root / "run" / "model", tmp_path / "run" / name)
+        (tmp_path / "run" / name / "gallery.csv").unlink()
+    truth = np.array([[10.0, 20.0], [30.0, 40.0], [-5.0, 5.0]])
+    used = remember_evaluation(
+        tmp_path / "run" / "best", "train:2", SimpleNamespace(truth=truth), "mine", 0
+    )
+    assert used == str(tmp_path / "run" / "best" / "gallery.csv")
+    for name in ("best", "last"):
+        folder = tmp_path / "run" / name
+        config = json.loads((folder / "config.json").read_text())
+        assert config["benchmark"] == "mine" and config["gallery"] == "gallery.csv"
+        assert checkpoint_gallery(folder) == str(folder / "gallery.csv")
+        assert len((folder / "gallery.csv").read_text().splitlines()) == 3  # header + 2

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -66,3 +67,20 @@ def progress_bar(transient: bool = False, disable: bool = False) -> Iterator[Pro
         disable=disable,
     ) as progress:
         yield progress
+
+
+def check_gallery_file(gallery: str, other: str = "a gallery name") -> None:
+    """A --gallery file must load and hold at least one coordinate (an empty one ranks nothing
+    and would only fail at the first query). `other`: what else --gallery takes."""
+    from geoalign.data.galleries import load_gallery
+    from geoalign.errors import GeoalignError
+
+    if not Path(gallery).is_file():
+        what = "is a folder" if Path(gallery).is_dir() else "not found"
+        fail(f"--gallery {gallery}: {what}; give a CSV/Parquet of lat/lon or {other}")
+    try:
+        rows = len(load_gallery(gallery))
+    except GeoalignError as err:
+        fail(f"--gallery {gallery}: {err}")
+    if rows == 0:
+        fail(f"--gallery {gallery}: holds no coordinates (a header only); add lat,lon rows")

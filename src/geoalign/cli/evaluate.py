@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from geoalign.cli._evaluate_report import STDOUT, show_report
-from geoalign.cli.common import console, fail, progress_bar
+from geoalign.cli.common import check_gallery_file, console, fail, progress_bar
 from geoalign.evaluation.run import BASELINE_ROWS
 
 MODES = ("top1", "mode", "mean", "median")  # geoalign.inference.distribution.ESTIMATES
@@ -266,7 +266,7 @@ def _check_options(
         if train is None:
             fail(f"--gallery {gallery} samples training coordinates: give them with --train")
     elif Path(gallery).suffix or Path(gallery).exists():
-        _check_gallery_file(gallery)
+        check_gallery_file(gallery, "a name or train:N")
     if device.startswith("cuda"):
         import torch
 
@@ -294,17 +294,6 @@ def _model_gallery(model: str) -> str:
         return checkpoint_gallery(model)
     except GeoalignError as err:
         fail(f"--model {model}: {err}")
-
-
-def _check_gallery_file(gallery: str) -> None:
-    """A gallery file must load and hold at least one coordinate (an empty one ranks nothing)."""
-    from geoalign.data.galleries import load_gallery
-
-    if not Path(gallery).is_file():
-        what = "is a folder" if Path(gallery).is_dir() else "not found"
-        fail(f"--gallery {gallery}: {what}; give a CSV/Parquet of lat/lon, a name or train:N")
-    if len(load_gallery(gallery)) == 0:
-        fail(f"--gallery {gallery}: holds no coordinates (a header only); add lat,lon rows")
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from geoalign.cli.common import console, fail, print_result, progress_bar
+from geoalign.cli.common import check_gallery_file, console, fail, print_result, progress_bar
 from geoalign.cli.output import prediction_record
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".csv.gz", ".tsv.gz")
@@ -268,6 +268,8 @@ def predict(
     if estimate is not None and estimate not in ESTIMATES:
         fail(f"--estimate {estimate}: expected one of {', '.join(ESTIMATES)}")
     prior = parse_prior(within, near, radius_km, bbox, land_only)
+    if gallery != "auto" and (Path(gallery).suffix or Path(gallery).exists()):
+        check_gallery_file(gallery)  # an empty one would only fail at the first photo
     loose, photos, shard_bad = _shard_photos(_expand_manifests(inputs))
     sources, problems = _scan_inputs(loose, recursive)
     if not sources and photos is None and all(not Path(p).is_symlink() for p, _ in problems):

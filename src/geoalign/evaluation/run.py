@@ -331,25 +331,37 @@ def remember_evaluation(
     uses, so `evaluate`, `predict`, serve and `Geolocator.from_pretrained` default to them.
 
     A `train:N` gallery is drawn once here and saved beside the weights (gallery.csv): the
-    evaluation and every later command read that same file. Returns the gallery to evaluate."""
-    from geoalign.models.checkpoint import record_in_config
+    evaluation and every later command read that same file. "auto" (photo evaluations) records
+    the benchmark only. A GeoSURGE run's other export (best/ beside last/) gets the same record,
+    since `--model RUN` may pick either. Returns the gallery to evaluate."""
+    from geoalign.models.checkpoint import is_checkpoint_dir, record_in_config
     from geoalign.models.registry import resolve_checkpoint_dir
 
     folder = resolve_checkpoint_dir(model_dir)
-    recorded = gallery
-    if gallery.startswith("train:"):
+    folders = [folder] + [
+        folder.parent / other
+        for other in ("last", "best")
+        if folder.name in ("last", "best") and other != folder.name
+        and is_checkpoint_dir(folder.parent / other)
+    ]  # fmt: skip
+    entries: dict[str, Any] = {"benchmark": benchmark}
+    if gallery.startswith("train:") and train is not None:
         import pandas as pd
 
         from geoalign.evaluation.harness import make_gallery
         from geoalign.io_atomic import atomic_write
 
-        latlon, _ = make_gallery(gallery, None if train is None else train.truth, seed=seed)
-        table = pd.DataFrame({"lat": latlon[:, 0], "lon": latlon[:, 1]})
-        atomic_write(folder / GALLERY_FILE, lambda fh: fh.write(table.to_csv(index=False).encode()))
-        recorded, gallery = GALLERY_FILE, str(folder / GALLERY_FILE)
+        latlon, _ = make_gallery(gallery, train.truth, seed=seed)
+        csv = pd.DataFrame({"lat": latlon[:, 0], "lon": latlon[:, 1]}).to_csv(index=False)
+        for f in folders:
+            atomic_write(f / GALLERY_FILE, lambda fh: fh.write(csv.encode()))
+        entries["gallery"], gallery = GALLERY_FILE, str(folder / GALLERY_FILE)
     elif Path(gallery).is_file():
-        recorded = gallery = str(Path(gallery).resolve())
-    record_in_config(folder, {"gallery": recorded, "benchmark": benchmark})
+        entries["gallery"] = gallery = str(Path(gallery).resolve())
+    elif gallery != "auto" and not gallery.startswith("train:"):
+        entries["gallery"] = gallery  # a named gallery
+    for f in folders:
+        record_in_config(f, entries)
     return gallery
 
 
@@ -408,6 +420,8 @@ def evaluate_after_training(
         return None
     if getattr(e, "images", None):
         paths, truth, ids, name = _photo_queries(e.images, e.benchmark)
+        photo_gallery = e.gallery if not e.gallery.startswith("train:") else "auto"
+        photo_gallery = remember_evaluation(model_dir, photo_gallery, None, name, cfg.trainer.seed)
         say(
             f"evaluating on {len(paths):,} photos of {name}" + (" (ten-crop)" if e.ten_crop else "")
         )
@@ -418,7 +432,7 @@ def evaluate_after_training(
             ids,
             benchmark=name,
             out=Path(cfg.trainer.out_dir) / "eval",
-            gallery=e.gallery if not e.gallery.startswith("train:") else "auto",
+            gallery=photo_gallery,
             modes=e.modes,
             radius_km=e.radius_km,
             ten_crop=e.ten_crop,

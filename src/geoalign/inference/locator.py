@@ -300,7 +300,11 @@ class Geolocator:
         allowed = self._allowed(queries, mask)  # [M] prior, or [B, M] with neighbours
         n_allowed = len(self.candidates) if allowed is None else int(allowed.sum(-1).min())
         if n_allowed == 0:
-            raise DataError("the prior leaves no candidate to predict")
+            raise DataError(
+                "the prior leaves no candidate to predict"
+                if allowed is not None
+                else "no candidate to predict: the gallery is empty"
+            )
         k = min(k, n_allowed)
         if self.search is not None:
             res = self.search.topk(queries, k, mask=mask, normalized_queries=True)
