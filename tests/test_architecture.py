@@ -118,6 +118,37 @@ def test_predict_and_evaluate_give_the_same_probabilities(method, tmp_path):
     )
 
 
+def test_a_stored_calibration_gives_evaluate_the_probabilities_predict_gives(tmp_path):
+    """A calibrated checkpoint (`geoalign calibrate`, or `train` on a validation split):
+    evaluate applies the stored logit factor as predict does, so top-1 probabilities agree."""
+    from geoalign.inference.calibration import Calibration, save_calibration
+
+    path = tiny_geoclip().save(tmp_path / "model")
+    save_calibration(path, Calibration(scale=0.37, level=5, fitted_on="test rows"))
+    rng = np.random.default_rng(2)
+    gallery = pd.DataFrame(rng.uniform([-60, -180], [70, 180], (300, 2)), columns=["lat", "lon"])
+    gallery.to_csv(tmp_path / "gallery.csv", index=False)
+    feats = torch.from_numpy(rng.normal(size=(30, 12)).astype(np.float32))
+    truth = rng.uniform([-60, -180], [70, 180], size=(30, 2))
+    geo = Geolocator.from_pretrained(str(path), backbone=None, gallery=gallery, cache=False)
+    predicted = [c[0].prob for c in geo.predict_features(feats, top_k=1)]
+    run = evaluate_checkpoint(
+        path,
+        Queries(feats, truth, np.arange(30), "random rows"),
+        benchmark="custom",
+        out=tmp_path / "eval",
+        gallery=str(tmp_path / "gallery.csv"),
+        modes=["top1"],
+        baselines=False,
+    )
+    (row,) = run.evaluation.results
+    np.testing.assert_allclose(row.prob, predicted, rtol=1e-5, atol=1e-7)
+    uncalibrated = Geolocator.from_pretrained(str(path), backbone=None, gallery=gallery)
+    uncalibrated.set_calibration(None)
+    plain = [c[0].prob for c in uncalibrated.predict_features(feats, top_k=1)]
+    assert not np.allclose(row.prob, plain)  # the factor did change them
+
+
 def test_load_model_returns_each_methods_class(tmp_path):
     geoclip_dir = tiny_geoclip().save(tmp_path / "g")
     surge_dir = tiny_geosurge().save(tmp_path / "s")

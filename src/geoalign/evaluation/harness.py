@@ -114,6 +114,7 @@ def evaluate_model(
     seed: int = 0,
     prior_radius_km: float | None = None,
     queries: torch.Tensor | None = None,
+    calibration: Any = None,
 ) -> list[MethodResult]:
     """One MethodResult per prediction mode for any method: "top1", "mode" (mass within
     `radius_km`), "mean", "median" (estimates of the distribution, `inference.distribution`).
@@ -128,7 +129,9 @@ def evaluate_model(
     `geoalign.inference.Geolocator` over `gallery`, which cell classifiers need only to refine
     coordinates) or a ready `Geolocator`. Features [N, D] or [N, crops, D] (crops averaged).
     The queries, the candidates, the temperature and the softmax are `Geolocator`'s, so
-    `predict` and `evaluate` give the same probabilities for the same model and inputs."""
+    `predict` and `evaluate` give the same probabilities for the same model and inputs;
+    `calibration` (the checkpoint's, as `Geolocator.from_pretrained` applies it) for a model
+    given as a `Locator`."""
     from geoalign.evaluation.probabilistic import ProbabilisticStats
     from geoalign.inference.distribution import ESTIMATES as MODES
     from geoalign.inference.distribution import check_p
@@ -168,7 +171,7 @@ def evaluate_model(
     was_training = net.training
     try:
         if not isinstance(model, Geolocator):
-            geo = Geolocator(net, gallery=gallery, cache=cache_gallery)
+            geo = Geolocator(net, gallery=gallery, cache=cache_gallery, calibration=calibration)
         cands = geo.candidates
         seeker = ModeSeeker(cands.latlon, radius_km) if "mode" in modes else None
         idx = {m: np.empty(len(truth), dtype=np.int64) for m in modes}

@@ -74,6 +74,7 @@ def evaluate_checkpoint(
         make_gallery,
     )
     from geoalign.evaluation.report import write_report
+    from geoalign.inference.calibration import stored_calibration
     from geoalign.models.registry import checkpoint_reads, load_checkpoint, load_model
 
     say = say or (lambda message: None)
@@ -88,6 +89,7 @@ def evaluate_checkpoint(
         )
     net = load_model(ckpt, device=device)
     method = ckpt.method
+    calibration = stored_calibration(ckpt.config)  # as predict applies it: same probabilities
     g, g_name = None, "the model's geocells"
     if net.ranks == "gallery" or getattr(net.config, "coordinates", "") == "gallery":
         g, g_name = make_gallery(gallery, None if train is None else train.truth, seed=seed)
@@ -103,6 +105,7 @@ def evaluate_checkpoint(
         progress=progress,
         probabilistic=probabilistic,
         seed=seed,
+        calibration=calibration,
     )
     for radius in prior_radii_km:
         rows += evaluate_model(
@@ -115,6 +118,7 @@ def evaluate_checkpoint(
             radius_km=radius_km,
             cache_gallery=True,
             prior_radius_km=float(radius),
+            calibration=calibration,
         )
     if retrieval_k:
         rows += _retrieval_augmented_rows(

@@ -70,6 +70,14 @@ class Calibration:
         return cal
 
 
+def stored_calibration(config: dict[str, Any]) -> Calibration | None:
+    """The calibration a checkpoint's config.json holds (`geoalign calibrate`, or `train` on a
+    validation split), None when it holds none: every command that reads a checkpoint applies
+    it, so predict, evaluate, explain and serve give the same probabilities."""
+    record = config.get("calibration")
+    return Calibration.from_dict(record) if record else None
+
+
 def nll_table(
     geo: Any,
     queries: Any,

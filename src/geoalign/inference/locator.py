@@ -168,11 +168,9 @@ class Geolocator:
             auto = isinstance(gallery, str) and gallery == "auto"
             name = checkpoint_gallery(ckpt.path, ckpt.config) if auto else gallery
             table = name if isinstance(name, pd.DataFrame) else _load_gallery(name)
-        calibration = None
-        if ckpt.config.get("calibration"):
-            from geoalign.inference.calibration import Calibration
+        from geoalign.inference.calibration import stored_calibration
 
-            calibration = Calibration.from_dict(ckpt.config["calibration"])
+        calibration = stored_calibration(ckpt.config)
         return cls(
             net,
             backbone=frozen,

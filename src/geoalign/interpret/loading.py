@@ -32,8 +32,7 @@ def analysis_model(
 def stored_calibration(model_dir: str | Path) -> Any:
     """The calibration `geoalign calibrate` stored in a checkpoint (None: none), so that an
     explanation's location probabilities are the ones `geoalign predict` gives."""
-    from geoalign.inference.calibration import Calibration
+    from geoalign.inference.calibration import stored_calibration as from_config
     from geoalign.models.registry import checkpoint_config
 
-    record = checkpoint_config(model_dir).get("calibration")
-    return Calibration.from_dict(record) if record else None
+    return from_config(checkpoint_config(model_dir))
