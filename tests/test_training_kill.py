@@ -90,3 +90,29 @@ def test_sigkilled_quickstart_training_resumes_to_the_same_weights(tmp_path):
     # one metrics log: every step once, across the kill
     steps = pd.read_csv(killed / "logs" / "metrics.csv").dropna(subset=["train/loss"])["step"]
     assert sorted(steps) == list(range(10))
+
+
+def test_a_step_checkpoint_is_written_after_the_metrics_rows_it_covers(tmp_path):
+    """Deterministic form of the race above: whenever last.ckpt for step N is written, the
+    metrics rows of steps 0..N-1 are already in metrics.csv (Lightning hands a step's row to
+    the logger only after that step's checkpoint), and no row is written twice."""
+    import lightning as L
+
+    from geoalign.training.config import load_config
+    from geoalign.training.run import train
+
+    out = tmp_path / "run"
+    seen: dict[int, list[int]] = {}
+
+    class Look(L.Callback):  # called while a checkpoint is made, before it is written
+        def on_save_checkpoint(self, trainer, *args, **kwargs):
+            if trainer.global_step % 3 == 0 and trainer.global_step < 10:
+                csv = out / "logs" / "metrics.csv"
+                rows = pd.read_csv(csv).dropna(subset=["train/loss"]) if csv.is_file() else None
+                seen[trainer.global_step] = [] if rows is None else sorted(rows["step"])
+
+    cfg = load_config(shrunk_quickstart(tmp_path), [f"trainer.out_dir={out}"])
+    train(cfg, extra_callbacks=[Look()], progress=False)
+    assert seen and all(rows == list(range(step)) for step, rows in seen.items()), seen
+    steps = pd.read_csv(out / "logs" / "metrics.csv").dropna(subset=["train/loss"])["step"]
+    assert sorted(steps) == list(range(10))

@@ -222,8 +222,8 @@ def _check_eval(cfg) -> None:
     if not crops:
         fail(
             f"eval.ten_crop: ten-crop needs photo queries, and eval.queries {spec} holds one "
-            "crop's features per photo: give features stored per crop, evaluate the photos with "
-            "`geoalign evaluate --images ... --ten-crop`, or set eval.ten_crop=false"
+            "crop's features per photo: point eval.images at the benchmark's photos, give "
+            "features stored per crop (`features extract --ten-crop`), or set eval.ten_crop=false"
         )
 
 

@@ -13,12 +13,24 @@ import os
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
 class _AppendingWriter(ExperimentWriter):
+    _last: tuple[int | None, dict[str, Any]] | None = None
+
+    def log_metrics(self, metrics_dict: dict[str, Any], step: int | None = None) -> None:
+        # A row handed over twice (FlushedCheckpoint hands a step's row over before its
+        # checkpoint, Lightning again after it) is written once.
+        row = (step, {k: float(v) for k, v in metrics_dict.items()})
+        if row == self._last:
+            return
+        self._last = row
+        super().log_metrics(metrics_dict, step)
+
     def _check_log_dir_exists(self) -> None:
         # Keep the file (Lightning deletes it here); know its columns so appends line up.
         if os.path.isfile(self.metrics_file_path):
@@ -64,3 +76,21 @@ class TrimMetricsOnStart(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.experiment.keep_before(int(trainer.global_step))
+
+
+class FlushedCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that first writes the metrics rows of the steps its checkpoint covers.
+
+    Lightning hands a step's logged metrics to the loggers only after that step's
+    `on_train_batch_end`, where the step checkpoint is written: a run killed in between resumed
+    from that checkpoint without the metrics row of the step before it. The row is handed over
+    (and written) first; the writer drops Lightning's repeat of it."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any, **kw: Any) -> None:
+        every = self._every_n_train_steps
+        if every >= 1 and trainer.global_step % every == 0:
+            if not self._should_skip_saving_checkpoint(trainer):
+                trainer._logger_connector.update_train_step_metrics()  # noqa: SLF001
+                for logger in trainer.loggers:
+                    logger.save()
+        super().on_train_batch_end(trainer, pl_module, *args, **kw)

@@ -22,7 +22,11 @@ import torch
 from geoalign.errors import DataError
 from geoalign.training.callbacks import AtomicCheckpointIO
 from geoalign.training.config import TrainerSection, trainer_placement
-from geoalign.training.metrics_log import ResumableCSVLogger, TrimMetricsOnStart
+from geoalign.training.metrics_log import (
+    FlushedCheckpoint,
+    ResumableCSVLogger,
+    TrimMetricsOnStart,
+)
 
 # Keys a resumed run may change: where and how it runs, how long (a longer run continues), and
 # what it reports. Every other key changes what is trained, so a checkpoint made under another
@@ -207,12 +211,10 @@ def build_trainer(
     """The Trainer for a run in `t.out_dir`: placement, resumable log, atomic last.ckpt every
     `t.checkpoint_every_n_steps` steps, then `callbacks`. `validate`: run the validation loop once
     per epoch (GeoSURGE's early stopping); off, no validation batch is ever drawn."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     quiet_lightning()
     out = Path(t.out_dir)
     place = trainer_placement(t)
-    checkpoint = ModelCheckpoint(
+    checkpoint = FlushedCheckpoint(
         dirpath=out / "checkpoints",
         every_n_train_steps=t.checkpoint_every_n_steps,
         save_top_k=0,
