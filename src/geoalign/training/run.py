@@ -17,7 +17,7 @@ import torch
 
 from geoalign.data.feature_rows import StoreRows
 from geoalign.errors import DataError
-from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
+from geoalign.models.geoclip import GeoCLIP
 from geoalign.nn.image_head import ImageHeadConfig
 from geoalign.nn.location_encoder import LocationEncoderConfig
 from geoalign.training.config import TrainConfig, save_config
@@ -68,31 +68,22 @@ def build_model(cfg: TrainConfig, feature_dim: int | None = None) -> GeoCLIP:
     the released head reads 768-d CLIP ViT-L/14 embeddings only.
     """
     m = cfg.model
-    common = dict(
-        queue_size=m.queue_size,
-        queue_init=m.queue_init,
-        seed=cfg.trainer.seed,
-        learn_temperature=m.learn_temperature,
-    )
     head_overrides = dict(m.image_head)
     if feature_dim is not None:
         head_overrides.setdefault("in_dim", feature_dim)
     if m.init == "scratch":
-        config = GeoCLIPConfig(
-            location_encoder=_location_config(cfg),
-            image_head=ImageHeadConfig(**head_overrides),
-            temperature_init=m.temperature_init,
-            features=m.features,
-            **common,
+        return GeoCLIP(
+            m.model_config(
+                cfg.trainer.seed, _location_config(cfg), ImageHeadConfig(**head_overrides)
+            )
         )
-        return GeoCLIP(config)
     if m.location_encoder or m.architecture != "released":
         raise DataError(
             "model.location_encoder / model.architecture change the architecture: they need "
             "model.init: scratch (the official weights have the released architecture)"
         )
     name = "geoclip" if m.init == "official" else m.init
-    model = GeoCLIP.load(name, **common)
+    model = GeoCLIP.load(name, **m.weights_overrides(cfg.trainer.seed))
     wanted = replace(model.config.image_head, **head_overrides)
     if wanted != model.config.image_head:
         fresh = GeoCLIP(replace(model.config, image_head=wanted, features=m.features))
