@@ -1,5 +1,5 @@
-"""Labelled feature rows, however they are held: the one loader that evaluation, interpretation
-and training read in-memory features with coordinates through.
+"""Labelled feature rows, however they are held: the one loader that evaluation, interpretation,
+calibration and training read features with coordinates through.
 
 A spec is one of
 - a feature store folder (`geoalign features extract` output): its rows, coordinates and ids
@@ -8,12 +8,17 @@ A spec is one of
   benchmark label files (the offline quickstart's "features");
 - an ``.npz`` with `features` [N, D] (or [N, crops, D]) and `coords` [N, 2] (and optionally `ids`).
 `max_rows` draws a fixed random subset (sorted, seeded) without reading the other rows of a store.
+
+`load_feature_rows` gives rows in memory. `open_feature_rows` opens a store without reading it
+(`StoreRows`: training streams it in shards, so a 4.7M-row store never sits in memory; `take` /
+`sample` read only the rows asked for) and reads the other kinds as `load_feature_rows` does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +48,20 @@ class FeatureRows:
     def source(self) -> str:
         return self.description
 
+    @classmethod
+    def from_arrays(
+        cls, features: Any, coords: Any, description: str = "the arrays passed in"
+    ) -> FeatureRows:
+        """Rows already in memory (features [N, D] or [N, crops, D], coordinates [N, 2]), as
+        given: the coordinates are the caller's (training on in-memory arrays does not check them)."""
+        feats = np.asarray(features, dtype=np.float32)
+        latlon = np.asarray(coords, dtype=np.float64)
+        if len(feats) != len(latlon):
+            raise DataError(
+                f"{description}: {len(feats)} feature rows but {len(latlon)} coordinates"
+            )
+        return cls(feats, latlon, np.arange(len(feats)).astype(str), description)
+
     def take(self, rows: np.ndarray) -> FeatureRows:
         return FeatureRows(
             self.features[rows], self.latlon[rows], self.ids[rows], self.description, self.backbone
@@ -68,22 +87,56 @@ def sample_rows(n: int, max_rows: int | None, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
 
 
-def _store(path: Path, max_rows: int | None, seed: int) -> FeatureRows:
-    from geoalign.data.feature_store import FeatureStore
+class StoreRows:
+    """A feature store's labelled rows, opened but not read: training streams `store` in shards;
+    `take` and `sample` read only the rows asked for (ids too, one shard's metadata at a time)."""
 
-    store = FeatureStore(path)
-    if store.view_kind not in (None, "ten-crop"):
-        raise DataError(
-            f"{path}: this store holds {store.views} {store.view_kind} training views per image, "
-            "not query features; use a single-view or a --ten-crop store"
+    def __init__(self, path: str | Path, *, training_views: bool = False) -> None:
+        from geoalign.data.feature_store import FeatureStore
+
+        store = FeatureStore(path)
+        if not training_views and store.view_kind not in (None, "ten-crop"):
+            raise DataError(
+                f"{path}: this store holds {store.views} {store.view_kind} training views per "
+                "image, not query features; use a single-view or a --ten-crop store"
+            )
+        self.store = store
+        self.path = Path(path)
+        self.backbone = store.backbone if isinstance(store.backbone, str) else None
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def dim(self) -> int:
+        return self.store.dim
+
+    @property
+    def features(self) -> Any:
+        """The store's rows as a lazy [N, D] (or [N, views, D]) array: indexing reads them."""
+        return self.store.features
+
+    @property
+    def latlon(self) -> np.ndarray:
+        return self.store.coords
+
+    @property
+    def description(self) -> str:
+        return f"feature store {self.path} ({len(self):,} rows, backbone {self.store.backbone})"
+
+    def take(self, rows: np.ndarray, description: str | None = None) -> FeatureRows:
+        """The rows numbered `rows` (sorted), read into memory."""
+        rows = np.asarray(rows, dtype=np.int64)
+        feats = np.asarray(self.store.features[rows], dtype=np.float32)
+        what = description or (
+            f"feature store {self.path} ({len(rows):,} of {len(self):,} rows, "
+            f"backbone {self.store.backbone})"
         )
-    rows = sample_rows(len(store), max_rows, seed)
-    feats = np.asarray(store.features[rows], dtype=np.float32)
-    backbone = store.backbone if isinstance(store.backbone, str) else None
-    what = f"feature store {path} ({len(rows):,} of {len(store):,} rows, backbone {store.backbone})"
-    return FeatureRows(
-        feats, store.coords[rows], np.asarray(store.ids).astype(str)[rows], what, backbone
-    )
+        return FeatureRows(feats, self.latlon[rows], self.store.ids_at(rows), what, self.backbone)
+
+    def sample(self, n: int | None, seed: int = 0) -> FeatureRows:
+        """A fixed random subset of n rows (all rows when n is None or >= N), in store order."""
+        return self.take(sample_rows(len(self), n, seed))
 
 
 def _scene_labels(name: str, max_rows: int | None, seed: int) -> FeatureRows:
@@ -112,16 +165,48 @@ def _npz(path: Path, max_rows: int | None, seed: int) -> FeatureRows:
     return FeatureRows(feats[rows], coords[rows], ids[rows], f"{path} ({len(rows):,} rows)")
 
 
-def load_feature_rows(spec: str, *, max_rows: int | None = None, seed: int = 0) -> FeatureRows:
-    """Features with coordinates from a store folder, scene labels or an .npz (see module doc)."""
+def open_feature_rows(
+    spec: str,
+    *,
+    max_rows: int | None = None,
+    seed: int = 0,
+    training_views: bool = False,
+    store_only: bool = False,
+) -> FeatureRows | StoreRows:
+    """A store opened, not read (`StoreRows`; max_rows is for its `sample`), or the rows of scene
+    labels or an .npz in memory (at most max_rows of them). `training_views`: accept a store of
+    augmented training views (training reads them; queries are one vector per photo).
+    `store_only`: `spec` must be a store folder (a config's `data.source: store`)."""
+    if store_only:
+        return StoreRows(Path(spec).expanduser(), training_views=training_views)
     if spec.startswith(SCENE_PREFIX):
         return _scene_labels(spec[len(SCENE_PREFIX) :], max_rows, seed)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _store(path, max_rows, seed)
+        return StoreRows(path, training_views=training_views)
     if path.suffix.lower() == ".npz" and path.is_file():
         return _npz(path, max_rows, seed)
     raise DataError(
         f"{spec}: expected a feature store folder, an .npz with `features` and `coords`, or "
         f"{SCENE_PREFIX}<benchmark or CSV file>"
     )
+
+
+def load_feature_rows(
+    spec: str, *, max_rows: int | None = None, seed: int = 0, training_views: bool = False
+) -> FeatureRows:
+    """Features with coordinates from a store folder, scene labels or an .npz (see module doc),
+    in memory."""
+    rows = open_feature_rows(spec, max_rows=max_rows, seed=seed, training_views=training_views)
+    return rows.sample(max_rows, seed) if isinstance(rows, StoreRows) else rows
+
+
+def data_source_spec(source: str, path: str | None) -> str | None:
+    """The loader spec of a training config's `data.source` and `data.path` when they name
+    labelled features ("store", "scene-labels": yfcc26k unless a path is given); None for photos
+    and in-memory arrays."""
+    if source == "scene-labels":
+        return f"{SCENE_PREFIX}{path or 'yfcc26k'}"
+    if source == "store" and path:
+        return str(path)
+    return None

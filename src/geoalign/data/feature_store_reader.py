@@ -241,6 +241,20 @@ class FeatureStore(ShardReader):
             parts.append(t.column("image").to_numpy(zero_copy_only=False)[ok])
         return np.concatenate(parts) if parts else np.empty(0, dtype=object)
 
+    def ids_at(self, rows: np.ndarray) -> np.ndarray:
+        """Ids (as str) of the stored rows numbered `rows`, reading only their shards' metadata,
+        one shard at a time (a sample of a large store without holding every id)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty(len(rows), dtype=object)
+        shard_of = self._shard_of(rows)
+        for k in np.unique(shard_of):
+            t = self._read_meta(int(k), ["image", "ok"])
+            ok = t.column("ok").to_numpy(zero_copy_only=False)
+            images = t.column("image").to_numpy(zero_copy_only=False)[ok]
+            sel = np.flatnonzero(shard_of == k)
+            out[sel] = images[rows[sel] - self._offsets[k]]
+        return out.astype(str)
+
     @property
     def failures(self) -> pd.DataFrame:
         """Rows whose image could not be loaded or encoded: position, row, image, error."""

@@ -397,13 +397,13 @@ def _photo_queries(images: str, benchmark: str | None) -> tuple[Any, Any, Any, s
 def training_queries(source: str, path: str | None, seed: int = 0) -> Queries | None:
     """The training rows as features, for the baselines and `train:N` galleries (None for a
     run from photos or in-memory arrays, whose features are not kept)."""
+    from geoalign.data.feature_rows import data_source_spec
     from geoalign.evaluation import queries as Q
 
-    if source == "scene-labels":
-        return Q.from_scene_labels(path or "yfcc26k")
-    if source == "store" and path:
-        return Q.from_store(path, max_rows=BASELINE_ROWS, seed=seed)
-    return None
+    spec = data_source_spec(source, path)
+    if spec is None:
+        return None
+    return Q.resolve(spec, max_rows=BASELINE_ROWS if source == "store" else None, seed=seed)
 
 
 def evaluate_after_training(

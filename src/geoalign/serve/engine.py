@@ -20,7 +20,7 @@ import torch
 from geoalign.errors import DataError
 from geoalign.inference.distribution import ESTIMATES
 from geoalign.inference.locator import MIN_SEPARATION_KM
-from geoalign.inference.prediction import Prediction, describe
+from geoalign.inference.prediction import Prediction, attach
 from geoalign.inference.prediction import record_settings as prediction_settings
 from geoalign.inference.verify import verify_claim
 from geoalign.serve.config import ServeConfig
@@ -174,8 +174,7 @@ class Engine:
             for d, cands, dist in zip(readable, ranked, dists, strict=True):
                 pred = Prediction(d.name, cands)
                 if options.estimate or options.regions:
-                    for key, value in describe(dist, options.estimate, options.regions).items():
-                        setattr(pred, key, value)
+                    attach(pred, dist, options.estimate, options.regions)
                 result: dict[str, Any] = {"record": pred.to_dict(settings)}
                 if options.geojson:
                     result["geojson"] = dist.to_geojson(

@@ -29,42 +29,31 @@ def validation_split(
 ) -> tuple[np.ndarray, np.ndarray, str] | None:
     """(features, lat/lon, description) of the held-out rows, at most MAX_ROWS of them (a fixed
     sample); None when the config trains on every row or its rows are photos."""
-    from geoalign.data.feature_rows import sample_rows
-    from geoalign.training.data import fraction_mask
+    from geoalign.data.feature_rows import StoreRows, sample_rows
+    from geoalign.training.data import feature_rows, fraction_mask
 
     d = cfg.data
-    if d.fraction >= 1:
+    if d.fraction >= 1 or (d.source == "arrays" and arrays is None):
         return None
-    if d.source == "arrays":
-        if arrays is None:
-            return None
-        x, y = np.asarray(arrays[0]), np.asarray(arrays[1])
-        where = "the training arrays"
-    elif d.source == "scene-labels":
-        from geoalign.data.scene_labels import load_scene_label_set
-
-        x, y, _ = load_scene_label_set(d.path or "yfcc26k")
-        where = f"scene labels of {d.path or 'yfcc26k'}"
-    elif d.source == "store" and d.path:
-        from geoalign.data.feature_store import FeatureStore
-
-        store = FeatureStore(d.path)
-        if store.view_kind is not None:  # training views, not one feature per photo
-            return None
-        held = np.flatnonzero(~fraction_mask(len(store), d.fraction, d.fraction_seed))
-        held = held[sample_rows(len(held), MAX_ROWS, cfg.trainer.seed)]
-        return (
-            np.asarray(store.features[held], dtype=np.float32),
-            np.asarray(store.coords[held], dtype=np.float64),
-            f"{len(held):,} held-out rows of feature store {d.path}",
-        )
-    else:
+    if d.source == "store" and not d.path:
         return None
-    held = np.flatnonzero(~fraction_mask(len(y), d.fraction, d.fraction_seed))
+    rows = feature_rows(d, arrays)
+    if rows is None:
+        return None
+    if isinstance(rows, StoreRows) and rows.store.view_kind is not None:
+        return None  # training views, not one feature per photo
+    held = np.flatnonzero(~fraction_mask(len(rows), d.fraction, d.fraction_seed))
     held = held[sample_rows(len(held), MAX_ROWS, cfg.trainer.seed)]
-    n_out = int(round(len(y) * (1 - d.fraction)))
-    what = f"{len(held):,} of the {n_out:,} rows data.fraction={d.fraction:g} holds out of {where}"
-    return np.asarray(x[held], dtype=np.float32), np.asarray(y[held], dtype=np.float64), what
+    if isinstance(rows, StoreRows):
+        what = f"{len(held):,} held-out rows of feature store {d.path}"
+    else:
+        where = "the training arrays" if d.source == "arrays" else rows.description
+        n_out = int(round(len(rows) * (1 - d.fraction)))
+        what = (
+            f"{len(held):,} of the {n_out:,} rows data.fraction={d.fraction:g} holds out of {where}"
+        )
+    part = rows.take(held)
+    return part.features, part.latlon, what
 
 
 def calibrate_after_training(

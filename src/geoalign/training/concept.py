@@ -107,31 +107,18 @@ def build_concept_model(run: ConceptRun, feature_dim: int | None) -> ConceptAwar
 
 
 def _training_rows(run: ConceptRun, arrays: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """(features, coords) of up to cbm.rows training rows, or None for photo sources."""
+    """(features, coords) of up to cbm.rows training rows (a fixed sample, seeded by the run; a
+    row of K views or crops is their mean), or None for photo sources."""
+    from geoalign.training.data import feature_rows
+
     d = run.train.data
-    rng = np.random.default_rng(run.train.trainer.seed)
-    if d.source == "arrays" and arrays is not None:
-        feats, coords = np.asarray(arrays[0], np.float32), np.asarray(arrays[1], np.float64)
-    elif d.source == "scene-labels":
-        from geoalign.data.scene_labels import load_scene_label_set
-
-        feats, coords, _ = load_scene_label_set(d.path or "yfcc26k")
-    elif d.source == "store" and d.path:
-        from geoalign.data.feature_store import FeatureStore
-
-        store = FeatureStore(d.path)
-        n = min(len(store), run.cbm.rows)
-        rows = np.sort(rng.choice(len(store), size=n, replace=False))
-        # a store of K views per image: their mean, below, like ten-crop arrays
-        feats, coords = np.asarray(store[rows], np.float32), store.coords[rows]
-    else:
+    if (d.source == "arrays" and arrays is None) or (d.source == "store" and not d.path):
         return None
-    if feats.ndim == 3:
-        feats = feats.mean(axis=1)
-    if len(feats) > run.cbm.rows:
-        rows = np.sort(rng.choice(len(feats), size=run.cbm.rows, replace=False))
-        feats, coords = feats[rows], coords[rows]
-    return feats, coords
+    rows = feature_rows(d, arrays)
+    if rows is None:
+        return None
+    sample = rows.sample(run.cbm.rows, run.train.trainer.seed).mean_crops()
+    return sample.features, sample.latlon
 
 
 def fit_cbm_after_training(
@@ -180,11 +167,11 @@ def train_concept(
     check_training_data(run)
     # seed before building: the concept head's initialisation must not depend on what ran before
     L.seed_everything(run.train.trainer.seed, workers=True, verbose=False)
-    _, feature_dim, _ = build_source(run.train, arrays)
-    model = build_concept_model(run, feature_dim)
+    source = build_source(run.train, arrays)  # built once: the harness trains on it
+    model = build_concept_model(run, source[1])
     result = train(
         run.train,
-        arrays=arrays,
+        source=source,
         model=model,
         progress=progress,
         extra_callbacks=extra_callbacks,

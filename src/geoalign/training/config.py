@@ -82,6 +82,12 @@ def _location_encoder_config() -> type:
 
 @dataclass
 class ModelSection:
+    """The `model:` section. Its fields named as GeoCLIPConfig's are that config's fields (same
+    names, types and meaning), passed on by name (`model_config`, `weights_overrides`), so a field
+    is declared here once and never copied by hand; location_encoder and image_head are
+    overrides of their configs. The others are training-only: init, architecture, what trains,
+    queue_mode."""
+
     init: str = "official"  # "official", "scratch", or a geoalign checkpoint folder
     architecture: Literal["released", "paper"] = "released"  # 3 or 4 hidden layers per scale
     location_encoder: dict[str, Any] = field(default_factory=dict)  # LocationEncoderConfig fields
@@ -106,6 +112,31 @@ class ModelSection:
         "queue_size": at_least(0, 4096),
         "temperature_init": above(0, 0.07),
     }
+    # built from their override mappings (location_encoder, image_head), not passed on as they are
+    BUILT: ClassVar[frozenset[str]] = frozenset({"location_encoder", "image_head"})
+    # what a start from weights keeps from the checkpoint (the features: unless set here)
+    FROM_WEIGHTS: ClassVar[frozenset[str]] = frozenset({"temperature_init", "features"})
+
+    def _shared(self) -> dict[str, Any]:
+        from geoalign.models.geoclip import GeoCLIPConfig
+
+        names = {f.name for f in fields(GeoCLIPConfig)} & {f.name for f in fields(self)}
+        return {name: getattr(self, name) for name in names - self.BUILT}
+
+    def model_config(self, seed: int, location_encoder: Any, image_head: Any) -> Any:
+        """The GeoCLIPConfig of a run from scratch: the shared fields by name, the built
+        location encoder and image head configs, and the run's seed (queue initialisation)."""
+        from geoalign.models.geoclip import GeoCLIPConfig
+
+        return GeoCLIPConfig(
+            **self._shared(), location_encoder=location_encoder, image_head=image_head, seed=seed
+        )
+
+    def weights_overrides(self, seed: int) -> dict[str, Any]:
+        """The GeoCLIPConfig fields a start from weights (official or a checkpoint) takes from
+        the section: the shared fields but the temperature and features the weights come with."""
+        shared = self._shared()
+        return {k: v for k, v in shared.items() if k not in self.FROM_WEIGHTS} | {"seed": seed}
 
 
 @dataclass

@@ -12,6 +12,10 @@ Sources:
 - `StoreSource`: a `geoalign.data.feature_store.FeatureStore`, streamed a few shards at a time
   (bounded memory whatever the store size: MP-16's 4.7M rows included);
 - `ImageSource`: a manifest of photos, decoded in DataLoader workers into P SimCLR views each.
+
+`feature_rows` reads the labelled features a config's `data` section names through the one
+loader (`geoalign.data.feature_rows`), for every method's training, its calibration and its
+concept bottleneck alike.
 """
 
 from __future__ import annotations
@@ -25,9 +29,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from geoalign.errors import DataError
+from geoalign.data import feature_rows as loader
+from geoalign.errors import DataError, GeoalignError
 
 Batch = dict[str, Tensor]
+
+
+def feature_rows(
+    data: Any, arrays: tuple[Any, Any] | None = None
+) -> loader.FeatureRows | loader.StoreRows | None:
+    """The labelled feature rows `data` (a config's data section: `source`, `path`) names: the
+    arrays passed in, scene labels in memory, or a store opened for streaming; None for photos."""
+    if data.source == "arrays":
+        if arrays is None:
+            raise GeoalignError("data.source 'arrays' needs features and coordinates passed in")
+        return loader.FeatureRows.from_arrays(*arrays)
+    if data.source == "store" and not data.path:
+        raise DataError("data.path: the feature store folder is required for source 'store'")
+    spec = loader.data_source_spec(data.source, data.path)
+    if spec is None:
+        return None
+    return loader.open_feature_rows(spec, training_views=True, store_only=data.source == "store")
 
 
 def fraction_mask(n: int, fraction: float, seed: int) -> np.ndarray:

@@ -13,15 +13,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from geoalign.errors import DataError, GeoalignError
-from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
+from geoalign.data.feature_rows import StoreRows
+from geoalign.errors import DataError
+from geoalign.models.geoclip import GeoCLIP
 from geoalign.nn.image_head import ImageHeadConfig
 from geoalign.nn.location_encoder import LocationEncoderConfig
 from geoalign.training.config import TrainConfig, save_config
-from geoalign.training.data import ArraySource, BatchSource, ImageSource, StoreSource
+from geoalign.training.data import (
+    ArraySource,
+    BatchSource,
+    ImageSource,
+    StoreSource,
+    feature_rows,
+)
 
 
 @dataclass
@@ -62,31 +68,22 @@ def build_model(cfg: TrainConfig, feature_dim: int | None = None) -> GeoCLIP:
     the released head reads 768-d CLIP ViT-L/14 embeddings only.
     """
     m = cfg.model
-    common = dict(
-        queue_size=m.queue_size,
-        queue_init=m.queue_init,
-        seed=cfg.trainer.seed,
-        learn_temperature=m.learn_temperature,
-    )
     head_overrides = dict(m.image_head)
     if feature_dim is not None:
         head_overrides.setdefault("in_dim", feature_dim)
     if m.init == "scratch":
-        config = GeoCLIPConfig(
-            location_encoder=_location_config(cfg),
-            image_head=ImageHeadConfig(**head_overrides),
-            temperature_init=m.temperature_init,
-            features=m.features,
-            **common,
+        return GeoCLIP(
+            m.model_config(
+                cfg.trainer.seed, _location_config(cfg), ImageHeadConfig(**head_overrides)
+            )
         )
-        return GeoCLIP(config)
     if m.location_encoder or m.architecture != "released":
         raise DataError(
             "model.location_encoder / model.architecture change the architecture: they need "
             "model.init: scratch (the official weights have the released architecture)"
         )
     name = "geoclip" if m.init == "official" else m.init
-    model = GeoCLIP.load(name, **common)
+    model = GeoCLIP.load(name, **m.weights_overrides(cfg.trainer.seed))
     wanted = replace(model.config.image_head, **head_overrides)
     if wanted != model.config.image_head:
         fresh = GeoCLIP(replace(model.config, image_head=wanted, features=m.features))
@@ -107,28 +104,21 @@ def build_source(
 ) -> tuple[BatchSource, int | None, Any]:
     """(source, feature width or None for images, frozen backbone or None)."""
     d = cfg.data
-    if d.source == "arrays":
-        if arrays is None:
-            raise GeoalignError("data.source 'arrays' needs features and coordinates passed in")
-        src = ArraySource(*arrays, fraction=d.fraction, fraction_seed=d.fraction_seed)
-        return src, int(src.features.shape[-1]), None
-    if d.source == "scene-labels":
-        from geoalign.data.scene_labels import load_scene_label_set
-
-        feats, coords, _ = load_scene_label_set(d.path or "yfcc26k")
-        src = ArraySource(feats, coords, fraction=d.fraction, fraction_seed=d.fraction_seed)
-        return src, feats.shape[1], None
-    if d.source == "store":
-        if not d.path:
-            raise DataError("data.path: the feature store folder is required for source 'store'")
+    rows = feature_rows(d, arrays)
+    if isinstance(rows, StoreRows):
         src = StoreSource(
-            d.path,
+            rows.store,
             fraction=d.fraction,
             fraction_seed=d.fraction_seed,
             read_rows=d.read_rows,
             views=d.views,
         )
-        return src, src.store.dim, None
+        return src, rows.dim, None
+    if rows is not None:
+        src = ArraySource(
+            rows.features, rows.latlon, fraction=d.fraction, fraction_seed=d.fraction_seed
+        )
+        return src, rows.dim, None
     from geoalign.data.manifest import load_manifest
     from geoalign.data.transforms import simclr_views_for
     from geoalign.nn.backbones import load_backbone
@@ -280,12 +270,3 @@ def train(
         n_rows=source.n_rows,
         trained_steps=int(trainer.global_step) - start_step,
     )
-
-
-def features_and_coords(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load an .npz with `features` and `coords` arrays (the simplest in-memory training input)."""
-    with np.load(path) as data:
-        missing = {"features", "coords"} - set(data.files)
-        if missing:
-            raise DataError(f"{path}: arrays {sorted(missing)} missing (have {data.files})")
-        return data["features"], data["coords"]

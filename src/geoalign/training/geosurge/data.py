@@ -1,5 +1,6 @@
-"""GeoSURGE training data: features (arrays, scene labels, a store) or photos (with their
-segmentation maps, `photos.py`) as batch sources over the train / held-out split."""
+"""GeoSURGE training data: features (arrays, scene labels, a store: read through the one loader,
+`geoalign.training.data.feature_rows`) or photos (with their segmentation maps, `photos.py`) as
+batch sources over the train / held-out split."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoalign.errors import DataError, GeoalignError
-from geoalign.training.data import ArraySource, StoreSource
+from geoalign.data.feature_rows import StoreRows
+from geoalign.errors import DataError
+from geoalign.training.data import ArraySource, StoreSource, feature_rows
 from geoalign.training.geosurge.batches import Batch, GeoSurgeData, split_rows
 from geoalign.training.geosurge.config import GeoSurgeTrainConfig
 
@@ -48,43 +50,33 @@ def build_data(cfg: GeoSurgeTrainConfig, arrays: tuple[Any, Any] | None = None) 
         )
     if d.source == "images" and visual == "features":
         raise DataError("model.visual 'features' trains on precomputed features, not photos")
-    if d.source in ("arrays", "scene-labels"):
-        if d.source == "arrays":
-            if arrays is None:
-                raise GeoalignError("data.source 'arrays' needs features and coordinates passed in")
-            feats, coords = (np.asarray(a) for a in arrays)
-        else:
-            from geoalign.data.scene_labels import load_scene_label_set
-
-            feats, coords, _ = load_scene_label_set(d.path or "yfcc26k")
-        train, val = split_rows(len(coords), cfg)
-        return GeoSurgeData(
-            ArraySource(feats[train], coords[train]),
-            ArrayRows(feats[val], coords[val]),
-            np.asarray(coords[train], dtype=np.float64),
-            int(feats.shape[-1]),
-            None,
-        )
-    if d.source == "store":
-        from geoalign.data.feature_store import FeatureStore
-
-        if not d.path:
-            raise DataError("data.path: the feature store folder is required for source 'store'")
-        store = FeatureStore(d.path)
+    rows = feature_rows(d, arrays)
+    if isinstance(rows, StoreRows):
+        store = rows.store
         if store.views > 1:  # GeoSURGE's recipe has no augmented views (nor ten-crop training)
             raise DataError(
                 f"data.path {d.path}: a store of {store.views} {store.view_kind} views per image; "
                 "GeoSURGE trains on one view per image: give a single-view feature store"
             )
-        coords = store.coords
-        train, val = split_rows(len(store), cfg)
-        mask = np.zeros(len(store), dtype=bool)
+        coords = rows.latlon
+        train, val = split_rows(len(rows), cfg)
+        mask = np.zeros(len(rows), dtype=bool)
         mask[train] = True
         return GeoSurgeData(
             _MaskedStoreSource(store, mask, d.read_rows),
-            ArrayRows(store.features[val], coords[val]),
+            ArrayRows(rows.features[val], coords[val]),
             coords[train],
-            store.dim,
+            rows.dim,
+            None,
+        )
+    if rows is not None:
+        feats, coords = rows.features, rows.latlon
+        train, val = split_rows(len(coords), cfg)
+        return GeoSurgeData(
+            ArraySource(feats[train], coords[train]),
+            ArrayRows(feats[val], coords[val]),
+            coords[train],
+            rows.dim,
             None,
         )
     from geoalign.training.geosurge.photos import photo_data
