@@ -4,7 +4,8 @@ Fits the calibration (`inference.calibration.fit_calibration`) on half of the ro
 model held out of training (YFCC26k scene labels, the other 10%), and measures the coverage of
 the 50%/90% regions and verify's false alarms at alpha = 0.05 both on the other half (the same
 distribution: split-conformal regions should cover about p there) and on the Im2GPS3k test
-queries (another dataset). Prints a table; writes nothing.
+queries (another dataset). Writes the section "Probabilistic outputs: calibration on held-out
+rows vs Im2GPS3k" of benchmarks/RESULTS.md.
 
     geoalign train src/geoalign/configs/geoclip/quickstart.yaml --out RUN --no-eval
     python benchmarks/calibration_holdout.py --model RUN/model [--seeds 3]
@@ -13,9 +14,14 @@ queries (another dataset). Prints a table; writes nothing.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
 
 PS = (0.5, 0.9)  # the region probabilities whose coverage is measured (the issue's targets)
 
@@ -62,20 +68,25 @@ def main() -> None:
     test_x, test_y, _ = load_scene_label_set("im2gps3k")
     coords, gname = make_gallery(args.gallery, y, seed=0)
     geo = Geolocator(load_model(args.model), gallery=coords, cache=False)
-    print(
-        f"model {args.model}; gallery {gname}; {len(held):,} held-out YFCC26k rows "
-        f"(data.fraction {fraction:g}, seed {fseed}), split in halves with {args.seeds} seed(s)"
-    )
+    lines = [
+        f"Quickstart GeoCLIP model (`geoalign train configs/geoclip/quickstart.yaml`); gallery "
+        f"{gname}; {len(held):,} held-out YFCC26k rows (data.fraction {fraction:g}, seed {fseed}) "
+        f"split in halves with {args.seeds} seed(s): the calibration is fitted on one half and "
+        "measured on the other half (the same distribution) and on Im2GPS3k (another one). "
+        "verify at alpha 0.05.",
+        "",
+    ]
     cov = [f"coverage of the {100 * p:g} percent region" for p in PS]
-    print(f"| split | fitted on | rows | {cov[0]} | {cov[1]} | verify false alarms |")
-    print("|---|---|---:|---:|---:|---:|")
+    lines += [f"| split | fitted on | rows | {cov[0]} | {cov[1]} | verify false alarms |"]
+    lines += ["|---|---|---:|---:|---:|---:|"]
     geo.set_calibration(None)
     for name, (fx, fy) in {
         "held-out YFCC26k": (x[held], y[held]),
         "Im2GPS3k": (test_x, test_y),
     }.items():
         m = _measure(geo, fx, fy)
-        print(_row(name, "uncalibrated", len(fy), m))
+        lines.append(_row(name, "uncalibrated", len(fy), m))
+        print(lines[-1], flush=True)
     for seed in range(args.seeds):
         order = np.random.default_rng(seed).permutation(held)
         fit, check = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
@@ -88,7 +99,11 @@ def main() -> None:
         }.items():
             m = _measure(geo, fx, fy)
             fitted = f"half {seed} ({len(fit):,} rows; level {cal.level}, factor {cal.scale:.3g})"
-            print(_row(name, fitted, len(fy), m))
+            lines.append(_row(name, fitted, len(fy), m))
+            print(lines[-1], flush=True)
+    write_section(
+        "Probabilistic outputs: calibration on held-out rows vs Im2GPS3k", "\n".join(lines)
+    )
 
 
 if __name__ == "__main__":
