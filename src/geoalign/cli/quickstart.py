@@ -13,22 +13,9 @@ from geoalign.cli.common import console, fail, print_result
 def print_table(frame, title: str) -> None:
     """The report's accuracy table, a result: on stdout (model rows bold), wide in a pipe so
     `geoalign train ... > t.txt` holds it with unwrapped method names."""
-    import pandas as pd
-    from rich.table import Table
+    from geoalign.cli._evaluate_report import accuracy_table
 
-    from geoalign.evaluation.report import ACC_KEYS
-
-    tbl = Table(title=title, title_justify="left")
-    tbl.add_column("method")
-    for key in ACC_KEYS:
-        tbl.add_column(key.removeprefix("acc@").replace("km", " km"), justify="right")
-    tbl.add_column("median km", justify="right")
-    for _, r in frame.iterrows():
-        cells = [("–" if pd.isna(r[k]) else f"{r[k]:.1f}") for k in ACC_KEYS]
-        med = "–" if pd.isna(r["median_km"]) else f"{r['median_km']:,.0f}"
-        style = "bold" if r["kind"] == "model" else ("dim" if r["kind"] == "published" else None)
-        tbl.add_row(str(r["method"]), *cells, med, style=style)
-    print_result(tbl)
+    print_result(accuracy_table(frame, title))
 
 
 def quickstart(
