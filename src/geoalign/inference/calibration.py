@@ -17,9 +17,7 @@ regions (the box kernel and the gallery's density shape those), hence the second
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,13 +165,9 @@ def fit_calibration(
 
 
 def save_calibration(checkpoint_dir: Path, calibration: Calibration) -> Path:
-    """Record the calibration in the checkpoint's config.json (atomically)."""
-    path = Path(checkpoint_dir) / "config.json"
-    config = json.loads(path.read_text())
-    config["calibration"] = calibration.to_dict()
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    """Record the calibration in the checkpoint's config.json (atomically, through the one
+    writer of entries learnt after export)."""
+    from geoalign.models.checkpoint import record_in_config
+
+    record_in_config(Path(checkpoint_dir), {"calibration": calibration.to_dict()})
+    return Path(checkpoint_dir) / "config.json"
