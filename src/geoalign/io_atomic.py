@@ -75,19 +75,11 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], *, durable: boo
     `durable`, the folder is fsynced after the rename so the new name survives a power cut
     (store writers that fsync the folder once per shard pass False for the inner files).
     """
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
+    with _replaced(Path(path), keep_suffix=False, durable=durable) as tmp:
         with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    if durable:
-        fsync_dir(path.parent)
 
 
 @contextmanager
@@ -101,14 +93,22 @@ def atomic_output(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
     """
     path = Path(path)
     remove_stale_temps(path)
-    tmp = temp_path(path, keep_suffix=True)
-    try:
+    with _replaced(path, keep_suffix=True, durable=durable) as tmp:
         yield tmp
         fd = os.open(tmp, os.O_RDWR)  # O_RDWR: fsync needs write access on some platforms
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextmanager
+def _replaced(path: Path, *, keep_suffix: bool, durable: bool) -> Iterator[Path]:
+    """The temp file of `path` for the block to fill: renamed over `path` when the block ends
+    well, removed either way; the folder fsynced after the rename when `durable`."""
+    tmp = temp_path(path, keep_suffix=keep_suffix)
+    try:
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
