@@ -385,15 +385,16 @@ def test_a_request_naming_another_gallery_is_told_where_to_go(client, small_gall
     assert error["field"] == "gallery" and "--gallery mp16-500k" in error["message"]
 
 
-def test_auto_gallery_answers_to_the_name_it_resolved_to():
-    from geoalign.serve.options import served_galleries
+def test_auto_gallery_answers_to_the_name_it_resolved_to(tmp_path):
+    from geoalign.models.checkpoint import record_in_config
+    from geoalign.serve.engine import served_galleries
+    from test_architecture import tiny_geoclip
 
-    assert served_galleries("auto", {"gallery": {"checkpoint_gallery": None}}) == (
-        "auto",
-        "geoclip-100k",
-    )
-    assert served_galleries("auto", {"gallery": {"checkpoint_gallery": "g.csv"}})[-1] == "g.csv"
-    assert served_galleries("mine.csv", {}) == ("mine.csv",)
+    model = tiny_geoclip().save(tmp_path / "model")
+    assert served_galleries("auto", str(model)) == ("auto", "geoclip-100k")
+    record_in_config(model, {"gallery": "g.csv"})
+    assert served_galleries("auto", str(model))[-1] == "g.csv"
+    assert served_galleries("mine.csv", str(model)) == ("mine.csv",)
 
 
 def test_claimed_location_follows_the_one_coordinate_rule():

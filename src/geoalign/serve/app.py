@@ -38,7 +38,6 @@ from geoalign.serve.options import (
     parse_concept_top_k,
     parse_options,
     parse_prior,
-    served_galleries,
 )
 from geoalign.serve.page import PAGE_ROUTES, page_response
 from geoalign.serve.uploads import Decoded, decode_upload
@@ -394,7 +393,7 @@ async def _serve(
 
     async def parse(params: dict[str, str]) -> Options:
         options = parse_options(params, max_top_k=state.config.max_top_k, verify=verify)
-        check_gallery(params.get("gallery"), served_galleries(state.config.gallery, engine.card))
+        check_gallery(params.get("gallery"), engine.galleries)
         options.prior = await asyncio.to_thread(parse_prior, params)
         return options
 

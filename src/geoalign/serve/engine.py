@@ -61,6 +61,17 @@ def record_settings(config: ServeConfig, top_k: int, prior: Any) -> dict[str, An
     )
 
 
+def served_galleries(configured: str, model: str) -> tuple[str, ...]:
+    """The names a request may give for the gallery a service of `model` searches: the one it
+    was started with and, for "auto", the one that resolves to (`registry.checkpoint_gallery`:
+    the checkpoint's, else geoclip-100k, as `geoalign predict`). Read once, at load."""
+    if configured != "auto":
+        return (configured,)
+    from geoalign.models.registry import checkpoint_gallery
+
+    return ("auto", checkpoint_gallery(model))
+
+
 @dataclass
 class Explainer:
     """What /v1/explain needs beside the model: the checkpoint folder the explanation names
@@ -107,6 +118,7 @@ class Engine:
         self.transform = geolocator.backbone.transform
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoalign-model")
         self._masks: OrderedDict[str, torch.Tensor | None] = OrderedDict()
+        self.galleries: tuple[str, ...] = (config.gallery,)  # names a request may give for it
 
     @classmethod
     def load(cls, config: ServeConfig) -> Engine:
@@ -122,6 +134,7 @@ class Engine:
             explainer = Explainer.load(config.model, list(geo.model.concept_set.names))
         card = model_card(config, checkpoint_config(config.model), geo)
         engine = cls(geo, config, card, explainer)
+        engine.galleries = served_galleries(config.gallery, config.model)
         engine.warm_up()
         return engine
 

@@ -148,16 +148,6 @@ def parse_options(params: Mapping[str, str], *, max_top_k: int, verify: bool) ->
     )
 
 
-def served_galleries(configured: str, card: Mapping[str, Any]) -> tuple[str, ...]:
-    """The names a request may give for the gallery this service searches: the one it was
-    started with and, for "auto", the one that resolved to (the checkpoint's, else
-    geoclip-100k, as `geoalign predict`)."""
-    if configured != "auto":
-        return (configured,)
-    recorded = (card.get("gallery") or {}).get("checkpoint_gallery") or "geoclip-100k"
-    return ("auto", str(recorded))
-
-
 def check_gallery(asked: str | None, served: tuple[str, ...]) -> None:
     """A request may name the gallery it expects; each service holds one gallery in memory (a
     100K gallery's embeddings are 200 MB per worker), so another one is a replica started with
