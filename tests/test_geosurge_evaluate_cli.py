@@ -10,30 +10,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from _geosurge import tiny_clip_dir
 from geoalign.cli import app
 from geoalign.training.geosurge import geosurge_config_from_dict, train_geosurge
 
+__all__ = ["tiny_clip_dir"]  # a shared fixture (tests/_geosurge.py)
+
 runner = CliRunner()
 FUSION = {"token_dim": 8, "attention_dim": 16, "num_heads": 2, "latent_dim": 4, "mlp_dim": 16}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=28,
-        patch_size=14,
-        projection_dim=16,
-    )
-    path = tmp_path_factory.mktemp("tiny-clip")
-    CLIPVisionModelWithProjection(cfg).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from _geosurge import tiny_clip_dir
 from geoalign.errors import GeoalignError
 from geoalign.evaluation.harness import evaluate_model
 from geoalign.geo.cells import CellHierarchy, PartitionRules
@@ -17,6 +18,8 @@ from geoalign.inference.locator import Geolocator
 from geoalign.models.geosurge import GeoSurge, GeoSurgeConfig
 from geoalign.models.registry import load_model
 from geoalign.nn.semantic_fusion import SemanticFusionConfig
+
+__all__ = ["tiny_clip_dir"]  # a shared fixture (tests/_geosurge.py)
 
 N_CLUSTERS = 30
 
@@ -191,25 +194,6 @@ def test_gallery_refinement_matches_brute_force(world, trained):
 
 
 # --- backbone and fusion paths with tiny models ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=28,
-        patch_size=14,
-        projection_dim=16,
-    )
-    path = tmp_path_factory.mktemp("tiny-clip")
-    CLIPVisionModelWithProjection(cfg).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from _geosurge import tiny_clip_dir
 from geoalign.cli import app
 from geoalign.errors import DataError
 from geoalign.training.config import config_method
@@ -18,6 +19,8 @@ from geoalign.training.geosurge import (
     load_geosurge_config,
     train_geosurge,
 )
+
+__all__ = ["tiny_clip_dir"]  # a shared fixture (tests/_geosurge.py)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "geosurge"
 runner = CliRunner()
@@ -73,25 +76,6 @@ def test_config_errors_name_the_key(tmp_path):
     cfg = load_geosurge_config(CONFIGS / "mp16.yaml", overrides=["optim.micro_batch_size=96"])
     with pytest.raises(DataError, match="not a multiple"):
         _ = cfg.accumulate
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=28,
-        patch_size=14,
-        projection_dim=16,
-    )
-    path = tmp_path_factory.mktemp("tiny-clip")
-    CLIPVisionModelWithProjection(cfg).save_pretrained(path)
-    return path
 
 
 def _points(n, seed=0):

@@ -3,31 +3,14 @@ readable training photo (full batches, the same batch count on every process) an
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from _geosurge import tiny_clip_dir
 from geoalign.errors import DataError
 from geoalign.training.geosurge import geosurge_config_from_dict, train_geosurge
 from geoalign.training.geosurge.photos import photo_data
 
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=28,
-        patch_size=14,
-        projection_dim=16,
-    )
-    path = tmp_path_factory.mktemp("tiny-clip")
-    CLIPVisionModelWithProjection(cfg).save_pretrained(path)
-    return path
+__all__ = ["tiny_clip_dir"]  # a shared fixture (tests/_geosurge.py)
 
 
 def photos(tmp_path, n, broken):
