@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from geoalign.errors import WeightsNotFoundError
+from geoalign.io_atomic import atomic_write
 
 FORMAT = "geoalign-checkpoint"
 FORMAT_VERSION = 1
@@ -195,8 +196,5 @@ def record_in_config(folder: Path, entries: dict[str, Any]) -> dict[str, Any]:
     and benchmark its evaluation used, so later commands default to them."""
     folder = Path(folder)
     config = {**read_config(folder), **entries}
-    tmpc = folder / "config.json.tmp"
-    tmpc.write_text(json.dumps(config, indent=2))
-    _fsync(tmpc)
-    os.replace(tmpc, folder / "config.json")
+    atomic_write(folder / "config.json", lambda fh: fh.write(json.dumps(config, indent=2).encode()))
     return config
