@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geoalign.geo.distance import haversine_km
+
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
 
@@ -40,15 +42,15 @@ def _one_query_work(geo, q: torch.Tensor, point: np.ndarray) -> None:
 
 
 def _median_solvers(dists: list) -> tuple[float, float, float]:
-    """Median per query (ms): the batched solver one query at a time, the reference solver;
-    and the largest distance (km) between their answers."""
+    """Median per query (ms): the batched solver one query at a time, the reference solver, on
+    the library's support; and the largest distance (km) between their answers."""
     from geoalign.geo.distance import EARTH_RADIUS_KM
+    from geoalign.inference.distribution import median_problem
     from geoalign.inference.median import angles, geometric_median, geometric_median_lbfgs
 
     new, ref, gap = [], [], 0.0
     for d in dists:
-        top = d._support()
-        xyz, w = d.grid.xyz[top], d.probs[top]
+        xyz, w = (a[0] for a in median_problem(d.grid, d.probs[None]))
         t = time.perf_counter()
         a = geometric_median(xyz, w)
         new.append(time.perf_counter() - t)
@@ -57,6 +59,47 @@ def _median_solvers(dists: list) -> tuple[float, float, float]:
         ref.append(time.perf_counter() - t)
         gap = max(gap, float(angles(a[None], b)[0]) * EARTH_RADIUS_KM)
     return 1000 * float(np.median(new)), 1000 * float(np.median(ref)), gap
+
+
+def _whole_support(dists: list) -> tuple[float, float]:
+    """The library's median against the median of every candidate (100K points, solved
+    directly): the largest excess of its expected distance (km) and largest distance apart."""
+    from geoalign.inference.distribution import to_latlon
+    from geoalign.inference.median import geometric_median
+
+    excess, apart = 0.0, 0.0
+    for d in dists:
+        ours = d.estimate("median")
+        whole = to_latlon(geometric_median(d.grid.xyz, d.probs))
+        excess = max(excess, d.expected_distance_km(ours) - d.expected_distance_km(whole))
+        apart = max(apart, haversine_km(*ours, *whole))
+    return excess, apart
+
+
+def _layouts(keys: torch.Tensor, queries: torch.Tensor) -> tuple[float, ...]:
+    """Scores of one query and of the batch against the gallery keys as the library keeps them
+    (`models.base.feature_major`) and row by row: ms per query, median of 16 / best of 3."""
+    from geoalign.models.base import is_feature_major
+
+    assert is_feature_major(keys)
+    rows = keys.contiguous()
+    out = []
+    for k in (keys, rows):
+        one = []
+        for i in range(16):
+            t = time.perf_counter()
+            queries[i % len(queries)][None] @ k.T
+            one.append(time.perf_counter() - t)
+        out.append(1000 * float(np.median(one)))
+    for k in (keys, rows):
+        batch = []
+        for _ in range(3):
+            t = time.perf_counter()
+            queries @ k.T
+            batch.append((time.perf_counter() - t) / len(queries))
+        out.append(1000 * min(batch))
+    del rows
+    return tuple(out)  # one query: feature-major, rows; batch: feature-major, rows
 
 
 def main() -> None:
@@ -106,6 +149,8 @@ def main() -> None:
         geo.probs(queries)
         probs_batch.append((time.perf_counter() - t) / len(queries))
     probs_one_ms, probs_batch_ms = 1000 * float(np.median(probs_one)), 1000 * min(probs_batch)
+    layout = _layouts(geo.candidates.keys, queries)
+    excess_km, apart_km = _whole_support(geo.distributions(queries[:8]))
     load = os.getloadavg()[0]
     lo, hi = (f"{round(100 * p)} percent" for p in REGIONS)
     body = f"""
@@ -125,6 +170,12 @@ Official GeoCLIP head and location encoder, 100K gallery; per query: distributio
 | median alone, one query: batched Newton solver (median of 16) | {new_ms:.1f} ms | |
 | median alone, one query: previous Weiszfeld + L-BFGS solver, same queries | {ref_ms:.1f} ms | |
 | largest distance between the two solvers' medians (16 queries) | {gap_km * 1000:.0f} m | |
+| median against the median of all 100K candidates (8 queries): largest excess expected \
+distance / largest distance apart | {excess_km * 1000:.0f} m / {apart_km:.1f} km | |
+| gallery scores (no softmax), one query: feature-major keys / row-major keys \
+| {layout[0]:.1f} / {layout[1]:.1f} ms | |
+| gallery scores, per query in the batch: feature-major / row-major \
+| {layout[2]:.2f} / {layout[3]:.2f} ms | |
 
 Load average (1 min) when the run ended: {load:.2f} on {os.cpu_count()} cores (other jobs share
 the machine, so timings vary between runs; the two solvers were timed in the same run).

@@ -266,3 +266,51 @@ def test_medians_solved_together_equal_one_at_a_time():
         alone = Distribution(grid, r).estimate("median")
         assert haversine_km(*d.estimate("median"), *alone) < 1e-3  # 1 m: the solver tolerance
     assert all(d._median is not None for d in together)  # the first call solved them all
+
+
+def test_medians_on_threads_equal_one_thread(monkeypatch):
+    """A batch larger than one chunk is solved on torch's threads; the answers are the same."""
+    import geoalign.inference.distribution as distribution
+
+    rng = np.random.default_rng(5)
+    pts = np.c_[rng.uniform(-60, 60, 5000), rng.uniform(-180, 180, 5000)]
+    grid = CellGrid(pts)
+    rows = [rng.random(5000) ** 8 for _ in range(2 * distribution.MEDIAN_CHUNK + 3)]
+    threads = []
+    real = distribution._solve_chunk
+    monkeypatch.setattr(distribution, "_threads", lambda: 2)
+    monkeypatch.setattr(
+        distribution, "_solve_chunk", lambda c: (threads.append(len(c)), real(c))[1]
+    )
+    many = [d.estimate("median") for d in solve_together([Distribution(grid, r) for r in rows])]
+    assert sorted(threads) == [3, distribution.MEDIAN_CHUNK, distribution.MEDIAN_CHUNK]
+    monkeypatch.setattr(distribution, "_threads", lambda: 1)
+    one = [d.estimate("median") for d in solve_together([Distribution(grid, r) for r in rows])]
+    assert np.array_equal(np.array(many), np.array(one))
+
+
+def test_the_median_over_a_large_gallery_counts_the_tail(monkeypatch):
+    """Beyond MEDIAN_SUPPORT candidates the median still sees all the mass (the tail merged per
+    coarse cell): on diffuse distributions its expected distance stays within 1 km of the
+    median of every candidate, where dropping the tail costs far more."""
+    import geoalign.inference.distribution as distribution
+    from geoalign.inference.distribution import median_problem, to_latlon
+
+    monkeypatch.setattr(distribution, "MEDIAN_SUPPORT", 256)
+    rng = np.random.default_rng(11)
+    pts = np.c_[rng.uniform(-60, 70, 4000), rng.uniform(-180, 180, 4000)]
+    grid = CellGrid(pts)
+    worst_ours, worst_dropped = 0.0, 0.0
+    for _ in range(6):
+        d = Distribution(grid, rng.random(4000) ** 2)
+        whole = d.expected_distance_km(
+            to_latlon(geometric_median_batch(grid.xyz[None], d.probs[None])[0])
+        )
+        xyz, w = median_problem(grid, d.probs[None])
+        assert xyz.shape[1] > 256 and w.sum() == pytest.approx(1.0)  # all the mass
+        worst_ours = max(worst_ours, d.expected_distance_km(d.estimate("median")) - whole)
+        top = np.argsort(-d.probs)[:256]
+        dropped = to_latlon(geometric_median_batch(grid.xyz[top][None], d.probs[top][None])[0])
+        worst_dropped = max(worst_dropped, d.expected_distance_km(dropped) - whole)
+    assert worst_ours < 1.0
+    assert worst_dropped > 20 * max(worst_ours, 0.05)

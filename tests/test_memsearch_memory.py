@@ -12,6 +12,7 @@ from transformers import CLIPVisionConfig
 from geoalign.inference.gallery_cache import gallery_embeddings, read_cached
 from geoalign.inference.locator import Geolocator
 from geoalign.inference.search import GallerySearch
+from geoalign.models.base import feature_major, is_feature_major
 from geoalign.models.geoclip import GeoCLIP, GeoCLIPConfig
 from geoalign.nn.backbones import ClipBackbone
 from geoalign.nn.image_head import ImageHeadConfig
@@ -54,10 +55,14 @@ def test_handed_over_keys_are_normalised_in_place_to_the_same_values():
     latlon = _gallery()
     g = torch.Generator().manual_seed(2)
     keys = torch.randn(len(latlon), 8, generator=g) * torch.rand(len(latlon), 1, generator=g)
+    keys = feature_major(keys)  # the gallery cache's layout
     expected = F.normalize(keys.clone(), dim=-1)  # what the copying code computed
     cand = model.candidates(latlon, keys)
     assert cand.keys.data_ptr() == keys.data_ptr()  # no second gallery-sized buffer
     assert torch.equal(cand.keys, expected)
+    rows = torch.randn(len(latlon), 8, generator=g)  # row by row: one copy, into that layout
+    cand = model.candidates(latlon, rows.clone())
+    assert is_feature_major(cand.keys) and torch.equal(cand.keys, F.normalize(rows, dim=-1))
     with torch.inference_mode():  # the cache-miss path hands over an inference tensor
         fresh = torch.randn(len(latlon), 8, generator=g)
     expected = F.normalize(fresh.clone(), dim=-1)

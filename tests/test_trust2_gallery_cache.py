@@ -104,6 +104,21 @@ def test_a_sound_cache_is_read_without_encoding(encoder, latlon, monkeypatch):
     assert torch.equal(gallery_embeddings(encoder, latlon), first)
 
 
+def test_the_cache_is_feature_major_and_a_row_order_file_is_rewritten(encoder, latlon, monkeypatch):
+    from geoalign.models.base import is_feature_major
+
+    first = gallery_embeddings(encoder, latlon)
+    path = gallery_cache.cached_gallery_path(encoder, latlon)
+    on_disk = np.load(path)
+    assert is_feature_major(first) and on_disk.flags.f_contiguous and not on_disk.flags.c_contiguous
+    np.save(path, np.ascontiguousarray(on_disk))  # a file written row by row (before)
+    monkeypatch.setattr(encoder, "encode", lambda *a, **k: pytest.fail("re-encoded"))
+    again = gallery_embeddings(encoder, latlon)
+    assert is_feature_major(again) and torch.equal(again, first)
+    assert not np.load(path).flags.c_contiguous  # rewritten once, in the layout read without copy
+    assert torch.equal(gallery_embeddings(encoder, latlon), first)
+
+
 def test_a_failed_write_leaves_no_file_and_no_temp(encoder, latlon, monkeypatch):
     path = gallery_cache.cached_gallery_path(encoder, latlon)
     path.unlink(missing_ok=True)

@@ -17,7 +17,12 @@ Point estimates (`estimate`): "top1" (the most probable candidate), "mode" (the 
 most mass within a radius, `ModeSeeker`), "mean" (the normalised mean direction) and "median"
 (the weighted spherical geometric median: the point minimising the expected great-circle
 distance, `geoalign.inference.median`). Distributions made together (`solve_together`) solve
-their medians together, vectorised, when the first of them is asked for one.
+their medians together, vectorised, when the first of them is asked for one. Over a large
+candidate set the median sees the MEDIAN_SUPPORT most probable candidates one by one and the rest
+of the mass merged per level-4 S2 cell, at the mean direction of the cell's candidates: every
+bit of mass counts (dropping the tail moved diffuse medians by hundreds of km), at the cost of a
+few thousand points; benchmarks/distribution.py measures the answer against the median of the
+whole support.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ DEFAULT_LEVEL = 6
 UNIFORM_WEIGHT = 1e-3
 EARTH_AREA_KM2 = 4.0 * math.pi * EARTH_RADIUS_KM**2
 ESTIMATES = ("top1", "mode", "mean", "median")
-MEDIAN_SUPPORT = 4096  # candidates the median sees at most (the most probable)
-MEDIAN_CHUNK = 8  # problems solved together: arrays stay cache-sized (8-16 measured fastest)
+MEDIAN_SUPPORT = 1024  # candidates the median sees one by one at most (the most probable)
+MEDIAN_TAIL_LEVEL = 4  # the rest of the mass: merged per S2 cell of this level (~600 km)
+# problems solved together per thread (arrays stay cache-sized; 16 measured fastest)
+MEDIAN_CHUNK = 16
 
 
 def unit(latlon: np.ndarray) -> np.ndarray:
@@ -75,6 +82,7 @@ class CellGrid:
         self.area_km2 = cell_areas_km2(self.cell_ids)
         self.xyz = unit(self.latlon)  # unit vectors, for estimates and expected distances
         self._countries: np.ndarray | None = None
+        self._tail: tuple[np.ndarray, np.ndarray] | None = None
         self._by_cell = np.argsort(self.cell_of, kind="stable")
         self._offsets = np.searchsorted(
             self.cell_of[self._by_cell], np.arange(len(self.cell_ids) + 1)
@@ -97,6 +105,21 @@ class CellGrid:
             self.pair_of = self.pair_of.reshape(-1)
             self.pair_cell, self.pair_country = np.divmod(uniq, len(self.country_names))
         return self._countries
+
+    def tail_cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """(index of each candidate's MEDIAN_TAIL_LEVEL cell [M], unit mean direction of each
+        such cell's candidates [C, 3]): where the median puts the mass of its tail."""
+        if self._tail is None:
+            from geoalign.geo.s2.ids import latlon_to_cell_ids, parent_ids
+
+            leaves = latlon_to_cell_ids(self.latlon[:, 0], self.latlon[:, 1])
+            _, of = np.unique(parent_ids(leaves, MEDIAN_TAIL_LEVEL), return_inverse=True)
+            of = of.reshape(-1)
+            sums = np.stack([np.bincount(of, self.xyz[:, d]) for d in range(3)], axis=1)
+            norm = np.linalg.norm(sums, axis=1, keepdims=True)
+            # (candidates summing to zero in a cell: impossible within ~600 km; any unit vector)
+            self._tail = of, np.where(norm > 0, sums / np.maximum(norm, 1e-300), [0, 0, 1.0])
+        return self._tail
 
     def members(self, cell: int) -> np.ndarray:
         """Candidate indices inside cell number `cell` (an index into `cell_ids`)."""
@@ -245,14 +268,6 @@ class Distribution:
             return to_latlon(self._median)
         raise DataError(f"unknown estimate {kind!r}; known: {', '.join(ESTIMATES)}")
 
-    def _support(self) -> np.ndarray:
-        """Every candidate with mass, or the MEDIAN_SUPPORT most probable of them (for a
-        100K gallery: the rest holds too little mass to move the median measurably)."""
-        nonzero = np.flatnonzero(self.probs > 0)
-        if len(nonzero) <= MEDIAN_SUPPORT:
-            return nonzero
-        return nonzero[np.argpartition(-self.probs[nonzero], MEDIAN_SUPPORT - 1)[:MEDIAN_SUPPORT]]
-
     def expected_distance_km(self, latlon: np.ndarray) -> float:
         """E[great-circle distance] from a point to the distribution (what the median minimises)."""
         x = unit(np.asarray(latlon, dtype=np.float64).reshape(2))
@@ -381,21 +396,69 @@ def solve_together(dists: list[Distribution]) -> list[Distribution]:
 
 
 def solve_medians(dists: list[Distribution]) -> None:
-    """The median of every distribution not solved yet, MEDIAN_CHUNK problems at a time."""
+    """The median of every distribution not solved yet, MEDIAN_CHUNK problems at a time; chunks
+    on as many threads as torch uses (numpy's array loops release the GIL: on 2 cores a batch's
+    medians take about 0.6 of the time on one, benchmarks/distribution.py)."""
     todo = [d for d in dists if d._median is None]
-    for start in range(0, len(todo), MEDIAN_CHUNK):
-        chunk = todo[start : start + MEDIAN_CHUNK]
-        supports = [d._support() for d in chunk]
-        n = max(len(s) for s in supports)
-        xyz = np.zeros((len(chunk), n, 3))
-        xyz[..., 2] = 1.0  # padding: any unit vector, with zero weight
-        w = np.zeros((len(chunk), n))
-        for i, (d, s) in enumerate(zip(chunk, supports, strict=True)):
-            xyz[i, : len(s)], w[i, : len(s)] = d.grid.xyz[s], d.probs[s]
-        for d, x in zip(chunk, geometric_median_batch(xyz, w), strict=True):
-            d._median = x
+    chunks = [todo[start : start + MEDIAN_CHUNK] for start in range(0, len(todo), MEDIAN_CHUNK)]
+    workers = min(len(chunks), _threads())
+    for grid in {id(d.grid): d.grid for d in todo}.values():
+        if len(grid.latlon) > MEDIAN_SUPPORT:
+            grid.tail_cells()  # (once, before the threads share the grid)
+    if workers <= 1:
+        for chunk in chunks:
+            _solve_chunk(chunk)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(_solve_chunk, chunks))
     for d in dists:
         d._batch = [d]  # solved: a distribution kept alone no longer keeps its batch alive
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _solve_chunk(chunk: list[Distribution]) -> None:
+    if all(d.grid is chunk[0].grid for d in chunk):  # (one call's distributions share it)
+        problems = [median_problem(chunk[0].grid, np.stack([d.probs for d in chunk]))]
+    else:
+        problems = [median_problem(d.grid, d.probs[None]) for d in chunk]
+    n = max(x.shape[1] for x, _ in problems)
+    xyz = np.zeros((len(chunk), n, 3))
+    xyz[..., 2] = 1.0  # padding: any unit vector, with zero weight
+    w = np.zeros((len(chunk), n))
+    row = 0
+    for x, wi in problems:
+        xyz[row : row + len(x), : x.shape[1]], w[row : row + len(x), : x.shape[1]] = x, wi
+        row += len(x)
+    for d, x in zip(chunk, geometric_median_batch(xyz, w), strict=True):
+        d._median = x
+
+
+def median_problem(grid: CellGrid, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points [B, n, 3] and weights [B, n] whose geometric median is each row of `probs`
+    [B, M]'s: every candidate, or the MEDIAN_SUPPORT most probable one by one plus the rest of
+    the mass per tail cell (`CellGrid.tail_cells`). torch.topk over the batch, not numpy's
+    argpartition row by row (about three times as long here)."""
+    if probs.shape[1] <= MEDIAN_SUPPORT:
+        return np.broadcast_to(grid.xyz, (*probs.shape, 3)), probs
+    import torch
+
+    probs_t = torch.from_numpy(probs)
+    top_w, top = torch.topk(probs_t, MEDIAN_SUPPORT, dim=1, sorted=False)
+    of, centres = grid.tail_cells()
+    of_t = torch.from_numpy(of)
+    # each cell's mass less its top candidates' (no copy of the gallery-sized rows)
+    tail = torch.zeros(len(probs), len(centres), dtype=probs_t.dtype)
+    tail.index_add_(1, of_t, probs_t).scatter_add_(1, of_t[top], -top_w).clamp_(min=0.0)
+    top = top.numpy()
+    xyz = np.concatenate([grid.xyz[top], np.broadcast_to(centres, (len(probs), *centres.shape))], 1)
+    return xyz, np.concatenate([top_w.numpy(), tail.numpy()], 1)
 
 
 def _rounded(geometry: dict[str, Any], digits: int = 4) -> dict[str, Any]:

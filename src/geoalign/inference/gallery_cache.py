@@ -7,6 +7,10 @@ cache key: change either and the key changes; nothing stale is ever read.
 A cache file is checked on every read (readable .npy, float32, (M, D) for this gallery and encoder,
 all finite); a truncated, NaN-filled or wrong-shape file is a one-line warning and is rebuilt in
 place, so a damaged cache never reaches a prediction. Writes are atomic (temp + fsync + rename).
+
+Files are written in Fortran (column) order, which `np.load` reads without a copy into the
+`feature_major` layout scoring uses; a row-order file (written before) is read, converted and
+rewritten once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from geoalign.io_atomic import atomic_write, remove_stale_temps
+from geoalign.models.base import feature_major
 from geoalign.nn.location_encoder import LocationEncoder
 from geoalign.paths import cache_dir
 
@@ -56,8 +61,10 @@ def read_cached(path: Path, rows: int, dim: int) -> tuple[np.ndarray | None, str
 
 
 def _count_nonfinite(arr: np.ndarray, rows: int = 8192) -> int:
-    """NaN/inf entries, counted block by block: a whole-array mask would add a quarter of the
-    gallery (51 MB for the 100K one) to the peak memory of every start-up."""
+    """NaN/inf entries, counted block by block in memory order: a whole-array mask would add a
+    quarter of the gallery (51 MB for the 100K one) to the peak memory of every start-up."""
+    if arr.flags.f_contiguous and not arr.flags.c_contiguous:
+        return _count_nonfinite(arr.T, max(1, rows * arr.shape[1] // max(arr.shape[0], 1)))
     return sum(int((~np.isfinite(arr[i : i + rows])).sum()) for i in range(0, len(arr), rows))
 
 
@@ -69,23 +76,36 @@ def gallery_embeddings(
     cache: bool = True,
     progress=None,
 ) -> torch.Tensor:
-    """(M, D) float32 embeddings of the gallery, read from the cache when present and sound."""
+    """(M, D) float32 embeddings of the gallery (`feature_major`), read from the cache when
+    present and sound."""
     path = cached_gallery_path(encoder, latlon)
     if cache and path.is_file():
         arr, why = read_cached(path, len(latlon), encoder.embed_dim)
         if arr is not None:
-            return torch.from_numpy(arr)
+            emb = torch.from_numpy(arr)
+            if arr.flags.f_contiguous:
+                return feature_major(emb)
+            emb = feature_major(emb)  # a row-order file (written before): rewritten once
+            del arr
+            _write(path, emb)
+            return emb
         warnings.warn(f"gallery cache {path} is damaged ({why}): rebuilding it", stacklevel=2)
     param = next(encoder.parameters())
     coords = torch.tensor(
         latlon, dtype=torch.float32, device=param.device
     )  # (a copy: may be read-only)
     emb = encoder.encode(coords, batch_size=batch_size, progress=progress).float().cpu()
+    emb = feature_major(emb)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(path)
-        atomic_write(path, lambda fh: np.save(fh, emb.numpy()))
+        _write(path, emb)
     return emb
+
+
+def _write(path: Path, emb: torch.Tensor) -> None:
+    """Atomically save feature-major `emb` as a Fortran-order .npy (no copy of the data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    atomic_write(path, lambda fh: np.save(fh, emb.numpy()))
 
 
 def cached_gallery_path(encoder: LocationEncoder, latlon: np.ndarray) -> Path:

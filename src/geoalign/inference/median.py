@@ -27,15 +27,18 @@ def angles(xyz: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.arctan2(np.linalg.norm(np.cross(xyz, x), axis=-1), xyz @ x)
 
 
-def _tangents(xyz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tangents(
+    xyz: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """At points x [B, 3]: unit tangent directions towards the support [B, N, 3] (zero where
-    undefined: a support point at x or opposite it), their sines and the exact angles [B, N]."""
+    undefined: a support point at x or opposite it), the angles' sines, cosines and their exact
+    values [B, N]."""
     cos = np.einsum("bnd,bd->bn", xyz, x)
     tangent = xyz - cos[..., None] * x[:, None, :]
     sin = np.sqrt(np.einsum("bnd,bnd->bn", tangent, tangent))
     ok = sin > 1e-15
     tangent *= (ok / np.where(ok, sin, 1.0))[..., None]
-    return tangent, sin, np.arctan2(sin, cos)
+    return tangent, sin, cos, np.arctan2(sin, cos)
 
 
 def _cost(xyz: np.ndarray, w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -68,7 +71,10 @@ def _solve(
     towards x_i; where the sum is not positive definite (mass beyond 90 degrees), or Newton's
     last step needed backtracking (a kink at a support point), the step is Weiszfeld's (the
     isotropic majoriser sum_i w_i / theta_i). Every step is halved until the objective drops; a
-    problem stops when a step moves less than `tol` or no step lowers its objective."""
+    problem stops when a step moves less than `tol` or no step lowers its objective.
+
+    A trial point's tangents give both its objective (to accept it) and, once accepted, the
+    next step: one pass over the support per trial, the cost of this solver."""
     rows = np.arange(len(w))
     heavy = min(heavy, w.shape[1])
     top = np.argpartition(-w, heavy - 1, axis=1)[:, :heavy]  # the heaviest, in any order
@@ -84,22 +90,26 @@ def _solve(
     np.minimum(cos, 1.0, out=cos)
     np.maximum(cos, -1.0, out=cos)
     x = cand[rows, np.einsum("bkn,bn->bk", np.arccos(cos, out=cos), w).argmin(axis=1)]
+    u, sin, cos, theta = _tangents(xyz, x)  # at x, kept up to date as problems move
+    here = np.einsum("bn,bn->b", w, theta)
     eye = np.eye(3)
     active = rows
     fallback = np.zeros(len(w), dtype=bool)
     for _ in range(max_steps):
         if not len(active):
             break
-        X, W, xa = xyz[active], w[active], x[active]
-        u, sin, theta = _tangents(X, xa)
-        here = np.einsum("bn,bn->b", W, theta)
-        grad = -np.einsum("bn,bnd->bd", W, u)  # the Riemannian gradient
-        defined = sin > 1e-15
-        inv = np.einsum("bn,bn->b", W, defined / np.where(defined, theta, 1.0))
+        if len(active) == len(w):  # (no copies while every problem is still moving)
+            W, xa, ua, sa, ca, ta = w, x.copy(), u, sin, cos, theta
+        else:
+            W, xa = w[active], x[active]
+            ua, sa, ca, ta = u[active], sin[active], cos[active], theta[active]
+        grad = -np.einsum("bn,bnd->bd", W, ua)  # the Riemannian gradient
+        defined = sa > 1e-15
+        inv = np.einsum("bn,bn->b", W, defined / np.where(defined, ta, 1.0))
         step = -grad / np.maximum(inv, 1e-300)[:, None]  # Weiszfeld's step
-        cot = W * (defined * np.cos(theta) / np.where(defined, sin, 1.0))
+        cot = W * (defined * ca / np.where(defined, sa, 1.0))
         hess = cot.sum(axis=1)[:, None, None] * (eye - xa[:, :, None] * xa[:, None, :])
-        hess -= np.matmul((cot[..., None] * u).transpose(0, 2, 1), u)
+        hess -= np.matmul((cot[..., None] * ua).transpose(0, 2, 1), ua)
         hess += xa[:, :, None] * xa[:, None, :]  # the normal direction: the solve stays tangent
         newton = (np.linalg.eigvalsh(hess)[:, 0] > 1e-12) & ~fallback[active]
         if newton.any():
@@ -111,8 +121,19 @@ def _solve(
         todo = np.flatnonzero(size >= tol)
         while len(todo):  # backtracking, only for the problems still without a descent
             new = _exp(xa[todo], t[todo, None] * step[todo])
-            better = _cost(X[todo], W[todo], new) < here[todo]
-            x[active[todo[better]]] = new[better]
+            probs = active[todo]
+            every = len(probs) == len(w)  # (no copies of the support while all are trying)
+            nu, ns, nc, nt = _tangents(xyz if every else xyz[probs], new)
+            cost = np.einsum("bn,bn->b", w if every else w[probs], nt)
+            better = cost < here[probs]
+            keep = probs[better]
+            x[keep], here[keep] = new[better], cost[better]
+            u[keep], sin[keep], cos[keep], theta[keep] = (
+                nu[better],
+                ns[better],
+                nc[better],
+                nt[better],
+            )
             moved[todo[better]] = True
             todo = todo[~better]
             t[todo] /= 2
@@ -122,8 +143,8 @@ def _solve(
         # Newton step is retried as Weiszfeld's)
         active = active[~np.where(moved, t * size < tol, ~newton)]
     # The optimum can sit on a support point (a kink): the nearest one, where it is better.
-    near = xyz[rows, np.einsum("bnd,bd->bn", xyz, x).argmax(axis=1)]
-    snap = _cost(xyz, w, near) <= _cost(xyz, w, x)
+    near = xyz[rows, theta.argmin(axis=1)]
+    snap = _cost(xyz, w, near) <= here
     x[snap] = near[snap]
     return x
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from geoalign.errors import DataError
-from geoalign.models.base import Candidates, Locator
+from geoalign.models.base import Candidates, Locator, feature_major
 
 
 class TrainingNeighbours:
@@ -79,7 +79,7 @@ def with_training_locations(
     joined = Candidates(
         np.concatenate([gallery.latlon, extra.latlon]),
         "gallery",
-        torch.cat([gallery.keys, extra.keys.to(gallery.keys.device)]),
+        feature_major(torch.cat([gallery.keys, extra.keys.to(gallery.keys.device)])),
         f"{gallery.description} + {neighbours.k} of {len(latlon)} training locations",
     )
     return neighbours, joined
