@@ -48,6 +48,9 @@ class Geolocator:
     features only, see `predict_features`); models that train their own backbone block bring it.
     `gallery`: the GPS gallery (a DataFrame with lat/lon) a retrieval model ranks, or that refines
     the coordinates of a cell classifier's cells (`coordinates="gallery"`).
+    `release_weight_pages`: a frozen backbone's (and segmenter's) weights memory-mapped from
+    their checkpoint are given back to the page cache after each module's forward, so they do
+    not all stay resident (`geoalign.nn.backbones.mapped_pages`; same outputs).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class Geolocator:
         progress: Callable[[int], None] | None = None,
         gallery_precision: str = "float32",
         calibration: Any = None,
+        release_weight_pages: bool = True,
     ) -> None:
         if not isinstance(model, Locator):
             raise TypeError(f"{type(model).__name__} does not implement geoalign's Locator")
@@ -72,6 +76,12 @@ class Geolocator:
             self.backbone.eval()
         check_backbone_width(model, self.backbone)
         self.segmenter = segmenter
+        if release_weight_pages:
+            from geoalign.nn.backbones.mapped_pages import release_pages_after_forward
+
+            for frozen in (self.backbone, segmenter):
+                if frozen is not None:
+                    release_pages_after_forward(frozen)
         if model.reads == "pixels+segmentation" and segmenter is None:
             raise GeoalignError("this model fuses segmentation maps: pass a segmenter")
         table = _gallery_frame(gallery)
