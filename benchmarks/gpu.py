@@ -4,7 +4,8 @@ training from features.
     .venv/bin/python benchmarks/gpu.py [--photos 2048] [--batch-size 256] [--workers 8]
                                        [--decode cpu|gpu] [--steps 30]
 
-Features: `--photos` 1024 x 768 JPEGs written as webdataset shards, then `features extract`'s
+Batch predict: `Geolocator.predict` over the same shards (decode workers, pinned batches, bf16
+tower, official head and 100K gallery), photos/s. Features: `--photos` 1024 x 768 JPEGs written as webdataset shards, then `features extract`'s
 code path (shard listing, decode threads or nvJPEG, tensor transform, pinned copies, bf16
 autocast, SDPA attention) with a CLIP ViT-L/14 vision tower built from its config (random
 weights: the cost is that of the real ones), timed from the first shard read to the last store
@@ -38,14 +39,12 @@ from _results import write_section  # noqa: E402
 warnings.filterwarnings("ignore")
 
 
-def features_per_second(tmp: Path, photos: int, batch: int, workers: int, decode: str) -> float:
-    from predict import VIT_L14, _photo
-    from transformers import CLIPVisionConfig
+def write_photo_shards(tmp: Path, photos: int) -> Path:
+    """`photos` 1024 x 768 JPEGs (64 distinct) as webdataset shards of 512 in tmp/wds."""
+    from predict import _photo
 
-    from geoalign.data.feature_store import encode_with, extract_features
     from geoalign.data.manifest import load_manifest
-    from geoalign.data.wds import ShardImageLoader, list_shards, write_shards
-    from geoalign.nn.backbones import ClipBackbone
+    from geoalign.data.wds import write_shards
 
     distinct = [_photo(tmp / f"p{i}.jpg", i) for i in range(min(photos, 64))]
     rng = np.random.default_rng(0)
@@ -59,6 +58,18 @@ def features_per_second(tmp: Path, photos: int, batch: int, workers: int, decode
     frame.to_csv(tmp / "photos.csv", index=False)
     manifest = load_manifest(tmp / "photos.csv", check_files=True).clean()
     write_shards(manifest, tmp / "wds", shard_size=512)
+    return tmp / "wds"
+
+
+def features_per_second(tmp: Path, photos: int, batch: int, workers: int, decode: str) -> float:
+    from predict import VIT_L14
+    from transformers import CLIPVisionConfig
+
+    from geoalign.data.feature_store import encode_with, extract_features
+    from geoalign.data.wds import ShardImageLoader, list_shards
+    from geoalign.nn.backbones import ClipBackbone
+
+    write_photo_shards(tmp, photos)
     model = ClipBackbone.from_config(CLIPVisionConfig(**VIT_L14)).cuda()
     model.configure_inference(precision="bf16")
     encode = encode_with(model)
@@ -80,6 +91,41 @@ def features_per_second(tmp: Path, photos: int, batch: int, workers: int, decode
         progress=False,
     )
     torch.cuda.synchronize()
+    return photos / (time.perf_counter() - start)
+
+
+def predict_per_second(
+    shards: Path, photos: int, batch: int, workers: int, device: str, tiny: bool = False
+) -> float:
+    """Batch predict from the shards: `Geolocator.predict` (decode workers, pinned batches,
+    the official head and 100K gallery; ViT-L/14 in bf16 with random weights), photos/s."""
+    from predict import VIT_L14
+    from transformers import CLIPVisionConfig
+
+    from geoalign.data.galleries import load_gallery
+    from geoalign.data.wds_images import list_photos
+    from geoalign.inference.locator import Geolocator
+    from geoalign.models.registry import load_model
+    from geoalign.nn.backbones import ClipBackbone
+
+    vit = dict(VIT_L14)
+    if tiny:  # (same 768-d projection: the official head reads it)
+        vit.update(num_hidden_layers=1, hidden_size=64, intermediate_size=64, num_attention_heads=4)
+    backbone = ClipBackbone.from_config(CLIPVisionConfig(**vit)).to(device)
+    if device == "cuda":
+        backbone.configure_inference(precision="bf16")
+    model = load_model("geoclip", device=device)
+    geo = Geolocator(model, backbone=backbone, gallery=load_gallery("geoclip-100k"))
+    geo.predict(list_photos(shards), top_k=5, batch_size=batch, num_workers=workers, places=False)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = geo.predict(
+        list_photos(shards), top_k=5, batch_size=batch, num_workers=workers, places=False
+    )
+    if device == "cuda":
+        torch.cuda.synchronize()
+    assert len(out) == photos
     return photos / (time.perf_counter() - start)
 
 
@@ -143,10 +189,13 @@ def dry_run() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         _photo(Path(tmp) / "p.jpg", 0)
+        shards = write_photo_shards(Path(tmp), 8)
+        predict_s = predict_per_second(shards, 8, 4, 0, "cpu", tiny=True)
         t = geosurge_fusion_seconds("tiny", "cpu", micro=4, samples=8)
         samples_s = training_samples_per_second(Path(tmp), steps=2)
     print(
-        f"dry run ok: GeoSURGE tiny fusion step {t:.2f} s, GeoCLIP step {samples_s:,.0f} samples/s"
+        f"dry run ok: batch predict {predict_s:.1f} photos/s, GeoSURGE tiny fusion step "
+        f"{t:.2f} s, GeoCLIP step {samples_s:,.0f} samples/s"
     )
 
 
@@ -170,6 +219,10 @@ def main() -> None:
         tmp = Path(tmp)
         images_s = features_per_second(tmp, args.photos, args.batch_size, args.workers, args.decode)
         print(f"ViT-L/14 features from shards: {images_s:,.0f} images/s", flush=True)
+        predict_s = predict_per_second(
+            tmp / "wds", args.photos, args.batch_size, args.workers, "cuda"
+        )
+        print(f"Batch predict from shards: {predict_s:,.0f} photos/s", flush=True)
         samples_s = training_samples_per_second(tmp, args.steps)
         print(f"GeoCLIP training step: {samples_s:,.0f} samples/s", flush=True)
         fusion_s = geosurge_fusion_seconds("large", "cuda", args.geosurge_micro, 1024)
@@ -181,6 +234,9 @@ def main() -> None:
         f"| CLIP ViT-L/14 features, bf16 + SDPA, end to end from webdataset shards of "
         f"{args.photos} 1024 x 768 JPEGs (batch {args.batch_size}, {args.workers} decode threads, "
         f"decode on {args.decode}) | {images_s:,.0f} images/s |\n"
+        f"| `Geolocator.predict` from the same shards (ViT-L/14 bf16, official head, 100K "
+        f"gallery, top-5, batch {args.batch_size}, {args.workers} decode workers, pinned "
+        f"batches) | {predict_s:,.0f} photos/s |\n"
         f"| GeoCLIP training step from features (batch 512, queue 4096 with gradients) | "
         f"{samples_s:,.0f} samples/s |\n"
         f"| GeoSURGE fusion training step, ViT-L/14-336 (last block trainable) + 3 fusion blocks, "

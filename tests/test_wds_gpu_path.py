@@ -132,3 +132,53 @@ def test_cli_refuses_gpu_only_options_on_cpu(tmp_path, monkeypatch: pytest.Monke
     assert res.exit_code == 2 and "fp16 needs a CUDA device" in res.output
     res = CliRunner().invoke(app, [*base, "--precision", "bf16", "--dtype", "float32"])
     assert res.exit_code == 0, res.output
+
+
+def _photos(folder, n: int = 3) -> list[str]:
+    paths = []
+    for i in range(n):
+        paths.append(str(folder / f"p{i}.png"))
+        pixels = np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def test_predict_batches_are_pinned_only_for_a_cuda_backbone(tmp_path) -> None:
+    from geoalign.data.images import ImageBatch
+    from geoalign.inference.photos import photo_batches
+
+    photos = _photos(tmp_path)
+    common = dict(ten_crop=False, batch_size=2, num_workers=0)
+    _, loader = photo_batches(_clip(), photos, **common)
+    assert loader.pin_memory is False  # a CPU backbone: nothing to overlap
+    _, loader = photo_batches(_clip(), photos, **common, pin_memory=True)
+    assert loader.pin_memory is True
+    empty = ImageBatch(pixel_values=None)
+    assert empty.pin_memory() is empty  # a batch of failures only: nothing to pin
+
+
+@pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU")
+def test_predict_pins_batches_for_a_cuda_backbone(tmp_path) -> None:
+    from geoalign.inference.photos import photo_batches
+
+    _, loader = photo_batches(
+        _clip().cuda(), _photos(tmp_path), ten_crop=False, batch_size=2, num_workers=0
+    )
+    assert loader.pin_memory is True
+    assert next(iter(loader)).pixel_values.is_pinned()
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_dry_run_works() -> None:
+    """benchmarks/gpu.py is one command to run when a GPU is lent: its CPU dry run (tiny models,
+    every part: batch predict, GeoSURGE fusion step, GeoCLIP training) must not rot."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--dry-run"], capture_output=True, text=True, timeout=900
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "dry run ok: batch predict" in res.stdout

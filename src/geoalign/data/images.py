@@ -400,6 +400,13 @@ class ImageBatch:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def pin_memory(self) -> ImageBatch:
+        """Pixels in page-locked memory (DataLoader(pin_memory=True) calls this for custom
+        batches): the copy to a GPU can then run asynchronously."""
+        if self.pixel_values is not None:
+            self.pixel_values = self.pixel_values.pin_memory()
+        return self
+
 
 class ImageInputDataset(Dataset):
     """Map-style dataset over expanded inputs; items are (source, tensor or None, error or None).

@@ -24,11 +24,14 @@ def photo_batches(
     num_workers: int,
     recursive: bool = False,
     skip: set[str] | None = None,
+    pin_memory: bool | None = None,
 ) -> tuple[list[Any], Any]:
     """(input sources, a DataLoader of their preprocessed pixels) for `backbone`'s transform.
 
     `images` may be a `geoalign.data.wds_images.ShardPhotos` (photos of webdataset shards,
-    named by sample key), streamed shard by shard instead of loaded by path."""
+    named by sample key), streamed shard by shard instead of loaded by path. `pin_memory`
+    (None: when the backbone runs on CUDA) puts batches in page-locked memory, so their copy to
+    the GPU overlaps the forward (the backbone copies with non_blocking=True)."""
     from torch.utils.data import DataLoader
 
     from geoalign.data.images import ImageInputDataset, collate_images, expand_inputs
@@ -46,13 +49,21 @@ def photo_batches(
         if skip:
             sources = [s for s in sources if s.name not in skip]
         dataset = ImageInputDataset(sources, transform)
+    if pin_memory is None:
+        pin_memory = _device_of(backbone).type == "cuda"
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_images,
+        pin_memory=pin_memory,
     )
     return sources, loader
+
+
+def _device_of(module: Any) -> torch.device:
+    param = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
+    return param.device if param is not None else torch.device("cpu")
 
 
 def embed_batches(

@@ -155,7 +155,8 @@ class ImageBackbone(nn.Module, ABC):
                 f"backbone {self.name!r} expects preprocessed float pixel values, got "
                 f"{pixel_values.dtype}; run backbone.transform on the images first"
             )
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        # (non_blocking: a pinned batch's copy to the GPU overlaps; a no-op on the CPU)
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype, non_blocking=True)
         if self.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         return pixel_values
