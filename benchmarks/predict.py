@@ -284,65 +284,9 @@ def search(quick: bool) -> str:
     return "\n".join(rows)
 
 
-def search_10m(size: int = 10_000_000, chunk: int = 500_000) -> str:
-    """A 10M-point gallery streamed into IVF-SQ8 (5 GB), never held as float32 (20 GB)."""
-    from geoalign.data.galleries import load_gallery
-    from geoalign.inference.gallery_cache import gallery_embeddings
-    from geoalign.inference.search import GallerySearch
-    from geoalign.models.registry import load_location_encoder, load_logit_scale
-
-    base = torch.nn.functional.normalize(
-        gallery_embeddings(
-            load_location_encoder(), load_gallery("geoclip-100k")[["lat", "lon"]].to_numpy()
-        ),
-        dim=-1,
-    )
-    scale = float(load_logit_scale().exp())
-
-    def chunk_at(i: int) -> torch.Tensor:
-        # Real embeddings plus small seeded jitter: a 100× denser sampling of the same places.
-        g = torch.Generator().manual_seed(1000 + i)
-        rows = torch.randint(0, len(base), (chunk,), generator=g)
-        return base[rows] + 0.01 * torch.randn(chunk, base.shape[1], generator=g)
-
-    n_chunks = size // chunk
-    queries = chunk_at(0)[:64] + 0.02 * torch.randn(
-        64, base.shape[1], generator=torch.Generator().manual_seed(7)
-    )
-    t0 = time.perf_counter()
-    index = GallerySearch.from_chunks((chunk_at(i) for i in range(n_chunks)), scale, total=size)
-    build = time.perf_counter() - t0
-    t_search = best_time(lambda: index.topk(queries, 5), repeats=3)
-    got = index.topk(queries, 1).indices[:, 0]
-    # Exact top-1 by regenerating the chunks (64 queries x 10M, chunked matmul).
-    q = torch.nn.functional.normalize(queries, dim=-1)
-    best_sim = torch.full((64,), -2.0)
-    best_idx = torch.zeros(64, dtype=torch.long)
-    t0 = time.perf_counter()
-    for i in range(n_chunks):
-        sims = q @ torch.nn.functional.normalize(chunk_at(i), dim=-1).T
-        v, j = sims.max(-1)
-        better = v > best_sim
-        best_sim[better], best_idx[better] = v[better], j[better] + i * chunk
-    t_exact = time.perf_counter() - t0
-    recall = (got == best_idx).float().mean().item()
-    return (
-        "| gallery | backend | ms / query (batch 64) | recall@1 vs exact | build |\n"
-        "|---|---|---:|---:|---:|\n"
-        f"| {size:,} | FAISS IVF{index._nlist}-SQ8 + rerank {index._rerank}, "
-        f"nprobe {index._nprobe} | "
-        f"{1e3 * t_search / 64:.2f} | {recall:.3f} | {build:.0f} s |\n"
-        f"| {size:,} | exact (chunked matmul, regenerated) | {1e3 * t_exact / 64:.1f} | 1.000 | — |\n\n"
-        f"Peak RSS of this benchmark process: {peak_rss_mb():,.0f} MB (float32 embeddings alone "
-        f"would be {size * base.shape[1] * 4 / 2**30:.0f} GiB)."
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--part", default="all", choices=["latency", "rss", "search", "search10m", "all"]
-    )
+    parser.add_argument("--part", default="all", choices=["latency", "rss", "search", "all"])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rss-child", nargs=3, metavar=("WHICH", "PHOTO", "CLIP_DIR"))
     args = parser.parse_args()
@@ -359,8 +303,6 @@ def main() -> None:
             write_section("Predict: peak memory", rss(tmp))
         if args.part in ("search", "all"):
             write_section("Predict: gallery search", search(args.quick))
-        if args.part in ("search10m", "all") and not args.quick:
-            write_section("Predict: 10M-point gallery", search_10m())
 
 
 if __name__ == "__main__":
