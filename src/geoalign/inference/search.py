@@ -6,9 +6,10 @@ of logit_scale · cosine over the (prior-masked) gallery, as GeoCLIP defines the
 every entry, so there the softmax denominator is the exact sum over the retrieved candidates plus an
 unbiased estimate of the rest from a fixed random sample of the gallery.
 
-`precision="float16"` adds a half-precision copy of the exact backend's embeddings for small
-query batches: scoring one query is a pass over memory (100K x 512 float32 is 205 MB, ~13 ms on
-one CPU core), so half the bytes make the one-photo gallery stage ~3x faster. A shortlist from the
+The exact backend keeps its embeddings `feature_major` (one query's scores read them in the layout
+a CPU matrix-vector product is fastest on). `precision="float16"` adds a half-precision copy for
+small query batches: scoring one query is a pass over memory (100K x 512 float32 is 205 MB), so
+half the bytes make the one-photo gallery stage faster still. A shortlist from the
 half-precision scores is re-scored against the float32 embeddings, so the top-k are the exact ones
 (unless more than 64 entries tie with them within ~1e-4 cosine); the rest of the softmax
 denominator comes from the half-precision scores (~1e-4 relative error in the probabilities).
@@ -43,6 +44,10 @@ EXACT_MAX = 2_000_000
 HALF_MAX_QUERIES = 4
 _DENOM_SAMPLE = 16_384
 DEFAULT_RERANK = 32  # SQ8 candidates re-scored exactly (recall curve: benchmarks/search_recall.py)
+# lists probed by a streamed (from_chunks) index: on realistic queries over 10M points
+# (benchmarks/search_recall.py) the best recall within 50 ms/query on 2 CPU cores; 16, the
+# earlier default, found the exact top-1 for 6 queries in 10
+DEFAULT_NPROBE = 128
 _RERANK_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -113,7 +118,7 @@ class GallerySearch:
         *,
         total: int,
         nlist: int | None = None,
-        nprobe: int = 16,
+        nprobe: int = DEFAULT_NPROBE,
         quantizer: str = "SQ8",
         seed: int = 0,
         rerank: int | None = None,
