@@ -1,4 +1,5 @@
-"""The SQ8 gallery's exact rerank: it recovers the exact top-1 that quantisation loses."""
+"""The streamed galleries' exact rerank (int8 scan and FAISS IVF-SQ8): it recovers the exact
+top-1 that quantisation loses."""
 
 from __future__ import annotations
 
@@ -24,20 +25,25 @@ def _near_duplicates(
     return gallery, queries
 
 
-def _build(gallery: torch.Tensor, **kw) -> GallerySearch:
+def _build(gallery: torch.Tensor, index: str = "ivf", **kw) -> GallerySearch:
+    ivf = {"nlist": 8, "nprobe": 8} if index == "ivf" else {}
     return GallerySearch.from_chunks(
-        gallery.split(1_500), 30.0, total=len(gallery), nlist=8, nprobe=8, **kw
+        gallery.split(1_500), 30.0, total=len(gallery), index=index, **ivf, **kw
     )
 
 
+@pytest.mark.parametrize(("index", "fewest_lost"), [("ivf", 8), ("int8", 3)])
 @pytest.mark.parametrize(("dtype", "seed", "dim"), [("float32", 0, 64), ("float16", 2, 512)])
-def test_rerank_returns_the_exact_top1_where_sq8_alone_does_not(dtype, seed, dim):
+def test_rerank_returns_the_exact_top1_where_codes_alone_do_not(
+    index, fewest_lost, dtype, seed, dim
+):
     # (float16 copies score within ~4e-5 cosine: exact at CLIP-like widths, not at 64-d)
     gallery, queries = _near_duplicates(seed, dim=dim)
     exact = GallerySearch(gallery, 30.0).topk(queries, 5)
-    plain = _build(gallery, rerank=0).topk(queries, 5)  # every list probed: only SQ8 is at fault
-    refined = _build(gallery, rerank=64, rerank_dtype=dtype).topk(queries, 5)
-    assert (plain.indices[:, 0] != exact.indices[:, 0]).sum() >= 8
+    # every list probed / every code scanned: only the 8-bit codes are at fault
+    plain = _build(gallery, index, rerank=0).topk(queries, 5)
+    refined = _build(gallery, index, rerank=64, rerank_dtype=dtype).topk(queries, 5)
+    assert (plain.indices[:, 0] != exact.indices[:, 0]).sum() >= fewest_lost
     assert torch.equal(refined.indices[:, 0], exact.indices[:, 0])  # (lower ranks may tie)
     tol = 30.0 * (1e-6 if dtype == "float32" else 1e-4)
     torch.testing.assert_close(refined.logits, exact.logits, rtol=0, atol=tol)
@@ -46,16 +52,27 @@ def test_rerank_returns_the_exact_top1_where_sq8_alone_does_not(dtype, seed, dim
     assert (refined.probs[:, :-1] >= refined.probs[:, 1:]).all()
 
 
-def test_rerank_is_on_by_default_for_sq8_and_tunable():
+@pytest.mark.parametrize("index", ["ivf", "int8"])
+def test_rerank_is_on_by_default_for_quantised_codes_and_tunable(index):
     gallery, queries = _near_duplicates(3, dups=DEFAULT_RERANK // 2)
     exact = GallerySearch(gallery, 30.0).topk(queries, 1).indices
-    index = _build(gallery)
-    assert index._rerank == DEFAULT_RERANK
-    assert torch.equal(index.topk(queries, 1).indices, exact)
-    index.tune(rerank=0)
-    assert not torch.equal(index.topk(queries, 1).indices, exact)
-    index.tune(rerank=64, nprobe=8)
-    assert torch.equal(index.topk(queries, 1).indices, exact)
+    built = _build(gallery, index)
+    assert built._rerank == DEFAULT_RERANK
+    assert torch.equal(built.topk(queries, 1).indices, exact)
+    built.tune(rerank=0)
+    assert not torch.equal(built.topk(queries, 1).indices, exact)
+    built.tune(rerank=64)
+    assert torch.equal(built.topk(queries, 1).indices, exact)
+
+
+def test_the_int8_scan_is_the_streamed_default_and_has_no_lists_to_probe():
+    gallery, _ = _near_duplicates()
+    built = GallerySearch.from_chunks(gallery.split(1_500), 30.0, total=len(gallery))
+    assert built.backend == "int8" and built._faiss is None
+    with pytest.raises(ValueError, match="nprobe is FAISS IVF's"):
+        built.tune(nprobe=8)
+    with pytest.raises(ValueError, match="index must be int8 or ivf"):
+        GallerySearch.from_chunks(gallery.split(1_500), 30.0, total=len(gallery), index="hnsw")
 
 
 def test_rerank_options_are_checked():
@@ -68,7 +85,7 @@ def test_rerank_options_are_checked():
         _build(gallery, rerank=-1)
     with pytest.raises(ValueError, match="rerank_dtype"):
         _build(gallery, rerank_dtype="int8")
-    with pytest.raises(ValueError, match="only a FAISS gallery"):
+    with pytest.raises(ValueError, match="an exact gallery has no nprobe"):
         GallerySearch(gallery, 30.0).tune(nprobe=4)
 
 

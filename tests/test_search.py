@@ -54,14 +54,18 @@ def test_normalized_queries_average_logits():
     )
 
 
-@pytest.mark.parametrize("quantizer", ["Flat", "SQ8"])
-def test_faiss_from_chunks_agrees_with_exact(quantizer):
+@pytest.mark.parametrize(("index", "quantizer"), [("ivf", "Flat"), ("ivf", "SQ8"), ("int8", "")])
+def test_streamed_from_chunks_agrees_with_exact(index, quantizer):
     gallery = _clustered(40_000)
     queries = gallery[torch.randperm(40_000, generator=torch.Generator().manual_seed(4))[:32]]
     queries = queries + 0.05 * torch.randn(queries.shape)
     exact = GallerySearch(gallery, 30.0).topk(queries, 5)
     approx = GallerySearch.from_chunks(
-        gallery.split(7_000), 30.0, total=40_000, nlist=64, nprobe=16, quantizer=quantizer
+        gallery.split(7_000),
+        30.0,
+        total=40_000,
+        index=index,
+        **({"nlist": 64, "nprobe": 16, "quantizer": quantizer} if index == "ivf" else {}),
     ).topk(queries, 5)
     recall = (approx.indices[:, 0] == exact.indices[:, 0]).float().mean().item()
     assert recall >= 0.9

@@ -1,9 +1,10 @@
 """Top-k search of query embeddings against a gallery, with GeoCLIP's probabilities.
 
 One component serves every model: exact batched matrix products for galleries up to
-`EXACT_MAX` entries (the exact answer, and fastest there), FAISS beyond. Probabilities are the softmax
-of logit_scale · cosine over the (prior-masked) gallery, as GeoCLIP defines them. FAISS does not score
-every entry, so there the softmax denominator is the exact sum over the retrieved candidates plus an
+`EXACT_MAX` entries (the exact answer, and fastest there); beyond, a scan of 8-bit codes of every
+entry (`int8_scan`) whose best candidates are re-scored exactly, or FAISS IVF on request. Probabilities are the softmax
+of logit_scale · cosine over the (prior-masked) gallery, as GeoCLIP defines them. The approximate backends
+do not score every entry exactly, so there the softmax denominator is the exact sum over the retrieved candidates plus an
 unbiased estimate of the rest from a fixed random sample of the gallery.
 
 The exact backend keeps its embeddings `feature_major` (one query's scores read them in the layout
@@ -17,11 +18,11 @@ Batches of more than `HALF_MAX_QUERIES` use float32 (CPU half-precision GEMMs ar
 alone is the default and what the conformance tests check.
 
 Very large galleries (10M points: 20 GB as float32) are built with `GallerySearch.from_chunks`, which
-streams embeddings into an IVF index with 8-bit scalar quantisation (1 byte per dimension) and keeps
-only the denominator sample in float32. SQ8 alone caps recall@1 against exact search near 0.94 on
-realistic queries (the quantisation error is larger than the gap between near-duplicate gallery
-points), so by default its top `rerank` candidates are re-scored exactly, as faiss's IndexRefine
-does, from float16 copies of the embeddings. The copies live in an unlinked temporary file read
+streams embeddings into int8 codes (1 byte per dimension; `index="ivf"`: FAISS IVF-SQ8 instead)
+and keeps only the denominator sample in float32. 8-bit codes alone cap recall@1 against exact
+search near 0.9 on realistic queries (the quantisation error is larger than the gap between
+near-duplicate gallery points), so by default the top `rerank` candidates are re-scored exactly,
+as faiss's IndexRefine does, from float16 copies of the embeddings. The copies live in an unlinked temporary file read
 through a memory map rather than in an IndexRefine: 10 GB at 10M points stays in the page cache
 (reclaimable, never counted twice), and a search touches only the rerank rows it reads.
 """
@@ -38,16 +39,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geoalign.inference.int8_scan import Int8Codes
 from geoalign.models.base import feature_major, is_feature_major
 
 EXACT_MAX = 2_000_000
 HALF_MAX_QUERIES = 4
 _DENOM_SAMPLE = 16_384
-DEFAULT_RERANK = 32  # SQ8 candidates re-scored exactly (recall curve: benchmarks/search_recall.py)
-# lists probed by a streamed (from_chunks) index: on realistic queries over 10M points
-# (benchmarks/search_recall.py) the best recall within 50 ms/query on 2 CPU cores; 16, the
-# earlier default, found the exact top-1 for 6 queries in 10
+DEFAULT_RERANK = 32  # 8-bit candidates re-scored exactly (recall: benchmarks/search_recall.py)
+# lists probed by a streamed FAISS IVF index (from_chunks(index="ivf")): on realistic queries
+# over 10M points (benchmarks/search_recall.py) the best recall within 50 ms/query on 2 CPU
+# cores; 16, the earlier default, found the exact top-1 for 6 queries in 10
 DEFAULT_NPROBE = 128
+BACKENDS = ("exact", "int8", "faiss")
 _RERANK_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -79,11 +82,11 @@ class GallerySearch:
         if precision not in {"float32", "float16"}:
             raise ValueError(f"precision must be float32 or float16, got {precision!r}")
         n = embeddings.shape[0]
-        self.backend = ("exact" if n <= EXACT_MAX else "faiss") if backend == "auto" else backend
-        if self.backend not in {"exact", "faiss"}:
-            raise ValueError(f"backend must be auto, exact or faiss, got {backend!r}")
-        # exact scoring reads the embeddings feature-major (fastest for few queries); FAISS
-        # takes them row by row
+        self.backend = ("exact" if n <= EXACT_MAX else "int8") if backend == "auto" else backend
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be auto, {', '.join(BACKENDS)}, got {backend!r}")
+        # exact scoring reads the embeddings feature-major (fastest for few queries); codes
+        # and FAISS take them row by row
         layout = feature_major if self.backend == "exact" else torch.Tensor.contiguous
         in_layout = is_feature_major if self.backend == "exact" else torch.Tensor.is_contiguous
         if copy or embeddings.dtype != torch.float32 or not in_layout(embeddings):
@@ -106,6 +109,15 @@ class GallerySearch:
         self._nprobe = faiss_nprobe
         self._rerank = 0  # IVF-Flat over float32 scores exactly: nothing to re-score
         self._rerank_rows: np.ndarray | None = None
+        self._codes: Int8Codes | None = None
+        if self.backend == "int8":  # re-scored exactly from the float32 embeddings held here
+            self._rerank, self._rerank_rows = DEFAULT_RERANK, self.embeddings.numpy()
+            rng = np.random.default_rng(0)
+            fit = rng.choice(n, size=min(n, 500_000), replace=False)
+            self._codes = Int8Codes.fit(self.embeddings[np.sort(fit)], capacity=n)
+            for part in self.embeddings.split(500_000):
+                self._codes.add(part)
+            self._set_sample(rng)
 
     def __len__(self) -> int:
         return self._size
@@ -117,6 +129,7 @@ class GallerySearch:
         logit_scale: float,
         *,
         total: int,
+        index: str = "int8",
         nlist: int | None = None,
         nprobe: int = DEFAULT_NPROBE,
         quantizer: str = "SQ8",
@@ -125,20 +138,26 @@ class GallerySearch:
         rerank_dtype: str = "float16",
         rerank_dir: str | os.PathLike | None = None,
     ) -> GallerySearch:
-        """A FAISS gallery streamed from embedding chunks (the first trains the coarse quantiser).
+        """A gallery streamed from embedding chunks of `total` rows, never held as float32.
 
-        `quantizer`: "SQ8" (1 byte/dim), "SQfp16" (2 bytes/dim) or "Flat" (4 bytes/dim).
-        `rerank`: how many of FAISS's top candidates per query are re-scored with exact inner
+        `index`: "int8" (default) scans int8 codes of every entry (1 byte/dim; the first chunk
+        sets their ranges); "ivf" builds FAISS IVF`nlist`,`quantizer` (the first chunk trains
+        the coarse quantiser), probing `nprobe` lists. Over 10M points on realistic queries the
+        int8 scan was both more accurate and faster (benchmarks/search_recall.py).
+        `quantizer` (IVF only): "SQ8" (1 byte/dim), "SQfp16" (2 bytes/dim) or "Flat" (4 bytes).
+        `rerank`: how many of the top candidates per query are re-scored with exact inner
         products against `rerank_dtype` copies of the embeddings (kept in a temporary file in
-        `rerank_dir`, default the system temp folder); None = `DEFAULT_RERANK` for a quantised
-        index and 0 for "Flat", whose scores are already exact; 0 = no rerank, no copies.
+        `rerank_dir`, default the system temp folder); None = `DEFAULT_RERANK` for quantised
+        codes and 0 for IVF-Flat, whose scores are already exact; 0 = no rerank, no copies.
         float16 copies (2 bytes/dim, 10 GB at 10M x 512) score within ~1e-5 cosine of float32,
         so only near-ties can still swap; "float32" makes the rerank exact at twice the disk.
         """
         import faiss
 
+        if index not in {"int8", "ivf"}:
+            raise ValueError(f"index must be int8 or ivf, got {index!r}")
         if rerank is None:
-            rerank = 0 if quantizer == "Flat" else DEFAULT_RERANK
+            rerank = 0 if index == "ivf" and quantizer == "Flat" else DEFAULT_RERANK
         if rerank < 0:
             raise ValueError(f"rerank must be >= 0 (0 = off), got {rerank}")
         if rerank_dtype not in _RERANK_DTYPES:
@@ -146,35 +165,47 @@ class GallerySearch:
         store = tempfile.TemporaryFile(dir=rerank_dir) if rerank else None  # unlinked at once
         self = cls.__new__(cls)
         self.scale = float(logit_scale)
-        self.backend = "faiss"
+        self.backend = "int8" if index == "int8" else "faiss"
         self._size = 0
+        self._codes = None
         self._nprobe = nprobe
         self._nlist = nlist or max(1, int(math.sqrt(total) / 3))
         rng = np.random.default_rng(seed)
         sample_rate = min(1.0, _DENOM_SAMPLE / max(total, 1))
         samples: list[torch.Tensor] = []
         sample_idx: list[np.ndarray] = []
-        index = None
+        ivf = None
+        d = 0
         for chunk in chunks:
-            x = F.normalize(chunk.float(), dim=-1).contiguous().numpy()
-            if index is None:
+            x_t = F.normalize(chunk.float(), dim=-1).contiguous()
+            x = x_t.numpy()
+            if not d:
                 d = x.shape[1]
-                index = faiss.index_factory(
-                    d, f"IVF{self._nlist},{quantizer}", faiss.METRIC_INNER_PRODUCT
-                )
-                train = x[rng.choice(len(x), size=min(len(x), 50 * self._nlist), replace=False)]
-                index.train(train)
-            index.add(x)
+                if index == "int8":
+                    self._codes = Int8Codes.fit(x_t, capacity=total)
+                else:
+                    ivf = faiss.index_factory(
+                        d, f"IVF{self._nlist},{quantizer}", faiss.METRIC_INNER_PRODUCT
+                    )
+                    pick = rng.choice(len(x), size=min(len(x), 50 * self._nlist), replace=False)
+                    ivf.train(x[pick])
+            if self._codes is not None:
+                self._codes.add(x_t)
+            else:
+                ivf.add(x)
             if store is not None:  # plain writes: the copies never become resident here
                 store.write(x.astype(_RERANK_DTYPES[rerank_dtype]).tobytes())
             pick = np.flatnonzero(rng.random(len(x)) < sample_rate)
             samples.append(torch.from_numpy(x[pick]))
             sample_idx.append(pick + self._size)
             self._size += len(x)
-        if index is None:
+        if not d:
             raise ValueError("from_chunks: no embeddings given")
-        index.nprobe = nprobe
-        self._faiss = index
+        if self._codes is not None:
+            self._codes.trim()
+        else:
+            ivf.nprobe = nprobe
+        self._faiss = ivf
         self._sample = torch.from_numpy(np.concatenate(sample_idx))
         self._sample_emb = torch.cat(samples)
         self.embeddings = None  # not kept: that is the point of streaming
@@ -189,11 +220,13 @@ class GallerySearch:
         return self
 
     def tune(self, *, nprobe: int | None = None, rerank: int | None = None) -> None:
-        """Change a FAISS gallery's lists probed and rerank depth without rebuilding it (the
-        recall/latency curve of benchmarks/search_recall.py is measured this way)."""
-        if self.backend != "faiss":
-            raise ValueError("tune: only a FAISS gallery has nprobe and a rerank depth")
+        """Change an approximate gallery's rerank depth, and a FAISS one's lists probed, without
+        rebuilding it (the recall/latency curve of benchmarks/search_recall.py is measured so)."""
+        if self.backend == "exact":
+            raise ValueError("tune: an exact gallery has no nprobe or rerank depth")
         if nprobe is not None:
+            if self.backend != "faiss":
+                raise ValueError("tune: the int8 scan reads every code; nprobe is FAISS IVF's")
             if nprobe < 1:
                 raise ValueError(f"nprobe must be >= 1, got {nprobe}")
             self._nprobe = nprobe
@@ -248,23 +281,31 @@ class GallerySearch:
         index.add(x)
         index.nprobe = self._nprobe
         self._faiss = index
-        sample = rng.choice(len(x), size=min(len(x), _DENOM_SAMPLE), replace=False)
+        self._set_sample(rng)
+
+    def _set_sample(self, rng: np.random.Generator) -> None:
+        """The fixed random sample of the gallery that estimates the softmax denominator."""
+        n = len(self.embeddings)
+        sample = rng.choice(n, size=min(n, _DENOM_SAMPLE), replace=False)
         self._sample = torch.from_numpy(np.sort(sample))
         self._sample_emb = self.embeddings[self._sample]
 
     def _approx(self, q: torch.Tensor, k: int, mask: torch.Tensor | None) -> SearchResult:
         if mask is not None:
             raise ValueError(
-                "priors with a FAISS gallery: subset the gallery first (Gallery.subset)"
+                f"priors with a {self.backend} gallery: subset the gallery first (Gallery.subset)"
             )
-        if self._faiss is None:
-            self._build_faiss()
         n_cand = max(k, 256)  # the local mass is summed exactly; only the far tail is estimated
         rerank = self._rerank
         if rerank:
             n_cand = max(n_cand, rerank)
-        sims, idx = self._faiss.search(q.float().cpu().numpy(), n_cand)
-        sims_t, idx_t = torch.from_numpy(sims), torch.from_numpy(idx)
+        if self._codes is not None:
+            sims_t, idx_t = self._codes.search(q.float().cpu(), n_cand)
+        else:
+            if self._faiss is None:
+                self._build_faiss()
+            sims, idx = self._faiss.search(q.float().cpu().numpy(), n_cand)
+            sims_t, idx_t = torch.from_numpy(sims), torch.from_numpy(idx)
         if rerank:
             sims_t, idx_t = self._reranked(q, sims_t, idx_t, max(k, rerank))
         logits = self.scale * sims_t
@@ -272,9 +313,10 @@ class GallerySearch:
         sample_logits = self.scale * (q.float().cpu() @ self._sample_emb.T)
         in_cand = self._sample_hits(idx_t)
         sample_logits = sample_logits.masked_fill(in_cand, float("-inf"))
-        rest = len(self) - n_cand
+        rest = max(len(self) - idx_t.shape[1], 0)  # (a small gallery: every entry a candidate)
         n_sample = (~in_cand).sum(-1, keepdim=True).clamp(min=1)
-        log_rest = torch.logsumexp(sample_logits, -1, keepdim=True) + torch.log(rest / n_sample)
+        log_rest = torch.logsumexp(sample_logits, -1, keepdim=True) + math.log(max(rest, 1e-300))
+        log_rest = log_rest - torch.log(n_sample)
         log_z = torch.logaddexp(torch.logsumexp(logits, -1, keepdim=True), log_rest)
         top = logits[:, :k]
         return SearchResult(idx_t[:, :k], torch.exp(top - log_z), top)
