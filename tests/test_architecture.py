@@ -15,6 +15,8 @@ from geoalign.evaluation.harness import evaluate_model
 from geoalign.evaluation.queries import Queries
 from geoalign.evaluation.run import evaluate_checkpoint
 from geoalign.geo.cells import CellHierarchy, PartitionRules
+from geoalign.geo.s2.ids import cell_levels, parent_ids
+from geoalign.inference.distribution import cell_areas_km2
 from geoalign.inference.locator import Geolocator
 from geoalign.models.base import Locator
 from geoalign.models.base import logits as model_logits
@@ -187,6 +189,15 @@ def test_distributions_and_estimates_through_the_harness(method):
     truth = rng.uniform([-60, -180], [70, 180], size=(12, 2))
     geo = Geolocator(model, gallery=gallery, cache=False)
     dists = geo.distributions(geo.embed_features(feats))
+    if method == "geosurge":  # geocells coarser than the smoothing level spread over their area
+        assert geo.candidates.cells is not None and dists[0].grid.spread is not None
+        fine = model.hierarchy.partitions[-1]
+        assert dists[0].grid.area_km2.sum() == pytest.approx(
+            cell_areas_km2(fine.cell_ids[cell_levels(fine.cell_ids) <= 6]).sum()
+            + cell_areas_km2(
+                np.unique(parent_ids(fine.cell_ids[cell_levels(fine.cell_ids) > 6], 6))
+            ).sum()
+        )
     top1, median, mean = evaluate_model(
         geo, feats, truth, modes=["top1", "median", "mean"], regions=(0.5, 0.9)
     )

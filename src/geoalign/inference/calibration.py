@@ -91,10 +91,10 @@ def nll_table(
     its members, so no distribution is built and the logits are computed once per chunk."""
     import torch
 
-    from geoalign.inference.distribution import EARTH_AREA_KM2, UNIFORM_WEIGHT, CellGrid
+    from geoalign.inference.distribution import EARTH_AREA_KM2, UNIFORM_WEIGHT
     from geoalign.models.base import logits as model_logits
 
-    grids = [geo._grids.get(lv) or CellGrid(geo.candidates.latlon, lv) for lv in levels]
+    grids = [geo.grid(lv) for lv in levels]
     cells = [g.cell_index(truth) for g in grids]
     s = torch.tensor(scales, dtype=torch.float64)[:, None]
     total = np.zeros((len(scales), len(levels)))
@@ -108,8 +108,9 @@ def nll_table(
                 if c < 0:
                     mass = torch.zeros(len(scales), dtype=torch.float64)
                 else:
-                    members = torch.from_numpy(grid.members(int(c)))
-                    num = torch.logsumexp(s * logits[j, members][None], dim=-1)
+                    members, weights = grid.members(int(c))
+                    log_w = torch.from_numpy(np.log(weights))
+                    num = torch.logsumexp(s * logits[j, members][None] + log_w, dim=-1)
                     mass = torch.exp(num - denom[:, j])
                 dens = (1 - UNIFORM_WEIGHT) * mass / grid.area_km2[max(c, 0)] * (c >= 0)
                 total[:, k] -= torch.log(dens + UNIFORM_WEIGHT / EARTH_AREA_KM2).numpy()
@@ -140,11 +141,7 @@ def fit_calibration(
     queries = torch.cat([geo.embed_features(c) for c in feats.float().split(512)])
     before = float(nll_table(geo, queries, truth, (1.0,), (DEFAULT_LEVEL,))[0, 0])
     table = nll_table(geo, queries, truth, tuple(scales), tuple(levels))
-    from geoalign.inference.distribution import CellGrid
-
-    support = np.array(
-        [(CellGrid(geo.candidates.latlon, lv).cell_index(truth) >= 0).mean() for lv in levels]
-    )
+    support = np.array([(geo.grid(lv).cell_index(truth) >= 0).mean() for lv in levels])
     admissible = support >= SUPPORT
     if not admissible.any():  # the coarsest level covers the most
         admissible = np.asarray(levels) == min(levels)

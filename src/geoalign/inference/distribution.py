@@ -3,7 +3,10 @@ their area and countries, the density at any point, and the level of a claimed l
 
 Every method gives a discrete distribution over its candidates (GPS gallery rows or geocells).
 It is smoothed with a box kernel on S2 cells of one level (`level`, ~144 km cells at the default
-6): each candidate's mass is spread uniformly over the S2 cell that contains it. We use this
+6): each candidate's mass is spread uniformly over the S2 cell that contains it. A candidate that
+stands for an area (a GeoSURGE geocell, `Candidates.cells`) coarser than that level spreads its
+mass over the whole geocell instead, over its descendants at `level` in proportion to their
+areas: a geocell the size of a continent is not a point at its mean location. We use this
 kernel rather than von Mises-Fisher kernels because then
 - the highest-density regions are exactly unions of S2 cells, with exact areas (spherical
   quadrilaterals), polygons for maps, and a cost of one bincount and one sort per query;
@@ -67,42 +70,90 @@ def check_p(p: float) -> float:
 
 
 class CellGrid:
-    """Candidates binned into S2 cells of one level: computed once per candidate set."""
+    """Candidates binned into S2 cells of one level: computed once per candidate set.
 
-    def __init__(self, latlon: np.ndarray, level: int = DEFAULT_LEVEL) -> None:
-        from geoalign.geo.s2.ids import latlon_to_cell_ids, parent_ids
+    `cells` (optional, S2 cell ids [M]): the area each candidate stands for. Candidates whose
+    area is coarser than `level` are spread over its descendants at `level` (weights
+    proportional to area, summing to 1): then `spread` holds (candidate, cell, weight) triples,
+    and a cell's mass is the weighted sum of its candidates' probabilities."""
+
+    def __init__(
+        self, latlon: np.ndarray, level: int = DEFAULT_LEVEL, cells: np.ndarray | None = None
+    ) -> None:
+        from geoalign.geo.s2.ids import cell_levels, latlon_to_cell_ids, parent_ids
 
         if not 0 <= level <= 30:
             raise DataError(f"S2 level must be in 0..30, got {level}")
         self.level = int(level)
         self.latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
-        leaves = latlon_to_cell_ids(self.latlon[:, 0], self.latlon[:, 1])
-        self.cell_ids, self.cell_of = np.unique(parent_ids(leaves, level), return_inverse=True)
-        self.cell_of = self.cell_of.reshape(-1)
+        kernel = parent_ids(latlon_to_cell_ids(self.latlon[:, 0], self.latlon[:, 1]), level)
+        coarse = np.zeros(len(kernel), dtype=bool)
+        if cells is not None:
+            cells = np.asarray(cells, dtype=np.uint64).reshape(-1)
+            if len(cells) != len(kernel):
+                raise ValueError(f"{len(cells)} cells for {len(kernel)} candidates")
+            coarse = cell_levels(cells) < level
+        self.spread: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        if coarse.any():
+            rows, ids, weights = _spread(np.flatnonzero(coarse), cells[coarse], level)
+            point = np.flatnonzero(~coarse)
+            rows = np.concatenate([point, rows])
+            weights = np.concatenate([np.ones(len(point)), weights])
+            self.cell_ids, cols = np.unique(
+                np.concatenate([kernel[point], ids]), return_inverse=True
+            )
+            self.spread = (rows, cols.reshape(-1), weights)
+            self.cell_of = np.full(len(kernel), -1)  # (spread candidates sit in many cells)
+            self.cell_of[point] = self.spread[1][: len(point)]
+        else:
+            self.cell_ids, self.cell_of = np.unique(kernel, return_inverse=True)
+            self.cell_of = self.cell_of.reshape(-1)
         self.area_km2 = cell_areas_km2(self.cell_ids)
         self.xyz = unit(self.latlon)  # unit vectors, for estimates and expected distances
         self._countries: np.ndarray | None = None
         self._tail: tuple[np.ndarray, np.ndarray] | None = None
-        self._by_cell = np.argsort(self.cell_of, kind="stable")
-        self._offsets = np.searchsorted(
-            self.cell_of[self._by_cell], np.arange(len(self.cell_ids) + 1)
-        )
+        rows, cols, weights = self.triples()
+        self._by_cell = np.argsort(cols, kind="stable")
+        self._members = (rows[self._by_cell], weights[self._by_cell])
+        self._offsets = np.searchsorted(cols[self._by_cell], np.arange(len(self.cell_ids) + 1))
+
+    def triples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(candidate, cell, weight) for every piece of mass: one per candidate unless spread."""
+        if self.spread is not None:
+            return self.spread
+        return np.arange(len(self.cell_of)), self.cell_of, np.ones(len(self.cell_of))
+
+    def cell_mass(self, probs: np.ndarray) -> np.ndarray:
+        """Mass of each cell under candidate probabilities `probs` [M]."""
+        if self.spread is None:
+            return np.bincount(self.cell_of, weights=probs, minlength=len(self.cell_ids))
+        rows, cols, weights = self.spread
+        return np.bincount(cols, weights=probs[rows] * weights, minlength=len(self.cell_ids))
 
     def country_codes(self) -> np.ndarray:
         """Index into `country_names` (ISO codes, "sea" offshore) of every candidate's country,
         looked up once (point in polygon)."""
         if self._countries is None:
             from geoalign.geo.regions import load_countries
+            from geoalign.geo.s2.ids import cell_centers
 
-            codes = load_countries().country_codes(self.latlon)
+            rows, cols, weights = self.triples()
+            # a spread piece lies in the country of its cell's centre; a point, in its own
+            pieces = np.flatnonzero(self.cell_of[rows] < 0)
+            centres = np.stack(cell_centers(self.cell_ids[cols[pieces]]), axis=1).reshape(-1, 2)
+            codes = load_countries().country_codes(np.concatenate([self.latlon, centres]))
             names = np.array([str(c) if c else "sea" for c in codes], dtype=object)
-            self.country_names, self._countries = np.unique(names.astype(str), return_inverse=True)
-            self._countries = self._countries.reshape(-1)
+            self.country_names, found = np.unique(names.astype(str), return_inverse=True)
+            found = found.reshape(-1)
+            self._countries = found[: len(self.latlon)]
+            piece_country = self._countries[rows]
+            piece_country[pieces] = found[len(self.latlon) :]
             # (cell, country) pairs: a region's country shares then need one pass over the
             # candidates per distribution, not one per region
-            pairs = self.cell_of.astype(np.int64) * len(self.country_names) + self._countries
+            pairs = cols.astype(np.int64) * len(self.country_names) + piece_country
             uniq, self.pair_of = np.unique(pairs, return_inverse=True)
             self.pair_of = self.pair_of.reshape(-1)
+            self.pair_rows, self.pair_weights = rows, weights
             self.pair_cell, self.pair_country = np.divmod(uniq, len(self.country_names))
         return self._countries
 
@@ -121,9 +172,11 @@ class CellGrid:
             self._tail = of, np.where(norm > 0, sums / np.maximum(norm, 1e-300), [0, 0, 1.0])
         return self._tail
 
-    def members(self, cell: int) -> np.ndarray:
-        """Candidate indices inside cell number `cell` (an index into `cell_ids`)."""
-        return self._by_cell[self._offsets[cell] : self._offsets[cell + 1]]
+    def members(self, cell: int) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate indices, weights) of the mass in cell number `cell` (an index into
+        `cell_ids`): the cell holds sum(weights * probs[indices])."""
+        lo, hi = self._offsets[cell], self._offsets[cell + 1]
+        return self._members[0][lo:hi], self._members[1][lo:hi]
 
     def cell_index(self, latlon: np.ndarray) -> np.ndarray:
         """Index into `cell_ids` of the cell holding each point (-1: no candidate there)."""
@@ -233,7 +286,7 @@ class Distribution:
         self.probs = probs / total
         self.seeker = seeker
         self.calibration = calibration
-        mass = np.bincount(grid.cell_of, weights=self.probs, minlength=len(grid.cell_ids))
+        mass = grid.cell_mass(self.probs)
         self.cell_mass = mass
         self.order = np.argsort(-(mass / grid.area_km2), kind="stable")
         self.cum = np.cumsum(mass[self.order])
@@ -301,7 +354,8 @@ class Distribution:
         grid.country_codes()
         names = grid.country_names
         if self._pair_mass is None:
-            self._pair_mass = np.bincount(grid.pair_of, self.probs, minlength=len(grid.pair_cell))
+            pieces = self.probs[grid.pair_rows] * grid.pair_weights
+            self._pair_mass = np.bincount(grid.pair_of, pieces, minlength=len(grid.pair_cell))
         chosen = np.zeros(len(grid.cell_ids), dtype=bool)
         chosen[cells] = True
         inside = chosen[grid.pair_cell]
@@ -470,3 +524,20 @@ def _rounded(geometry: dict[str, Any], digits: int = 4) -> dict[str, Any]:
         return [walk(v) for v in c]
 
     return {**geometry, "coordinates": walk(geometry["coordinates"])}
+
+
+def _spread(rows: np.ndarray, cells: np.ndarray, level: int):
+    """(candidate, descendant id at `level`, area share) for candidates standing for `cells`
+    coarser than `level`: a cell's descendants at a finer level are consecutive ids, 2 * lsb
+    apart, starting lsb - 1 after its first leaf."""
+    from geoalign.geo.s2.ids import cell_levels, lsb_for_level, range_min
+
+    lsb = lsb_for_level(level)
+    counts = 4 ** (level - cell_levels(cells))
+    first = np.repeat(range_min(cells) + (lsb - np.uint64(1)), counts)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    ids = first + np.uint64(2) * lsb * within.astype(np.uint64)
+    area = cell_areas_km2(ids)
+    owner = np.repeat(np.arange(len(cells)), counts)
+    share = area / np.bincount(owner, weights=area)[owner]
+    return rows[owner], ids, share

@@ -321,6 +321,13 @@ class Geolocator:
         top, idx = torch.topk(log_probs(scores, allowed).cpu(), k, dim=-1)
         return idx.numpy(), top.exp().numpy()
 
+    def grid(self, level: int) -> CellGrid:
+        """The candidates binned into S2 cells of `level` (geocells spread over their area),
+        built once per level."""
+        if level not in self._grids:
+            self._grids[level] = CellGrid(self._latlon, level, self.candidates.cells)
+        return self._grids[level]
+
     def distributions(
         self,
         queries: torch.Tensor,
@@ -337,14 +344,12 @@ class Geolocator:
         cal = self.calibration if level is None and scale is None else None
         if level is None:
             level = cal.level if cal is not None else DEFAULT_LEVEL
-        if level not in self._grids:
-            self._grids[level] = CellGrid(self._latlon, level)
         if radius_km not in self._seekers:
             from geoalign.inference.modes import ModeSeeker
 
             self._seekers[radius_km] = ModeSeeker(self._latlon, radius_km)
         probs = self.probs(queries, mask, scale=scale).numpy()
-        grid, seeker = self._grids[level], self._seekers[radius_km]
+        grid, seeker = self.grid(level), self._seekers[radius_km]
         return solve_together(
             [Distribution(grid, row, seeker=seeker, calibration=cal) for row in probs]
         )

@@ -27,12 +27,14 @@ Reads = Literal["features", "pixels", "pixels+segmentation"]
 @dataclass
 class Candidates:
     """What a locator ranks. `latlon` [M, 2] float64 degrees; `keys` [M, E] unit location
-    embeddings for retrieval methods (None for cell classifiers)."""
+    embeddings for retrieval methods (None for cell classifiers); `cells` the S2 cell id of the
+    area each candidate stands for (geocells: their mass is spread over it), None for points."""
 
     latlon: np.ndarray
     kind: Literal["gallery", "cells"]
     keys: Tensor | None = None
     description: str = ""
+    cells: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.latlon)

@@ -244,7 +244,9 @@ class GeoSurge(nn.Module):
     ) -> Candidates:
         """The finest cells at their mean training coordinates (a GPS gallery only refines the
         coordinates of predicted cells, see `geoalign.inference.cell_gallery`)."""
-        return Candidates(self.cell_latlon, "cells", None, f"{len(self.cell_latlon)} finest cells")
+        fine = self.hierarchy.partitions[-1]
+        desc = f"{len(self.cell_latlon)} finest cells"
+        return Candidates(self.cell_latlon, "cells", None, desc, cells=fine.cell_ids)
 
     def similarities(self, queries: Tensor, candidates: Candidates | None = None) -> Tensor:
         """Hierarchical log scores of the finest cells (the learned per-level temperatures are
