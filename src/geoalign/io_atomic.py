@@ -1,7 +1,7 @@
 """All-or-nothing file writes: a killed or failing writer never leaves a 0-byte or truncated file.
 
 Every output file geoalign writes goes through `atomic_write` (writers that take a file handle) or
-`atomic_output` (writers that want a path: matplotlib's savefig, folium's save, pandas): the bytes
+`atomic_output` (writers that want a path: matplotlib's savefig, pandas): the bytes
 go to a hidden temporary file in the same folder (so the rename cannot cross filesystems), are
 fsynced, and the temporary file is renamed over the target with `os.replace`, after which the
 folder entry is fsynced too. Readers see the old file or the whole new one. A SIGKILL leaves at

@@ -1,4 +1,4 @@
-"""Maps of predictions: a static PNG drawn offline, and an interactive folium HTML page.
+"""Maps of predictions: a static PNG drawn offline, and an interactive HTML page.
 
 Neither needs tiles or a network: country borders come from the Natural Earth polygons shipped with
 geoalign's dependencies, and the HTML page inlines Leaflet (`geoalign.geo.webmap`), so it opens

@@ -1,7 +1,5 @@
 """HTML maps of S2 cells coloured by sample count: `save_cell_map` (what `geoalign cells` writes:
-offline, Leaflet inlined through `geoalign.geo.webmap`) and `write_cell_map` (folium; viewing it
-loads Leaflet and, unless tiles=None, the OpenStreetMap background from the web).
-"""
+offline, Leaflet inlined through `geoalign.geo.webmap`)."""
 
 from __future__ import annotations
 
@@ -13,7 +11,6 @@ import numpy as np
 from geoalign.geo.s2 import ids as s2ids
 from geoalign.geo.s2.partition import Partition
 from geoalign.geo.webmap import WebMap, colour_scale, legend_bar
-from geoalign.io_atomic import atomic_output
 
 
 def _points_per_edge(levels: np.ndarray) -> np.ndarray:
@@ -46,41 +43,6 @@ def cell_features(partition: Partition) -> list[dict]:
             )
     features.sort(key=lambda f: f["properties"]["class_index"])
     return features
-
-
-def write_cell_map(
-    partition: Partition, path: str | Path, *, tiles: str | None = "OpenStreetMap"
-) -> Path:
-    """Write an HTML map of the partition's cells, coloured by log sample count."""
-    import branca.colormap as cm
-    import folium
-
-    path = Path(path)
-    counts = np.maximum(partition.counts, 1)
-    lo, hi = float(np.log10(counts.min(initial=1))), float(np.log10(counts.max(initial=10)))
-    colors = cm.LinearColormap(
-        ["#2c7bb6", "#ffffbf", "#d7191c"], vmin=lo, vmax=max(hi, lo + 1e-6)
-    ).to_step(8)
-    colors.caption = "log10(samples per cell)"
-    fmap = folium.Map(location=[20.0, 0.0], zoom_start=2, tiles=tiles, world_copy_jump=True)
-    features = cell_features(partition)
-    for f in features:
-        f["properties"]["color"] = colors(float(np.log10(max(f["properties"]["count"], 1))))
-    folium.GeoJson(
-        {"type": "FeatureCollection", "features": features},
-        name=partition.name,
-        style_function=lambda f: {
-            "color": "#333333",
-            "weight": 0.5,
-            "fillColor": f["properties"]["color"],
-            "fillOpacity": 0.45,
-        },
-        tooltip=folium.GeoJsonTooltip(fields=["class_index", "token", "level", "count"]),
-    ).add_to(fmap)
-    colors.add_to(fmap)
-    with atomic_output(path) as tmp:
-        fmap.save(str(tmp))
-    return path
 
 
 def save_cell_map(
