@@ -12,7 +12,7 @@ official, frozen location encoder with GeoCLIP's contrastive loss on 80% of the 
 queries are its embeddings of the other 20%. The gallery is training-like: MP-16 coordinates
 (the official 100K gallery) resampled with ~5 km jitter up to `--size` points, embedded by the
 location encoder chunk by chunk and streamed into the index (never held as float32) plus the
-float16 copies the exact rerank reads (on disk, memory-mapped). Exact top-1 is computed in the
+copies the exact rerank reads (on disk, memory-mapped). Exact top-1 is computed in the
 same pass. `--index int8` (`GallerySearch.from_chunks`'s default) scans int8 codes of every
 point: measured at each rerank depth, in a batch of 64 and one query at a time. `--index ivf`:
 every nprobe is measured with SQ8 alone and with the rerank at several depths.
@@ -85,6 +85,11 @@ def train_queries(encoder, seconds: float, n_queries: int) -> tuple[torch.Tensor
         queries = F.normalize(head(x[held]), dim=-1)
     print(f"trained {steps} steps in {seconds:.0f} s (last loss {loss.item():.2f})", flush=True)
     return queries, latlon[held]
+
+
+def _copies(index) -> str:
+    """The dtype of the gallery's rerank copies (the library default unless told)."""
+    return str(index._rerank_rows.dtype) if index._rerank_rows is not None else "no"
 
 
 def _haversine_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -191,7 +196,7 @@ def run(size: int, chunk: int, n_queries: int, train_seconds: float, kind: str) 
     verdict = "meets" if fit else "misses"
     return (
         f"Gallery {size:,} training-like points (MP-16 coordinates + 5 km jitter) in FAISS "
-        f"IVF{index._nlist}-SQ8 with float16 copies for the exact rerank (a memory-mapped "
+        f"IVF{index._nlist}-SQ8 with {_copies(index)} copies for the exact rerank (a memory-mapped "
         f"temporary file), built in {build:.0f} s ({timers['embed']:.0f} s of it embedding); "
         f"{setting}. \"rerank k'\" re-scores FAISS's top k' "
         'candidates exactly (`GallerySearch.from_chunks(index="ivf", rerank=k\')`, default '
@@ -250,7 +255,7 @@ def _int8_report(index, queries, exact, coords, embed, reranks, size, build, tim
     return (
         f"Gallery {size:,} training-like points (MP-16 coordinates + 5 km jitter) as int8 codes "
         f'scanned in full (`GallerySearch.from_chunks`, index="int8", the default), with '
-        "float16 copies for the exact rerank (a memory-mapped temporary file), built in "
+        f"{_copies(index)} copies for the exact rerank (a memory-mapped temporary file), built in "
         f'{build:.0f} s ({timers["embed"]:.0f} s of it embedding); {setting}. "rerank k\'" '
         "re-scores the codes' top k' candidates exactly (default "
         f"{DEFAULT_RERANK}); 0 = the codes' order alone.\n\n"
@@ -260,8 +265,8 @@ def _int8_report(index, queries, exact, coords, embed, reranks, size, build, tim
         f"(>= {TARGET_RECALL} at <= {TARGET_MS:.0f} ms/query). Its {len(gaps)} misses: "
         + (
             f"at most {float(np.max(gaps)):.1e} cosine below the exact top-1 (float32, "
-            f"re-embedded; {int((gaps <= 1e-4).sum())} within 1e-4, the float16 copies' "
-            "resolution)"
+            f"re-embedded; {int((gaps <= 1e-5).sum())} within 1e-5, the resolution of float16 "
+            "copies)"
             if len(gaps)
             else "none"
         )
