@@ -262,13 +262,13 @@ def _int8_report(index, queries, exact, coords, embed, reranks, size, build, tim
         + "\n".join(rows)
         + f"\n\nDefault (rerank {DEFAULT_RERANK}): recall@1 {verdict['recall']:.3f} at "
         f"{verdict['ms']:.2f} ms/query in a batch of 64, which {verdict['word']} the target "
-        f"(>= {TARGET_RECALL} at <= {TARGET_MS:.0f} ms/query). Its {len(gaps)} misses: "
+        f"(>= {TARGET_RECALL} at <= {TARGET_MS:.0f} ms/query). Misses: {len(gaps)}"
         + (
-            f"at most {float(np.max(gaps)):.1e} cosine below the exact top-1 (float32, "
+            f", at most {float(np.max(gaps)):.1e} cosine below the exact top-1 (float32, "
             f"re-embedded; {int((gaps <= 1e-5).sum())} within 1e-5, the resolution of float16 "
             "copies)"
             if len(gaps)
-            else "none"
+            else ""
         )
         + f". Peak RSS {peak_rss_mb():,.0f} MB."
     )
