@@ -86,7 +86,8 @@ class CellGrid:
             raise DataError(f"S2 level must be in 0..30, got {level}")
         self.level = int(level)
         self.latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
-        kernel = parent_ids(latlon_to_cell_ids(self.latlon[:, 0], self.latlon[:, 1]), level)
+        self._leaves = latlon_to_cell_ids(self.latlon[:, 0], self.latlon[:, 1])
+        kernel = parent_ids(self._leaves, level)
         coarse = np.zeros(len(kernel), dtype=bool)
         if cells is not None:
             cells = np.asarray(cells, dtype=np.uint64).reshape(-1)
@@ -113,9 +114,9 @@ class CellGrid:
         self._countries: np.ndarray | None = None
         self._tail: tuple[np.ndarray, np.ndarray] | None = None
         rows, cols, weights = self.triples()
-        self._by_cell = np.argsort(cols, kind="stable")
-        self._members = (rows[self._by_cell], weights[self._by_cell])
-        self._offsets = np.searchsorted(cols[self._by_cell], np.arange(len(self.cell_ids) + 1))
+        by_cell = np.argsort(cols, kind="stable")
+        self._members = (rows[by_cell], weights[by_cell])
+        self._offsets = np.searchsorted(cols[by_cell], np.arange(len(self.cell_ids) + 1))
 
     def triples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(candidate, cell, weight) for every piece of mass: one per candidate unless spread."""
@@ -161,10 +162,9 @@ class CellGrid:
         """(index of each candidate's MEDIAN_TAIL_LEVEL cell [M], unit mean direction of each
         such cell's candidates [C, 3]): where the median puts the mass of its tail."""
         if self._tail is None:
-            from geoalign.geo.s2.ids import latlon_to_cell_ids, parent_ids
+            from geoalign.geo.s2.ids import parent_ids
 
-            leaves = latlon_to_cell_ids(self.latlon[:, 0], self.latlon[:, 1])
-            _, of = np.unique(parent_ids(leaves, MEDIAN_TAIL_LEVEL), return_inverse=True)
+            _, of = np.unique(parent_ids(self._leaves, MEDIAN_TAIL_LEVEL), return_inverse=True)
             of = of.reshape(-1)
             sums = np.stack([np.bincount(of, self.xyz[:, d]) for d in range(3)], axis=1)
             norm = np.linalg.norm(sums, axis=1, keepdims=True)
