@@ -186,8 +186,10 @@ def _shift_diagnostics(geo, x, y, held, test_x, test_y) -> list[str]:
         np.array([_quantile(fit_lv[fit_bin == b], p) for b in range(5)])[test_bin] for p in ps
     ]
     shares = np.bincount(test_bin, minlength=5) / len(test_bin)
-    name = "Mondrian by 90% region area (Im2GPS3k photos per YFCC26k quintile: "
-    out.append(_coverage_row(name + " / ".join(f"{s:.0%}" for s in shares) + ")", test_lv, per_row))
+    name = "Mondrian by the 90 percent region's area (Im2GPS3k photos per YFCC26k quintile: "
+    out.append(
+        _coverage_row(name + " / ".join(f"{100 * s:.0f} %" for s in shares) + ")", test_lv, per_row)
+    )
     print(out[-1], flush=True)
     feats = np.vstack([x[fit], test_x]).astype(np.float32)
     domain = np.r_[np.zeros(len(fit)), np.ones(len(test_x))]
