@@ -56,6 +56,34 @@ def test_calibrate_stores_the_calibration_in_the_checkpoint(tmp_path, small_gall
     assert res.exit_code == 2 and "not empty" in res.stderr
 
 
+def test_calibrate_out_writes_a_whole_copy_or_none(tmp_path, small_gallery, monkeypatch):  # noqa: F811
+    import geoalign.inference.calibration as calibration
+
+    path = tiny_geoclip().save(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "val.npz",
+        features=rng.normal(size=(40, 12)).astype(np.float32),
+        coords=rng.uniform([-50, -120], [60, 140], (40, 2)),
+    )
+    args = ["calibrate", "-m", str(path), "--queries", str(tmp_path / "val.npz")]
+    args += ["--gallery", str(small_gallery), "--json", "--out"]
+    res = runner.invoke(app, [*args, str(tmp_path / "runs" / "calibrated")])
+    assert res.exit_code == 0, res.output
+    copy = tmp_path / "runs" / "calibrated"
+    assert "calibration" in json.loads((copy / "config.json").read_text())
+    assert "calibration" not in json.loads((path / "config.json").read_text())  # untouched
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in path.iterdir())
+
+    def fails(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(calibration, "save_calibration", fails)
+    res = runner.invoke(app, [*args, str(tmp_path / "runs" / "second")])
+    assert res.exit_code != 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["calibrated"]
+
+
 def _gps_photo(path, lat_ref="N", lat=(48, 51, 30), lon_ref="E", lon=(2, 17, 40)):
     exif = Image.Exif()
     exif[0x8825] = {

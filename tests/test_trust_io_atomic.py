@@ -42,3 +42,27 @@ def test_only_temps_of_dead_writers_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [live.name, other.name, temp_path(path).name]
     )
+
+
+def test_atomic_directory_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    from geoalign.io_atomic import atomic_directory
+
+    out = tmp_path / "copy"
+    with pytest.raises(OSError, match="disk full"), atomic_directory(out) as tmp:
+        (tmp.mkdir(), (tmp / "a.txt").write_text("half"))
+        raise OSError("disk full")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temp
+    out.mkdir()  # an empty folder is replaced, as `--out` allows
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    stale = tmp_path / f".copy.tmp-{dead}"  # a killed writer's half-copied folder
+    (stale / "sub").mkdir(parents=True)
+    with atomic_directory(out) as tmp:
+        (tmp / "sub").mkdir(parents=True)
+        (tmp / "sub" / "a.txt").write_text("whole")
+    assert (out / "sub" / "a.txt").read_text() == "whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]

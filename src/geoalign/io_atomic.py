@@ -114,3 +114,30 @@ def _replaced(path: Path, *, keep_suffix: bool, durable: bool) -> Iterator[Path]
         tmp.unlink(missing_ok=True)
     if durable:
         fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary folder to fill in place of the folder `path`; when the block ends
+    well it is renamed to `path` (an empty folder already there is replaced), on any exception it
+    is deleted. Readers never see a half-written folder (a copied checkpoint, say), and a killed
+    writer leaves only the hidden folder, which the next writer of `path` removes."""
+    import shutil
+
+    path = Path(path)
+    prefix = f".{path.name}{_TMP_MARK}"
+    if path.parent.is_dir():
+        for p in path.parent.iterdir():
+            pid = p.name[len(prefix) :]
+            if p.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+    tmp = temp_path(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        os.rename(tmp, path)  # fails (and cleans up) if something appeared at `path` meanwhile
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(path.parent)

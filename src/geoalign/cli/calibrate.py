@@ -62,10 +62,15 @@ def calibrate(
             geo, rows.features, rows.latlon, fitted_on=f"{rows.description}; gallery {gallery}"
         )
     target = source
-    if out is not None:
-        shutil.copytree(source, out)
+    if out is None:
+        save_calibration(target, cal)
+    else:  # the copy appears whole, calibration included, or not at all
+        from geoalign.io_atomic import atomic_directory
+
+        with atomic_directory(out) as tmp:
+            shutil.copytree(source, tmp)
+            save_calibration(tmp, cal)
         target = out
-    save_calibration(target, cal)
     summary = {
         "checkpoint": str(target),
         **cal.to_dict(),
