@@ -10,6 +10,16 @@ from pathlib import Path
 from geoalign.cli.common import fail
 
 
+def check_decode(decode: str, device: str) -> None:
+    """--decode: cpu or gpu, and gpu only where the model runs on CUDA (nvJPEG decodes there)."""
+    if decode not in ("cpu", "gpu"):
+        fail(f"--decode must be cpu or gpu, got {decode!r}")
+    if decode == "gpu" and not device.startswith("cuda"):
+        fail(
+            f"--decode gpu decodes on the GPU the model runs on; give --device cuda (not {device})"
+        )
+
+
 def check_device(device: str, option: str = "--device") -> str:
     """`device` if torch can run on it here, else a usage error naming the option and the fix."""
     import torch

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from geoalign.cli._options import check_device
+from geoalign.cli._options import check_decode, check_device
 from geoalign.cli.common import console, fail
 
 features_app = typer.Typer(
@@ -122,12 +122,7 @@ def extract_cmd(
         fail(f"--dtype must be float16 or float32, got {dtype!r}")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; give a folder for the feature store")
-    if decode not in ("cpu", "gpu"):
-        fail(f"--decode must be cpu or gpu, got {decode!r}")
-    if decode == "gpu" and not device.startswith("cuda"):
-        fail(
-            f"--decode gpu decodes on the GPU the model runs on; give --device cuda (not {device})"
-        )
+    check_decode(decode, device)
     _check_view_options(ten_crop, views, augment)
     if shard_size is None:
         recorded = None if overwrite else recorded_shard_size(out)

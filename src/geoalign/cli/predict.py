@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from geoalign.cli._options import check_decode
 from geoalign.cli.common import check_gallery_file, console, fail, print_result, progress_bar
 from geoalign.cli.output import prediction_record
 
@@ -237,6 +238,11 @@ def predict(
         "CPU, same top-k, probabilities within ~1e-4 (relative).",
     ),
     workers: int = typer.Option(0, min=0, help="Image decoding worker processes."),
+    decode: str = typer.Option(
+        "cpu",
+        help="Where JPEGs are decoded: cpu (Pillow, in the workers) or gpu (nvJPEG on the "
+        "model's GPU; needs --device cuda; the workers then only read the bytes).",
+    ),
     recursive: bool = typer.Option(False, help="Also look for images in sub-folders."),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Results and errors only: no progress or status lines."
@@ -261,6 +267,7 @@ def predict(
     if len(piped) > 1:
         fail(f"only one output can go to stdout, got {' and '.join(f'{n} -' for n in piped)}")
     _check_outputs({**targets, "--map": map_out, "--png": png_out})
+    check_decode(decode, device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
     say = (lambda _message: None) if quiet else console.print
@@ -344,6 +351,7 @@ def predict(
                 regions=region_ps,
                 abstain_above_km=abstain_above_km,
                 min_separation_km=min_separation_km,
+                decode=decode,
             )
             for run in runs
         )
