@@ -4,8 +4,8 @@ training from features.
     .venv/bin/python benchmarks/gpu.py [--photos 2048] [--batch-size 256] [--workers 8]
                                        [--decode cpu|gpu] [--steps 30]
 
-Batch predict: `Geolocator.predict` over the same shards (decode workers, pinned batches, bf16
-tower, official head and 100K gallery), photos/s. Features: `--photos` 1024 x 768 JPEGs written as webdataset shards, then `features extract`'s
+Batch predict: `Geolocator.predict` over the same shards (decode workers and pinned batches, or
+nvJPEG with `--decode gpu`; bf16 tower, official head and 100K gallery), photos/s. Features: `--photos` 1024 x 768 JPEGs written as webdataset shards, then `features extract`'s
 code path (shard listing, decode threads or nvJPEG, tensor transform, pinned copies, bf16
 autocast, SDPA attention) with a CLIP ViT-L/14 vision tower built from its config (random
 weights: the cost is that of the real ones), timed from the first shard read to the last store
@@ -95,7 +95,13 @@ def features_per_second(tmp: Path, photos: int, batch: int, workers: int, decode
 
 
 def predict_per_second(
-    shards: Path, photos: int, batch: int, workers: int, device: str, tiny: bool = False
+    shards: Path,
+    photos: int,
+    batch: int,
+    workers: int,
+    device: str,
+    tiny: bool = False,
+    decode: str = "cpu",
 ) -> float:
     """Batch predict from the shards: `Geolocator.predict` (decode workers, pinned batches,
     the official head and 100K gallery; ViT-L/14 in bf16 with random weights), photos/s."""
@@ -116,13 +122,12 @@ def predict_per_second(
         backbone.configure_inference(precision="bf16")
     model = load_model("geoclip", device=device)
     geo = Geolocator(model, backbone=backbone, gallery=load_gallery("geoclip-100k"))
-    geo.predict(list_photos(shards), top_k=5, batch_size=batch, num_workers=workers, places=False)
+    run = dict(top_k=5, batch_size=batch, num_workers=workers, places=False, decode=decode)
+    geo.predict(list_photos(shards), **run)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = geo.predict(
-        list_photos(shards), top_k=5, batch_size=batch, num_workers=workers, places=False
-    )
+    out = geo.predict(list_photos(shards), **run)
     if device == "cuda":
         torch.cuda.synchronize()
     assert len(out) == photos
@@ -220,7 +225,7 @@ def main() -> None:
         images_s = features_per_second(tmp, args.photos, args.batch_size, args.workers, args.decode)
         print(f"ViT-L/14 features from shards: {images_s:,.0f} images/s", flush=True)
         predict_s = predict_per_second(
-            tmp / "wds", args.photos, args.batch_size, args.workers, "cuda"
+            tmp / "wds", args.photos, args.batch_size, args.workers, "cuda", decode=args.decode
         )
         print(f"Batch predict from shards: {predict_s:,.0f} photos/s", flush=True)
         samples_s = training_samples_per_second(tmp, args.steps)
@@ -235,8 +240,8 @@ def main() -> None:
         f"{args.photos} 1024 x 768 JPEGs (batch {args.batch_size}, {args.workers} decode threads, "
         f"decode on {args.decode}) | {images_s:,.0f} images/s |\n"
         f"| `Geolocator.predict` from the same shards (ViT-L/14 bf16, official head, 100K "
-        f"gallery, top-5, batch {args.batch_size}, {args.workers} decode workers, pinned "
-        f"batches) | {predict_s:,.0f} photos/s |\n"
+        f"gallery, top-5, batch {args.batch_size}, {args.workers} workers, decode on "
+        f"{args.decode}) | {predict_s:,.0f} photos/s |\n"
         f"| GeoCLIP training step from features (batch 512, queue 4096 with gradients) | "
         f"{samples_s:,.0f} samples/s |\n"
         f"| GeoSURGE fusion training step, ViT-L/14-336 (last block trainable) + 3 fusion blocks, "
