@@ -5,7 +5,8 @@ training from features.
                                        [--decode cpu|gpu] [--steps 30]
 
 Batch predict: `Geolocator.predict` over the same shards (decode workers and pinned batches, or
-nvJPEG with `--decode gpu`; bf16 tower, official head and 100K gallery), photos/s. Features: `--photos` 1024 x 768 JPEGs written as webdataset shards, then `features extract`'s
+nvJPEG with `--decode gpu`; bf16 tower, official head and 100K gallery), photos/s.
+Features: `--photos` 1024 x 768 JPEGs written as webdataset shards, then `features extract`'s
 code path (shard listing, decode threads or nvJPEG, tensor transform, pinned copies, bf16
 autocast, SDPA attention) with a CLIP ViT-L/14 vision tower built from its config (random
 weights: the cost is that of the real ones), timed from the first shard read to the last store
