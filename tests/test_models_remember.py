@@ -109,10 +109,15 @@ def test_predict_and_the_python_api_read_photos_through_the_stores_backbone(trai
     photo = tmp_path / "p.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(photo)
+    model = str(root / "run" / "model")
     res = runner.invoke(
-        app, ["predict", str(photo), "--model", str(root / "run" / "model"), "--no-places"]
+        app, ["predict", str(photo), "--model", model, "--no-places", "--json", "-"]
     )
     assert res.exit_code == 0, res.output
+    from geoalign.models.registry import checkpoint_gallery
+
+    recorded = checkpoint_gallery(model)  # the record names the gallery searched, not "auto"
+    assert recorded != "geoclip-100k" and json.loads(res.stdout)["settings"]["gallery"] == recorded
     geo = Geolocator.from_pretrained(str(root / "run"))
     assert geo.backbone is not None and geo.model.backbone_spec == spec
     assert len(geo.gallery) == 50  # the recorded train:50 gallery, not geoclip-100k

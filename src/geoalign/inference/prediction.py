@@ -97,6 +97,8 @@ def record_settings(
     """The `settings` field of a record: every option that shapes a prediction, key for key the
     same from the CLI and the service (JSONL resume compares it), with file paths made absolute
     so that a rerun from another folder names the same model, gallery and training features."""
+    if gallery == "auto":
+        gallery = resolved_gallery(model)
     options: dict[str, Any] = {"model": model, "backbone": backbone, "gallery": gallery}
     for key in ("model", "gallery", "backbone"):
         value = options[key]
@@ -120,6 +122,20 @@ def record_settings(
         "retrieval_k": retrieval_k,
         "train": str(Path(train).resolve()) if train and Path(train).exists() else train,
     }
+
+
+def resolved_gallery(model: str) -> str:
+    """The gallery "auto" stands for with `model` (`registry.checkpoint_gallery`: the one the
+    checkpoint records, else geoclip-100k), so that a record names the gallery it was searched
+    in and a resumed run notices when the checkpoint's gallery changed; "auto" when the model
+    cannot be read here (loading it reports why)."""
+    from geoalign.errors import GeoalignError
+    from geoalign.models.registry import checkpoint_gallery
+
+    try:
+        return checkpoint_gallery(model)
+    except (GeoalignError, OSError):
+        return "auto"
 
 
 LOCALIZABILITY_P = 0.9

@@ -47,13 +47,16 @@ class Options:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def record_settings(config: ServeConfig, top_k: int, prior: Any) -> dict[str, Any]:
+def record_settings(
+    config: ServeConfig, top_k: int, prior: Any, gallery: str | None = None
+) -> dict[str, Any]:
     """The settings field of a record, key for key what `geoalign predict` writes for the same
-    model, backbone, gallery and options."""
+    model, backbone, gallery and options; `gallery`: the name "auto" resolved to at load (the
+    one searched), else the configured one is resolved now."""
     return prediction_settings(
         model=config.model,
         backbone=config.backbone,
-        gallery=config.gallery,
+        gallery=gallery or config.gallery,
         top_k=top_k,
         prior=None if prior is None else str(prior),
         places=config.places,
@@ -172,7 +175,7 @@ class Engine:
         """One result per upload, in order: the prediction record (schema
         geoalign.prediction/v1, settings as the CLI writes them) and, when asked, its GeoJSON and
         the claim check. Unreadable uploads get the record's error form."""
-        settings = record_settings(self.config, options.top_k, options.prior)
+        settings = record_settings(self.config, options.top_k, options.prior, self.galleries[-1])
         settings["estimate"] = options.estimate
         settings["regions"] = list(options.regions) or None
         mask = self.mask(options.prior)
