@@ -205,6 +205,12 @@ def decode_jpeg(data: bytes, name: str, *, device: torch.device | str = "cpu") -
     from torchvision.io import decode_jpeg as tv_decode_jpeg
 
     raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    if device.type == "cuda":
+        # nvJPEG writes its output on a stream of its own, not ordered after the caller's
+        # (pytorch/vision#9606, in torchvision 0.29): a block freed while queued kernels still
+        # read it (a transform's temporaries, a training step's) can be handed to the decoder
+        # and overwritten before they run. Nothing queued, nothing to overwrite.
+        torch.cuda.current_stream(device).synchronize()
     try:
         return tv_decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as err:

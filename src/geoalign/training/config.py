@@ -158,6 +158,9 @@ class DataSection:
     queue_noise_m: float = 1000.0  # σ_η' on queue coordinates
     num_workers: int = 2
     read_rows: int = 65536  # store streaming: rows read per chunk (memory ~ 2 shards + this)
+    # For photos (images, wds). gpu: the workers only read bytes; the training process decodes
+    # them with nvJPEG on its GPU and applies the views transform there (needs CUDA training).
+    decode: Literal["cpu", "gpu"] = "cpu"  # photo decoding: cpu (Pillow, workers) or gpu (nvJPEG)
 
     RULES: ClassVar[dict[str, Rule]] = {
         "fraction": share,

@@ -11,7 +11,9 @@ Sources:
 - `ArraySource`: features and coordinates in memory (small data, the quickstart, tests);
 - `StoreSource`: a `geoalign.data.feature_store.FeatureStore`, streamed a few shards at a time
   (bounded memory whatever the store size: MP-16's 4.7M rows included);
-- `ImageSource`: a manifest of photos, decoded in DataLoader workers into P SimCLR views each.
+- `ImageSource`: a manifest of photos, decoded in DataLoader workers into P SimCLR views each,
+  or (`data.decode: gpu`) read as bytes by the workers and decoded on this process's GPU by
+  `DeviceViews`, which applies the views transform there too.
 
 `feature_rows` reads the labelled features a config's `data` section names through the one
 loader (`geoalign.data.feature_rows`), for every method's training, its calibration and its
@@ -22,7 +24,10 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -275,8 +280,22 @@ class _ViewsDataset(torch.utils.data.Dataset):
         return self.transform(image), self.coords[int(i)]
 
 
+class _RawPhotos(_ViewsDataset):
+    """The manifest's photos as their file bytes (`data.decode: gpu`): a worker process cannot
+    use CUDA, so the process that trains decodes them."""
+
+    def __getitem__(self, i: int) -> tuple[RawPhoto, Tensor]:  # type: ignore[override]
+        return read_photo(self.paths[int(i)], self.max_pixels), self.coords[int(i)]
+
+
 class ImageSource:
-    """Photos from a manifest, each as P augmented views [P, 3, S, S] (SimCLR augmentations)."""
+    """Photos from a manifest, each as P augmented views [P, 3, S, S] (SimCLR augmentations).
+
+    `decode_device` None: DataLoader workers decode (Pillow) and transform; a device (`cuda`:
+    the current CUDA device when iterating; `cpu` in tests): workers read the files' bytes and
+    this process decodes and transforms them there (`DeviceViews`), in the same order, with the
+    same errors.
+    """
 
     def __init__(
         self,
@@ -286,13 +305,16 @@ class ImageSource:
         fraction: float = 1.0,
         fraction_seed: int = 0,
         num_workers: int = 2,
+        decode_device: torch.device | str | None = None,
     ) -> None:
         from geoalign.data.images import DEFAULT_MAX_PIXELS
 
-        self.dataset = _ViewsDataset(manifest, transform, DEFAULT_MAX_PIXELS)
+        kind = _ViewsDataset if decode_device is None else _RawPhotos
+        self.dataset = kind(manifest, transform, DEFAULT_MAX_PIXELS)
         self.rows = np.flatnonzero(fraction_mask(len(self.dataset), fraction, fraction_seed))
         self.n_rows = len(self.rows)
         self.num_workers = num_workers
+        self.decoder = device_views(transform, decode_device)
 
     def iter_local_batches(
         self, epoch: int, batch_size: int, seed: int, rank: int, world: int, skip: int
@@ -308,9 +330,122 @@ class ImageSource:
             batch_sampler=batches,
             num_workers=self.num_workers,
             persistent_workers=False,
+            collate_fn=None if self.decoder is None else raw_batch,
         )
-        for pixels, coords in loader:
-            yield {"pixels": pixels, "coords": coords}
+        if self.decoder is None:
+            for pixels, coords in loader:
+                yield {"pixels": pixels, "coords": coords}
+            return
+        for (photos, coords), rows in zip(loader, batches, strict=True):
+            yield {"pixels": self._on_device(self.decoder, photos, rows), "coords": coords}
+
+    def _on_device(self, decoder: DeviceViews, photos: list[RawPhoto], rows: list[int]) -> Tensor:
+        """The batch's views, decoded by `decoder`; a photo it cannot take goes through
+        `load_image`, the CPU path's decode (and its error text)."""
+        from geoalign.data.images import load_image
+
+        paths = [self.dataset.paths[i] for i in rows]
+        fallbacks = [partial(load_image, p, max_pixels=self.dataset.max_pixels) for p in paths]
+        return decoder(photos, [str(p) for p in paths], fallbacks)
+
+
+# --- photos decoded in the training process (data.decode: gpu) --------------------------------------
+
+
+@dataclass(frozen=True)
+class RawPhoto:
+    """A photo's bytes as a DataLoader worker read them, for the training process to decode.
+
+    `orientation`: the EXIF orientation of a JPEG the device decodes to the CPU path's pixels
+    (RGB or grayscale, within the pixel limit); None: anything else (PNG, CMYK, a bad header, an
+    unreadable file), which the CPU path decodes instead, so pixels and errors stay its own.
+    """
+
+    data: bytes
+    orientation: int | None
+
+
+def raw_photo(data: bytes, max_pixels: int | None) -> RawPhoto:
+    """`data` with what its header says (Pillow reads only the header: cheap, in the worker)."""
+    from geoalign.inference.photos import jpeg_orientation
+
+    return RawPhoto(data, jpeg_orientation(data, max_pixels))
+
+
+def read_photo(path: str | Path, max_pixels: int | None) -> RawPhoto:
+    """A photo file's bytes; one that cannot be read goes to the CPU path, which says why."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return RawPhoto(b"", None)
+    return raw_photo(data, max_pixels)
+
+
+def raw_batch(items: list[tuple[RawPhoto, Tensor]]) -> tuple[list[RawPhoto], Tensor]:
+    """collate_fn of raw photos: the photos as a list, the coordinates stacked (a module-level
+    function, picklable for workers that spawn)."""
+    return [photo for photo, _ in items], torch.stack([coords for _, coords in items])
+
+
+class DeviceViews:
+    """Decodes a batch of raw photos on `device` (nvJPEG on CUDA) and applies the views transform
+    there: the workers' job on the CPU path, in the one process that may use CUDA.
+
+    A JPEG the device refuses, and every photo the device would not decode as Pillow does (the
+    worker's header read said so: `RawPhoto.orientation` None, past the pixel limit included), is
+    decoded by its fallback (the CPU path's decode, raising that path's error), so the pixels (up
+    to IDCT rounding) and the errors are those of the CPU path.
+    """
+
+    def __init__(self, transform: Callable[[Any], Tensor], device: torch.device) -> None:
+        self.transform = transform
+        self.device = device
+
+    def __call__(
+        self,
+        photos: Sequence[RawPhoto],
+        names: Sequence[str],
+        fallbacks: Sequence[Callable[[], Any]],
+    ) -> Tensor:
+        """[b, P, 3, S, S] views of the batch's photos, on the device."""
+        from geoalign.inference.photos import orient
+
+        device = _current(self.device)
+        decoded = [
+            self._decode(photo, name, fallback, device)
+            for photo, name, fallback in zip(photos, names, fallbacks, strict=True)
+        ]
+        return torch.stack([self.transform(orient(pixels, turn)) for pixels, turn in decoded])
+
+    def _decode(
+        self, photo: RawPhoto, name: str, fallback: Callable[[], Any], device: torch.device
+    ) -> tuple[Tensor, int]:
+        """(uint8 [3, H, W] on the device, EXIF orientation still to apply)."""
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        from geoalign.data import images  # looked up per call: tests spy on decode_jpeg
+
+        if photo.orientation is not None:
+            try:
+                return images.decode_jpeg(photo.data, name, device=device), photo.orientation
+            except images.ImageLoadError:  # what the device refuses, Pillow may read
+                pass
+        return pil_to_tensor(fallback()).to(device), 1  # already upright
+
+
+def device_views(
+    transform: Callable[[Any], Tensor], device: torch.device | str | None
+) -> DeviceViews | None:
+    """The decoder of a source's `decode_device` (None: the workers decode with Pillow)."""
+    return None if device is None else DeviceViews(transform, torch.device(device))
+
+
+def _current(device: torch.device) -> torch.device:
+    """A bare `cuda` is the current CUDA device: the one Lightning made this process's
+    (cuda:LOCAL_RANK under a launcher) before the first batch is read."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 class DataPosition:

@@ -104,6 +104,7 @@ def build_source(
 ) -> tuple[BatchSource, int | None, Any]:
     """(source, feature width or None for images, frozen backbone or None)."""
     d = cfg.data
+    decode_device = photo_decode_device(cfg)  # before anything is read or loaded
     rows = feature_rows(d, arrays)
     if isinstance(rows, StoreRows):
         src = StoreSource(
@@ -124,7 +125,7 @@ def build_source(
     from geoalign.nn.backbones import load_backbone
 
     if d.source == "wds":  # webdataset shards of photos and a frozen backbone
-        return _shard_source(cfg)
+        return _shard_source(cfg, decode_device)
     # images: a manifest of photos and a frozen backbone
     if not d.path:
         raise DataError("data.path: the manifest is required for source 'images'")
@@ -137,8 +138,34 @@ def build_source(
         fraction=d.fraction,
         fraction_seed=d.fraction_seed,
         num_workers=d.num_workers,
+        decode_device=decode_device,
     )
     return src, backbone.embed_dim, backbone
+
+
+def photo_decode_device(cfg: TrainConfig) -> str | None:
+    """Where the training photos are decoded (`data.decode`): None for the DataLoader workers
+    (Pillow); "cuda" for nvJPEG on the GPU this process trains on (the current CUDA device when
+    batches are read, which Lightning has made cuda:LOCAL_RANK under a launcher). `gpu` is
+    refused where there are no photos or training does not run on CUDA."""
+    d, t = cfg.data, cfg.trainer
+    if d.decode == "cpu":
+        return None
+    if d.source not in ("images", "wds"):
+        raise DataError(
+            f"data.decode: 'gpu' decodes photos, and data.source {d.source!r} reads features; "
+            "use it with source images or wds, or set data.decode: cpu"
+        )
+    if t.accelerator not in ("auto", "gpu", "cuda"):
+        why = f"trainer.accelerator is {t.accelerator!r}"
+    elif not torch.cuda.is_available():
+        why = "no CUDA GPU is visible here"
+    else:
+        return "cuda"
+    raise DataError(
+        f"data.decode: 'gpu' decodes photos with nvJPEG on the GPU training runs on, but {why}; "
+        "train on CUDA (trainer.accelerator: gpu, or auto with a GPU) or set data.decode: cpu"
+    )
 
 
 def data_backbone_spec(cfg: TrainConfig, source: BatchSource) -> str | None:
@@ -151,7 +178,7 @@ def data_backbone_spec(cfg: TrainConfig, source: BatchSource) -> str | None:
     return getattr(store, "backbone_spec", None)
 
 
-def _shard_source(cfg: TrainConfig) -> tuple[BatchSource, int, Any]:
+def _shard_source(cfg: TrainConfig, decode_device: str | None) -> tuple[BatchSource, int, Any]:
     """Photos of webdataset shards (`data.path`: a .tar, a brace pattern, a folder of .tar
     files, a URL), listed once into the run folder, streamed as views through the backbone."""
     from geoalign.data.transforms import simclr_views_for
@@ -175,6 +202,7 @@ def _shard_source(cfg: TrainConfig) -> tuple[BatchSource, int, Any]:
             fraction_seed=d.fraction_seed,
             num_workers=d.num_workers,
             cache_dir=Path(cfg.trainer.out_dir) / ".wds-listing",
+            decode_device=decode_device,
         )
     except DataError as err:
         raise DataError(f"data.path: {err}") from err

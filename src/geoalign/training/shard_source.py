@@ -12,12 +12,17 @@ those of its batches (k = worker id mod workers): local shards are read forward 
 the other members, and a sample read ahead (the buffer mixes rows of a few shards) is held until
 its batch comes, at most about a buffer's worth. An image that does not decode stops training
 with its shard and key named, as a bad photo of a manifest does.
+
+With a decode device (`data.decode: gpu`) the workers hand over each sample's image bytes
+(checked against the listing as before) and the training process decodes and transforms them on
+its GPU (`geoalign.training.data.DeviceViews`), with the CPU path's errors.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,16 @@ from geoalign.data.wds_images import read_samples
 from geoalign.data.wds_listing import ShardManifest, list_shards
 from geoalign.data.wds_samples import decode_image, image_field
 from geoalign.errors import DataError
-from geoalign.training.data import Batch, _local, epoch_seed, fraction_mask
+from geoalign.training.data import (
+    Batch,
+    DeviceViews,
+    RawPhoto,
+    _local,
+    device_views,
+    epoch_seed,
+    fraction_mask,
+    raw_photo,
+)
 
 SHUFFLE_BUFFER = 2048
 """Rows in the shuffle buffer: the order mixes about this many rows of neighbouring shards."""
@@ -60,13 +74,17 @@ def epoch_order(listing: ShardManifest, rows: np.ndarray, seed: int, epoch: int)
 
 
 class _ShardViews(torch.utils.data.IterableDataset):
-    """This process's batches of one epoch, each worker decoding every n-th of them."""
+    """This process's batches of one epoch, each worker decoding every n-th of them; `raw`: each
+    worker only reading their image bytes, yielded with the batch's rows (listing positions)."""
 
-    def __init__(self, source: ShardImageSource, batches: list[np.ndarray]) -> None:
+    def __init__(
+        self, source: ShardImageSource, batches: list[np.ndarray], raw: bool = False
+    ) -> None:
         self.source = source
         self.batches = batches
+        self.raw = raw
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
         mine = self.batches[worker::n_workers]
@@ -89,13 +107,19 @@ class _ShardViews(torch.utils.data.IterableDataset):
                 held[(ref.url, ordinal)] = raw
             raise DataError(f"{ref.url}: shard ended before sample {ref.key!r}; list it again")
 
+        photo = self.source.raw_photo if self.raw else self.source.views
         for batch in mine:
-            views = [self.source.views(refs[i], sample(i)) for i in batch.tolist()]
-            yield torch.stack(views), self.source.coords[torch.from_numpy(batch)]
+            photos = [photo(refs[i], sample(i)) for i in batch.tolist()]
+            coords = self.source.coords[torch.from_numpy(batch)]
+            yield (photos, coords, batch.tolist()) if self.raw else (torch.stack(photos), coords)
 
 
 class ShardImageSource:
-    """Photos of webdataset shards with their json/txt lat/lon, each as P augmented views."""
+    """Photos of webdataset shards with their json/txt lat/lon, each as P augmented views.
+
+    `decode_device` None: DataLoader workers decode (Pillow) and transform; a device (`cuda`:
+    the current CUDA device when iterating; `cpu` in tests): this process does, there.
+    """
 
     def __init__(
         self,
@@ -107,6 +131,7 @@ class ShardImageSource:
         num_workers: int = 2,
         cache_dir: str | Path | None = None,
         say: Callable[[str], None] | None = None,
+        decode_device: torch.device | str | None = None,
     ) -> None:
         self.listing = list_shards(shards, cache_dir=cache_dir)
         say = say or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -120,21 +145,37 @@ class ShardImageSource:
         self.coords = torch.tensor(self.listing.coords(), dtype=torch.float32)
         self.transform = transform
         self.num_workers = num_workers
+        self.decoder = device_views(transform, decode_device)
 
     def views(self, ref: Any, raw: dict[str, Any]) -> Tensor:
         """[P, 3, S, S] views of one sample; a photo that cannot be used names shard and key."""
+        return self.transform(self.image(ref, raw[self._image_member(ref, raw)]))
+
+    def raw_photo(self, ref: Any, raw: dict[str, Any]) -> RawPhoto:
+        """One sample's image bytes for the training process to decode, checked as `views`
+        checks the sample."""
+        return raw_photo(raw[self._image_member(ref, raw)], DEFAULT_MAX_PIXELS)
+
+    def image(self, ref: Any, data: bytes) -> Any:
+        """A sample's image as the CPU path decodes it (Pillow), or its error naming shard and
+        key."""
+        try:
+            return decode_image(data, str(ref), max_pixels=DEFAULT_MAX_PIXELS)
+        except ImageLoadError as err:
+            raise _unusable(err) from err
+
+    def _image_member(self, ref: Any, raw: dict[str, Any]) -> str:
+        """The sample's image member; a sample the listing does not describe is refused."""
         if raw["__key__"] != ref.key:
             raise DataError(
                 f"{ref.url}: sample {ref.ordinal} is {raw['__key__']!r}, the listing says "
                 f"{ref.key!r}; the shard changed since it was listed (delete the run's .wds-listing)"
             )
         name = image_field(raw)
-        try:
-            if name is None:
-                raise ImageLoadError(str(ref), "no image member")
-            return self.transform(decode_image(raw[name], str(ref), max_pixels=DEFAULT_MAX_PIXELS))
-        except ImageLoadError as err:
-            raise DataError(f"{err}; remove the sample or rewrite the shard") from err
+        if name is None:
+            err = ImageLoadError(str(ref), "no image member")
+            raise _unusable(err) from err
+        return name
 
     def iter_local_batches(
         self, epoch: int, batch_size: int, seed: int, rank: int, world: int, skip: int
@@ -145,10 +186,26 @@ class ShardImageSource:
             for k in range(skip, self.n_rows // batch_size)
         ]
         loader = torch.utils.data.DataLoader(
-            _ShardViews(self, batches),
+            _ShardViews(self, batches, raw=self.decoder is not None),
             batch_size=None,
             num_workers=min(self.num_workers, len(batches)),
             persistent_workers=False,
         )
-        for pixels, coords in loader:
-            yield {"pixels": pixels, "coords": coords}
+        if self.decoder is None:
+            for pixels, coords in loader:
+                yield {"pixels": pixels, "coords": coords}
+            return
+        for photos, coords, rows in loader:
+            yield {"pixels": self._on_device(self.decoder, photos, rows), "coords": coords}
+
+    def _on_device(self, decoder: DeviceViews, photos: list[RawPhoto], rows: list[int]) -> Tensor:
+        """The batch's views, decoded by `decoder`; a photo it cannot take goes through `image`,
+        the CPU path's decode (and its error text)."""
+        refs = [self.listing.refs[i] for i in rows]
+        fallbacks = [partial(self.image, ref, p.data) for ref, p in zip(refs, photos, strict=True)]
+        return decoder(photos, [str(ref) for ref in refs], fallbacks)
+
+
+def _unusable(err: ImageLoadError) -> DataError:
+    """A sample's photo that training cannot use: named, with what to do."""
+    return DataError(f"{err}; remove the sample or rewrite the shard")
