@@ -18,16 +18,21 @@ from test_cli_predict import small_gallery, tiny_clip  # noqa: F401  (fixtures)
 runner = CliRunner()
 
 
-def test_calibrate_stores_the_calibration_in_the_checkpoint(tmp_path, small_gallery):  # noqa: F811
-    from geoalign.inference.locator import Geolocator
-
-    path = tiny_geoclip().save(tmp_path / "model")
+def _model_and_rows(tmp_path, n: int):
+    """A tiny GeoCLIP checkpoint in tmp_path/model and n random validation rows in val.npz."""
     rng = np.random.default_rng(0)
     np.savez(
         tmp_path / "val.npz",
-        features=rng.normal(size=(60, 12)).astype(np.float32),
-        coords=rng.uniform([-50, -120], [60, 140], (60, 2)),
+        features=rng.normal(size=(n, 12)).astype(np.float32),
+        coords=rng.uniform([-50, -120], [60, 140], (n, 2)),
     )
+    return tiny_geoclip().save(tmp_path / "model")
+
+
+def test_calibrate_stores_the_calibration_in_the_checkpoint(tmp_path, small_gallery):  # noqa: F811
+    from geoalign.inference.locator import Geolocator
+
+    path = _model_and_rows(tmp_path, 60)
     args = [
         "calibrate",
         "-m",
@@ -59,13 +64,7 @@ def test_calibrate_stores_the_calibration_in_the_checkpoint(tmp_path, small_gall
 def test_calibrate_out_writes_a_whole_copy_or_none(tmp_path, small_gallery, monkeypatch):  # noqa: F811
     import geoalign.inference.calibration as calibration
 
-    path = tiny_geoclip().save(tmp_path / "model")
-    rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "val.npz",
-        features=rng.normal(size=(40, 12)).astype(np.float32),
-        coords=rng.uniform([-50, -120], [60, 140], (40, 2)),
-    )
+    path = _model_and_rows(tmp_path, 40)
     args = ["calibrate", "-m", str(path), "--queries", str(tmp_path / "val.npz")]
     args += ["--gallery", str(small_gallery), "--json", "--out"]
     res = runner.invoke(app, [*args, str(tmp_path / "runs" / "calibrated")])

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from geoalign.cli import app
 from geoalign.evaluation.harness import Evaluation, MethodResult
 from geoalign.evaluation.report import write_report
 from geoalign.io_atomic import atomic_output, remove_stale_temps, temp_path
+from test_trust_io_atomic import dead_pid
 
 runner = CliRunner()
 
@@ -57,12 +56,7 @@ def test_atomic_output_replaces_on_success_and_writers_see_the_suffix(tmp_path: 
 
 def test_atomic_output_removes_a_killed_writers_suffixed_temp(tmp_path: Path) -> None:
     path = tmp_path / "map.png"
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        text=True,
-        capture_output=True,
-        check=True,
-    ).stdout.strip()
+    dead = dead_pid()
     stale = tmp_path / f".map.png.tmp-{dead}.png"
     live = tmp_path / f".map.png.tmp-{os.getppid()}.png"
     stale.write_bytes(b"partial")

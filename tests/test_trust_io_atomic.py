@@ -12,6 +12,16 @@ import pytest
 from geoalign.io_atomic import atomic_write, remove_stale_temps, temp_path
 
 
+def dead_pid() -> str:
+    """The pid of a process that has exited (a killed writer's, for the stale-temp tests)."""
+    return subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+
+
 def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
     path = tmp_path / "out.bin"
     atomic_write(path, lambda fh: fh.write(b"old"))
@@ -27,12 +37,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
 
 def test_only_temps_of_dead_writers_are_removed(tmp_path: Path) -> None:
     path = tmp_path / "out.npy"
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        text=True,
-        capture_output=True,
-        check=True,
-    ).stdout.strip()
+    dead = dead_pid()
     stale = tmp_path / f".out.npy.tmp-{dead}"
     live = tmp_path / f".out.npy.tmp-{os.getppid()}"  # our parent runs: its temp must stay
     other = tmp_path / f".other.npy.tmp-{dead}"  # another target's temp is not ours to judge
@@ -53,12 +58,7 @@ def test_atomic_directory_appears_whole_or_not_at_all(tmp_path: Path) -> None:
         raise OSError("disk full")
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its temp
     out.mkdir()  # an empty folder is replaced, as `--out` allows
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        text=True,
-        capture_output=True,
-        check=True,
-    ).stdout.strip()
+    dead = dead_pid()
     stale = tmp_path / f".copy.tmp-{dead}"  # a killed writer's half-copied folder
     (stale / "sub").mkdir(parents=True)
     with atomic_directory(out) as tmp:
