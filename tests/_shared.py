@@ -21,7 +21,7 @@ TEST_DATA = TESTS / "data"
 PACKAGED_REFERENCE = TESTS.parent / "src" / "geoalign" / "assets" / "reference"
 SHARED_ENV = "GEOALIGN_TEST_SHARED_DATA"
 
-_CANDIDATES = [TESTS.parents[1] / "shared" / "data", Path("/work/shared/data")]
+_CANDIDATES = [TESTS.parents[1] / "shared" / "data"]  # ../shared beside the clone
 SHARED_DATA = (
     Path(os.environ[SHARED_ENV])
     if os.environ.get(SHARED_ENV)
